@@ -1,0 +1,138 @@
+"""Loading the table a search runs on, and the train/test split. Pure: no Prefect, no MLflow.
+
+Splits follow scikit-learn exactly (``train_test_split(..., random_state=seed)``) so results can
+be checked against ``GridSearchCV``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlpipe.errors import DataError
+from mlpipe.spec import DataSpec
+
+FILE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and target of one table."""
+
+    name: str
+    X: pd.DataFrame
+    y: pd.Series
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A stable hash of the values and column names: same data, same fingerprint."""
+        digest = hashlib.sha256()
+        digest.update("\x1f".join([*map(str, self.X.columns), str(self.y.name)]).encode())
+        digest.update(pd.util.hash_pandas_object(self.X, index=False).to_numpy().tobytes())
+        digest.update(pd.util.hash_pandas_object(self.y, index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The train/test split, as DataFrames (names kept for the model) and float arrays."""
+
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+    @cached_property
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.X_train.to_numpy(dtype=np.float64), self.y_train.to_numpy(dtype=np.float64)
+
+
+def load_dataset(spec: DataSpec, seed: int) -> Dataset:
+    """Load the table named by ``spec.source`` and separate the target column."""
+    frame = _read_source(spec, seed)
+    if frame.empty:
+        raise DataError(f"data.source {spec.source}: the table has no rows")
+    target = spec.target_column
+    if target not in frame.columns:
+        raise DataError(
+            f"data.target: column {target!r} is not in {spec.source}; "
+            f"columns are: {', '.join(map(str, frame.columns))}"
+        )
+    X = frame.drop(columns=[target])
+    y = frame[target]
+    if X.shape[1] == 0:
+        raise DataError(f"data.source {spec.source}: no feature columns besides {target!r}")
+    bad = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    if bad:
+        raise DataError(
+            f"data.source {spec.source}: non-numeric feature column(s) {', '.join(bad)}; "
+            "encode them as numbers or drop them"
+        )
+    if not pd.api.types.is_numeric_dtype(y):
+        raise DataError(f"data.target: column {target!r} is not numeric (dtype {y.dtype})")
+    if y.isna().any():
+        raise DataError(
+            f"data.target: column {target!r} has {int(y.isna().sum())} missing value(s)"
+        )
+    # Integers become float64 once, here: the model signature then accepts any number, and a
+    # missing value at serving time cannot break an integer column's schema.
+    return Dataset(name=spec.name, X=X.astype("float64"), y=y.astype("float64"))
+
+
+def _read_source(spec: DataSpec, seed: int) -> pd.DataFrame:
+    if spec.source == "boston":
+        with resources.files("mlpipe").joinpath("data/boston.csv").open("rb") as handle:
+            return pd.read_csv(handle)
+    if spec.source == "diabetes":
+        from sklearn.datasets import load_diabetes
+
+        return load_diabetes(as_frame=True).frame
+    if spec.source == "synthetic":
+        from sklearn.datasets import make_regression
+
+        X, y = make_regression(
+            n_samples=spec.rows, n_features=spec.features, noise=spec.noise, random_state=seed
+        )
+        frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(spec.features)])
+        frame["target"] = y
+        return frame
+    return read_table(Path(spec.source))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning every failure into a DataError that names the file."""
+    kind = FILE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"data.source {path}: not a built-in source (boston, diabetes, synthetic) "
+            f"nor a file ending in {', '.join(FILE_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise DataError(f"data.source {path}: no such file")
+    try:
+        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"data.source {path}: the file is empty") from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"data.source {path}: cannot read it as {kind}: {exc}") from exc
+
+
+def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
+    """``train_test_split(X, y, test_size=test_size, random_state=seed)``, as sklearn does it."""
+    from sklearn.model_selection import train_test_split
+
+    n_test = int(np.ceil(test_size * len(dataset.y)))
+    if n_test < 1 or len(dataset.y) - n_test < 2:
+        raise DataError(
+            f"data.test_size {test_size} leaves no usable split of {len(dataset.y)} rows"
+        )
+    X_train, X_test, y_train, y_test = train_test_split(
+        dataset.X, dataset.y, test_size=test_size, random_state=seed
+    )
+    return Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)

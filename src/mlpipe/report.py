@@ -1,0 +1,95 @@
+"""The tuning report: plots of a finished search, written as PNG files beside its results.
+
+- hyperparameters.png: each hyperparameter against mean CV MSE (one panel each)
+- predicted_vs_actual.png: the refit model on the held-out test split
+- feature_importances.png: the refit model's importances, largest first
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlpipe.data import Split
+from mlpipe.trial import TrialResult
+
+
+def write_report(
+    folder: Path,
+    results: Sequence[TrialResult],
+    split: Split,
+    predictions: np.ndarray,
+    model: Any,
+    family: str,
+) -> list[Path]:
+    """Draw the three plots into ``folder``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    done = [r for r in results if r.status == "completed"]
+    names = sorted({k for r in done for k in r.params})
+    fig, axes = plt.subplots(
+        1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3), squeeze=False
+    )
+    for ax, name in zip(axes[0], names, strict=False):
+        labels = sorted({_label(r.params.get(name)) for r in done}, key=_sort_key)
+        positions = {label: i for i, label in enumerate(labels)}
+        xs = [positions[_label(r.params.get(name))] for r in done]
+        ax.scatter(xs, [r.mean_score for r in done], alpha=0.6, s=14)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(name)
+    axes[0][0].set_ylabel("mean CV MSE")
+    fig.suptitle(f"{family}: hyperparameters vs CV MSE ({len(done)} trials)")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "hyperparameters.png"))
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    actual = split.y_test.to_numpy()
+    ax.scatter(actual, predictions, alpha=0.6, s=14)
+    low, high = (
+        float(min(actual.min(), predictions.min())),
+        float(max(actual.max(), predictions.max())),
+    )
+    ax.plot([low, high], [low, high], color="grey", linewidth=1)
+    ax.set_xlabel(f"actual {split.y_test.name}")
+    ax.set_ylabel("predicted")
+    ax.set_title("held-out test split")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "predicted_vs_actual.png"))
+
+    importances = getattr(model, "feature_importances_", None)
+    if importances is not None:
+        order = np.argsort(importances)
+        fig, ax = plt.subplots(figsize=(5, 0.3 * len(order) + 1))
+        ax.barh(np.asarray(split.X_train.columns)[order], np.asarray(importances)[order])
+        ax.set_xlabel("importance")
+        ax.set_title("feature importances")
+        fig.tight_layout()
+        written.append(_save(fig, folder / "feature_importances.png"))
+    return written
+
+
+def _label(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+def _sort_key(label: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,131 @@
+"""What to try: expand a search space into configs, give each a stable id, group them into units
+of work, and pick the best result. Pure: no Prefect, no MLflow.
+
+Roles, as in Ray Tune: ``expand`` decides what to try, ``trial.run_unit`` runs it, ``select_best``
+judges. Only ``tune.py`` knows how units are fanned out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlpipe.models import Family
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the search space. ``index`` is its place in scikit-learn's grid order."""
+
+    trial_id: str
+    index: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Trials that differ only in ensemble size: one fit of the largest scores them all."""
+
+    trials: tuple[TrialConfig, ...]
+    size_param: str
+    default_size: int
+
+    def size_of(self, trial: TrialConfig) -> int:
+        return int(trial.params.get(self.size_param, self.default_size))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.size_of(t) for t in self.trials]
+
+    @property
+    def largest_params(self) -> dict[str, Any]:
+        """The params of the one fit this unit makes."""
+        return {**self.trials[-1].params, self.size_param: max(self.sizes)}
+
+    @property
+    def cost(self) -> float:
+        """Expected relative cost: trees grown, deeper trees (max_depth None) costlier."""
+        params = self.trials[-1].params
+        depth = params.get("max_depth")
+        depth_factor = 1.0 if depth is None else min(1.0, 0.1 + 0.05 * float(depth))
+        leaf_factor = 1.0 / float(params.get("min_samples_leaf", 1) or 1) ** 0.25
+        return max(self.sizes) * depth_factor * leaf_factor
+
+
+def expand(
+    space: dict[str, list[Any]], strategy: str, seed: int, n_trials: int | None = None
+) -> list[dict[str, Any]]:
+    """The configs to try, in scikit-learn's order (ParameterGrid, or a seeded ParameterSampler)."""
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
+    if strategy == "grid":
+        return [dict(p) for p in ParameterGrid(space)]
+    if strategy == "random":
+        if n_trials is None:
+            raise ValueError("random search needs n_trials")
+        total = len(ParameterGrid(space))
+        return [
+            dict(p) for p in ParameterSampler(space, n_iter=min(n_trials, total), random_state=seed)
+        ]
+    raise ValueError(f"unknown search strategy {strategy!r}")
+
+
+def _digest(payload: Any, length: int = 12) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def make_trial_id(
+    family: str, params: dict[str, Any], data_fingerprint: str, cv: int, seed: int
+) -> str:
+    """A stable hash of what decides a trial's result, so a rerun recognises finished trials."""
+    return _digest(
+        {"family": family, "params": params, "data": data_fingerprint, "cv": cv, "seed": seed}
+    )
+
+
+def make_search_id(family: str, trial_ids: Iterable[str], data_fingerprint: str, cv: int) -> str:
+    """A stable hash of the whole search: the same spec on the same data gives the same id."""
+    return _digest(
+        {"family": family, "trials": sorted(trial_ids), "data": data_fingerprint, "cv": cv}, 10
+    )
+
+
+def make_trials(
+    configs: Sequence[dict[str, Any]], family: str, data_fingerprint: str, cv: int, seed: int
+) -> list[TrialConfig]:
+    """Number the configs and give each its id."""
+    return [
+        TrialConfig(make_trial_id(family, p, data_fingerprint, cv, seed), index, dict(p))
+        for index, p in enumerate(configs)
+    ]
+
+
+def plan_units(trials: Sequence[TrialConfig], family: Family) -> list[Unit]:
+    """Group trials that differ only in the size parameter; costliest unit first.
+
+    Longest-first scheduling keeps the pool busy to the end instead of waiting on one big fit
+    started last.
+    """
+    size, default = family.size_param, family.default_size
+    groups: dict[str, list[TrialConfig]] = {}
+    for trial in trials:
+        rest = {k: v for k, v in trial.params.items() if k != size}
+        groups.setdefault(_digest(rest), []).append(trial)
+    units = [
+        Unit(tuple(sorted(group, key=lambda t: int(t.params.get(size, default)))), size, default)
+        for group in groups.values()
+    ]
+    return sorted(units, key=lambda u: u.cost, reverse=True)
+
+
+def select_best(results: Sequence[Any]) -> Any:
+    """The completed result with the lowest mean score; ties go to the earlier config in grid
+    order, as ``GridSearchCV`` breaks them. None if nothing completed."""
+    done = [r for r in results if r.status == "completed"]
+    if not done:
+        return None
+    return min(done, key=lambda r: (r.mean_score, r.index))

@@ -1,0 +1,240 @@
+"""The pipeline spec: a YAML file validated with pydantic, plus single-field overrides from flags.
+
+Defaults live here and only here. ``load_spec`` is the one place a spec is read and checked; every
+other module receives a validated ``Spec``. Pure: imports neither Prefect nor MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlpipe.errors import SpecError
+from mlpipe.models import FAMILIES, get_family
+
+BUILTIN_SOURCES = ("boston", "diabetes", "synthetic")
+BUILTIN_TARGETS = {"boston": "MEDV", "diabetes": "target", "synthetic": "target"}
+FAMILY_SHORT = {"random_forest": "rf", "xgboost": "xgb"}
+Scalar = int | float | str | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Where the table comes from and which column is predicted."""
+
+    source: str = "boston"
+    target: str | None = None  # None: the built-in source's own target (MEDV, target)
+    test_size: float = Field(0.2, gt=0, lt=1)
+    rows: int = Field(1000, ge=10, description="synthetic only")
+    features: int = Field(10, ge=1, description="synthetic only")
+    noise: float = Field(10.0, ge=0, description="synthetic only")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source in BUILTIN_SOURCES
+
+    @property
+    def name(self) -> str:
+        """A short name for experiment and model names: the source, or the file's stem."""
+        return self.source if self.is_builtin else Path(self.source).stem
+
+    @property
+    def target_column(self) -> str:
+        if self.target is not None:
+            return self.target
+        if self.is_builtin:
+            return BUILTIN_TARGETS[self.source]
+        raise SpecError(f"data.target is required for a file source ({self.source})")
+
+
+class ModelSpec(_Strict):
+    family: Literal["random_forest", "xgboost"] = "random_forest"
+
+
+class SearchSpec(_Strict):
+    """What to try. ``params: null`` means the family's default search space."""
+
+    strategy: Literal["grid", "random"] = "grid"
+    cv: int = Field(3, ge=2)
+    params: dict[str, list[Scalar]] | None = None
+    n_trials: int | None = Field(None, ge=1, description="random only")
+    retries: int = Field(0, ge=0, description="Prefect task retries per trial")
+    retry_delay_seconds: float = Field(0.0, ge=0)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _scalars_are_one_value_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        return value
+
+
+class TrackingSpec(_Strict):
+    experiment: str | None = None  # None: "<data>-<family>", e.g. boston-rf
+
+
+class RegistrySpec(_Strict):
+    model_name: str | None = None  # None: same as the experiment
+
+
+class Spec(_Strict):
+    """A whole tuning run."""
+
+    seed: int = 42
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    search: SearchSpec = SearchSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    registry: RegistrySpec = RegistrySpec()
+    artifacts_dir: Path = Path("artifacts")
+    n_jobs: int = Field(-1, description="trials run at once; -1 = all cores")
+
+    @model_validator(mode="after")
+    def _search_fits_family(self) -> Spec:
+        family = get_family(self.model.family)
+        params = self.search.params
+        if params is not None:
+            if not params:
+                raise ValueError("search.params: the grid is empty; give at least one value")
+            unknown = sorted(set(params) - family.hyperparameters)
+            if unknown:
+                raise ValueError(
+                    f"search.params: unknown hyperparameter(s) {', '.join(unknown)} for family "
+                    f"{family.name}; allowed: {', '.join(sorted(family.hyperparameters))}"
+                )
+            empty = sorted(name for name, values in params.items() if not values)
+            if empty:
+                raise ValueError(
+                    f"search.params.{empty[0]}: the list is empty; give at least one value"
+                )
+        if self.search.strategy == "random" and self.search.n_trials is None:
+            raise ValueError("search.n_trials: required when search.strategy is random")
+        if self.n_jobs == 0 or self.n_jobs < -1:
+            raise ValueError(f"n_jobs: {self.n_jobs} is not allowed; use -1 (all cores) or >= 1")
+        return self
+
+    @property
+    def search_space(self) -> dict[str, list[Any]]:
+        """The grid to search: the spec's, else the family's default."""
+        if self.search.params is not None:
+            return dict(self.search.params)
+        return {k: list(v) for k, v in get_family(self.model.family).default_space.items()}
+
+    @property
+    def experiment_name(self) -> str:
+        default = f"{self.data.name}-{FAMILY_SHORT[self.model.family]}"
+        return self.tracking.experiment or default
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.experiment_name
+
+
+EXAMPLE_SPEC = """\
+# mlpipe pipeline spec. Every key is optional; these are the defaults.
+seed: 42
+data:
+  source: boston          # boston (bundled) | diabetes (sklearn) | synthetic | a CSV/Parquet path
+  target: MEDV            # the column to predict
+  test_size: 0.2          # held out for the final score
+  # rows: 1000            # synthetic only
+  # features: 10          # synthetic only
+  # noise: 10.0           # synthetic only
+model:
+  family: random_forest   # random_forest | xgboost
+search:
+  strategy: grid          # grid | random (with n_trials)
+  cv: 3                   # KFold splits of the training split
+  # n_trials: 20          # random only
+  retries: 0              # Prefect retries of a failed trial
+  params:
+    n_estimators: [50, 100, 200]
+    max_depth: [null, 10, 20]
+    min_samples_split: [2, 5, 10]
+    min_samples_leaf: [1, 2, 4]
+tracking:
+  experiment: boston-rf   # the store: MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)
+registry:
+  model_name: boston-rf
+artifacts_dir: artifacts
+n_jobs: -1                # trials at once; -1 = all cores
+"""
+
+
+def load_spec(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read ``path`` (or the defaults), apply dotted ``overrides`` and validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise SpecError(f"invalid spec{where}:\n" + format_validation_error(exc)) from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {path} must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the field, what is wrong, the value given and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(err["loc"][:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "see `mlpipe init`"
+            lines.append(f"  {loc}: unknown key; allowed here: {allowed}")
+        elif err["type"] == "value_error":
+            lines.append(f"  {str(err['msg']).removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Spec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+__all__ = ["EXAMPLE_SPEC", "FAMILIES", "Spec", "load_spec"]

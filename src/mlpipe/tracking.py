@@ -1,0 +1,241 @@
+"""MLflow at the edge: the parent run of a search, a child run per trial, the model, the registry.
+
+The only module that imports mlflow for writing. It receives an ``MlflowClient`` (built by
+``connect``), so tests and other stores plug in without global state beyond MLflow's own
+tracking URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpipe.errors import UserError
+from mlpipe.trial import TrialResult
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+# MLflow 3.17 saves scikit-learn models with skops, which refuses to load any type it is not told
+# to trust. A forest's trees are sklearn.tree._tree.Tree: trusting exactly that type (and nothing
+# broader) lets the model load without falling back to pickle, which would run arbitrary code.
+SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+def resolve_tracking_uri(environ: Mapping[str, str] = os.environ) -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store in the working directory."""
+    return environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the registry did with a new version."""
+
+    version: str
+    alias: str
+    test_mse: float
+    champion_version: str | None
+    champion_mse: float | None
+
+    @property
+    def promoted(self) -> bool:
+        return self.alias == CHAMPION
+
+
+class Tracker:
+    """Writes one search to MLflow: runs, metrics, artifacts, the model and its alias."""
+
+    def __init__(self, client: Any, experiment_name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        self.client = client
+        try:
+            experiment = client.get_experiment_by_name(experiment_name)
+            self.experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else client.create_experiment(experiment_name)
+            )
+        except MlflowException as exc:
+            raise UserError(
+                f"MLflow store {client.tracking_uri}: cannot open experiment "
+                f"{experiment_name!r}: {exc.message}"
+            ) from exc
+
+    @classmethod
+    def connect(cls, tracking_uri: str, experiment_name: str) -> Tracker:
+        """A tracker on ``tracking_uri`` (a SQLite file, a folder or an ``mlflow server``)."""
+        import mlflow
+        from mlflow import MlflowClient
+
+        # log_model and the model loaders use MLflow's fluent API, which reads the global URI.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        return cls(
+            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), experiment_name
+        )
+
+    def start_search(
+        self, search_id: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> str:
+        """Create the parent run of a search; returns its run id."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"search-{search_id}",
+            tags={"mlpipe.search_id": search_id, **tags},
+        )
+        self._log(run.info.run_id, params=params)
+        return str(run.info.run_id)
+
+    def log_trial(self, parent_run_id: str, result: TrialResult) -> str:
+        """One nested child run: params, per-fold and mean/std CV metrics, fit seconds, status."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{result.trial_id}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "mlpipe.trial_id": result.trial_id,
+                "mlpipe.status": result.status,
+                **({"mlpipe.error": result.error[:4000]} if result.error else {}),
+            },
+        )
+        run_id = run.info.run_id
+        metrics: dict[str, float] = {"fit_seconds": result.fit_seconds}
+        steps: list[tuple[str, float, int]] = []
+        for name, values in result.fold_metrics.items():
+            metrics[f"cv_{name}_mean"] = float(sum(values) / len(values))
+            metrics[f"cv_{name}_std"] = float(_std(values))
+            steps += [(f"cv_{name}_fold", v, i) for i, v in enumerate(values)]
+        self._log(run_id, params=result.params, metrics=metrics, steps=steps)
+        self.client.set_terminated(run_id, "FINISHED" if result.status == "completed" else "FAILED")
+        return str(run_id)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        self._log(run_id, metrics=metrics)
+
+    def log_artifacts(self, run_id: str, folder: Path) -> None:
+        self.client.log_artifacts(run_id, str(folder))
+
+    def end_search(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    @staticmethod
+    def pip_requirements(family: str) -> list[str]:
+        """The exact versions this process runs. Listing them spares MLflow its requirement
+        inference (a subprocess that reloads the model: 7 s of a 9 s registration here)."""
+        from importlib.metadata import version
+
+        packages = ["mlflow", "numpy", "pandas", "scipy", "scikit-learn"]
+        packages += ["xgboost-cpu"] if family == "xgboost" else ["skops"]
+        return [f"{name}=={version(name)}" for name in packages]
+
+    def log_model(
+        self,
+        run_id: str,
+        family: str,
+        model: Any,
+        input_example: Any,
+        signature: Any,
+        model_name: str,
+    ) -> tuple[str, str]:
+        """Log the model to the run and register it; returns (model uri, registered version)."""
+        import mlflow
+
+        # The registry prints "Successfully registered model ..." straight to stderr; keep it
+        # with MLflow's other logs rather than in the middle of a user's progress output.
+        chatter = io.StringIO()
+        with (
+            contextlib.redirect_stderr(chatter),
+            mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id),
+        ):
+            if family == "xgboost":
+                import mlflow.xgboost
+
+                info = mlflow.xgboost.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
+                    registered_model_name=model_name,
+                    pip_requirements=self.pip_requirements(family),
+                )
+            else:
+                import mlflow.sklearn
+
+                info = mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
+                    serialization_format="skops",
+                    skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                    registered_model_name=model_name,
+                    pip_requirements=self.pip_requirements(family),
+                )
+            # start_run(run_id=...) ends the run on exit; the caller decides its final status.
+        if chatter.getvalue().strip():
+            logging.getLogger("mlflow").info(chatter.getvalue().strip())
+        self.client.update_run(run_id, status="RUNNING")
+        return str(info.model_uri), str(info.registered_model_version)
+
+    def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name, version, key, value)
+
+    def champion_version(self, model_name: str) -> str | None:
+        """The version holding the champion alias, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, CHAMPION).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
+
+    def _log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        steps: list[tuple[str, float, int]] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+            + [Metric(k, float(v), now, step) for k, v, step in steps or []],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        )
+
+
+def load_model(model_uri: str) -> Any:
+    """Load a registered or logged model as an MLflow pyfunc model."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def download_model(model_uri: str, destination: Path) -> Path:
+    """Copy the logged model's files (MLmodel, weights, environment) into ``destination``."""
+    import mlflow.artifacts
+
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
+    )
+
+
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return float((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)

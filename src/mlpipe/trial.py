@@ -1,0 +1,124 @@
+"""Running trials: cross-validate a unit of configs, refit the best, score it. Pure: no Prefect,
+no MLflow, so the same code runs in a thread, a process, a Dask worker or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlpipe.models import Family
+from mlpipe.search import Unit
+
+SCORING = "mse"
+
+
+@dataclass
+class TrialResult:
+    """One config's cross-validation outcome. Scores are MSE: lower is better."""
+
+    trial_id: str
+    index: int
+    params: dict[str, Any]
+    fold_scores: list[float] = field(default_factory=list)
+    mean_score: float = float("nan")
+    std_score: float = float("nan")
+    fold_metrics: dict[str, list[float]] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    status: str = "completed"
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record written to tuning_results.json (NaN becomes null)."""
+        record = asdict(self)
+        for key in ("mean_score", "std_score"):
+            if not np.isfinite(record[key]):
+                record[key] = None
+        return record
+
+
+def kfold(n_rows: int, cv: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``KFold(n_splits=cv)`` without shuffling: what GridSearchCV uses for an integer cv."""
+    from sklearn.model_selection import KFold
+
+    return list(KFold(n_splits=cv).split(np.zeros((n_rows, 1))))
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MSE, RMSE, MAE and R2, computed as scikit-learn's scorers do."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    mse = float(mean_squared_error(y_true, y_pred))
+    return {
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+    }
+
+
+def run_unit(
+    unit: Unit,
+    family: Family,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+) -> list[TrialResult]:
+    """Cross-validate every config of ``unit``: per fold, fit the largest size once and score each
+    smaller size on its first k members. Raises on failure (the caller records and retries)."""
+    sizes = unit.sizes
+    largest = unit.largest_params
+    per_size: dict[int, dict[str, list[float]]] = {k: {} for k in sizes}
+    fit_seconds = 0.0
+    for train_idx, test_idx in folds:
+        started = time.perf_counter()
+        model = family.build(largest, seed)
+        model.fit(X[train_idx], y[train_idx])
+        fit_seconds += time.perf_counter() - started
+        for k in sizes:
+            predictions = family.predict_first(model, X[test_idx], k)
+            for name, value in regression_metrics(y[test_idx], predictions).items():
+                per_size[k].setdefault(name, []).append(value)
+    largest_size = max(sizes)
+    results = []
+    for trial in unit.trials:
+        size = unit.size_of(trial)
+        metrics = per_size[size]
+        scores = metrics["mse"]
+        results.append(
+            TrialResult(
+                trial_id=trial.trial_id,
+                index=trial.index,
+                params=trial.params,
+                fold_scores=scores,
+                mean_score=float(np.mean(scores)),
+                std_score=float(np.std(scores)),
+                fold_metrics=metrics,
+                # The fit is shared; charge each size its share (tree time is linear in trees).
+                fit_seconds=fit_seconds * size / largest_size,
+            )
+        )
+    return results
+
+
+def failed_results(unit: Unit, exc: BaseException) -> list[TrialResult]:
+    """Every trial of a unit that raised, recorded as failed with the error."""
+    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return [
+        TrialResult(
+            trial_id=t.trial_id, index=t.index, params=t.params, status="failed", error=message
+        )
+        for t in unit.trials
+    ]
+
+
+def fit_final(family: Family, params: dict[str, Any], X: Any, y: Any, seed: int) -> Any:
+    """Refit ``params`` on the whole training split (features keep their names)."""
+    model = family.build(params, seed)
+    model.fit(X, y)
+    return model

@@ -31,8 +31,11 @@ def grid_search_seconds() -> tuple[float, dict]:
     split = split_dataset(load_dataset(spec.data, spec.seed), spec.data.test_size, spec.seed)
     started = time.perf_counter()
     search = GridSearchCV(
-        RandomForestRegressor(random_state=spec.seed), spec.search_space,
-        cv=spec.search.cv, scoring="neg_mean_squared_error", n_jobs=-1,
+        RandomForestRegressor(random_state=spec.seed),
+        spec.search_space,
+        cv=spec.search.cv,
+        scoring="neg_mean_squared_error",
+        n_jobs=-1,
     )
     search.fit(split.X_train, split.y_train)
     return time.perf_counter() - started, search.best_params_
@@ -40,14 +43,23 @@ def grid_search_seconds() -> tuple[float, dict]:
 
 def mlpipe_train_seconds() -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
-        env = {**os.environ, "PREFECT_HOME": str(Path(folder) / "prefect"),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(Path(folder) / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         env.pop("PREFECT_API_URL", None)
         env.pop("MLFLOW_TRACKING_URI", None)
         mlpipe = Path(sys.executable).with_name("mlpipe")
         started = time.perf_counter()
-        done = subprocess.run([str(mlpipe), "train", "--quiet"], cwd=folder, env=env,
-                              check=True, stdout=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            [str(mlpipe), "train", "--quiet"],
+            cwd=folder,
+            env=env,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         wall = time.perf_counter() - started
         [results] = Path(folder, "artifacts").glob("*/tuning_results.json")
         best = json.loads(results.read_text())["best"]["params"]
@@ -58,12 +70,18 @@ def _parse_timings(summary: str) -> dict[str, float]:
     """The `timings: name 1.2s ...` line of mlpipe's summary, as a dict."""
     line = next((ln for ln in summary.splitlines() if ln.startswith("timings:")), "timings:")
     words = line.split()[1:]
-    return {name: float(value.rstrip("s")) for name, value in zip(words[::2], words[1::2], strict=False)}
+    return {
+        name: float(value.rstrip("s")) for name, value in zip(words[::2], words[1::2], strict=False)
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=1, help="alternate (a) and (b) this many times")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate (a) and (b) this many times"
+    )
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     for round_ in range(1, args.repeat + 1):
@@ -73,9 +91,11 @@ def main() -> None:
         t = info["timings"]
         cold = t.get("process_start", 0.0) + t.get("cold_start", 0.0)
         print(f"[{round_}] (b) mlpipe train:           {b:.1f} s  best {info['best']}")
-        print(f"      of which cold start {cold:.1f} s (imports {t.get('process_start', 0):.1f} s, "
-              f"Prefect server + MLflow store {t.get('cold_start', 0):.1f} s); "
-              f"warm part {b - cold:.1f} s")
+        print(
+            f"      of which cold start {cold:.1f} s (imports {t.get('process_start', 0):.1f} s, "
+            f"Prefect server + MLflow store {t.get('cold_start', 0):.1f} s); "
+            f"warm part {b - cold:.1f} s"
+        )
         print("      phases: " + "  ".join(f"{k} {v:.1f}s" for k, v in t.items()))
         print(f"[{round_}] ratio b/a = {b / a:.2f}   (warm part / a = {(b - cold) / a:.2f})")
 

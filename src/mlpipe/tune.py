@@ -300,8 +300,6 @@ def run_tuning(
     started = time.perf_counter()
     prepare(spec)  # bad data fails now, not after a 15 s server start
     log_dir.mkdir(parents=True, exist_ok=True)
-    if not verbose:
-        _route_logs_to(log_dir / "mlpipe.log")
     backends_log = log_dir / "backends.log"
     with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
         prefect_ready = pool.submit(start_prefect_backend)
@@ -309,6 +307,8 @@ def run_tuning(
         mlflow_ready.result()
         api_url = prefect_ready.result()
     cold_start = time.perf_counter() - started
+    if not verbose:  # after mlflow's import, which installs its own stderr handler
+        _route_logs_to(log_dir / "mlpipe.log")
     workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
     runner = ProcessPoolTaskRunner(
         max_workers=workers,

@@ -1,0 +1,15 @@
+"""Test-wide environment: a private PREFECT_HOME, no analytics, no outside servers.
+
+Set before anything imports Prefect, so the ephemeral server of this test process uses a
+temporary database and no developer's ~/.prefect is touched.
+"""
+
+import os
+import tempfile
+
+_home = tempfile.mkdtemp(prefix="mlpipe-prefect-home-")
+os.environ["PREFECT_HOME"] = _home
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(name, None)

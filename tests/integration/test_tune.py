@@ -1,0 +1,210 @@
+"""The tune flow for real: Prefect (ephemeral), MLflow (SQLite), registry, files on disk."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from sklearn.model_selection import GridSearchCV, train_test_split
+
+pytestmark = pytest.mark.integration
+
+
+def results_of(workdir: Path) -> tuple[Path, dict]:
+    [path] = (workdir / "artifacts").glob("*/tuning_results.json")
+    return path.parent, json.loads(path.read_text())
+
+
+def grid_search(estimator, X, y, grid, seed, cv=3):
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=seed)
+    search = GridSearchCV(estimator, grid, cv=cv, scoring="neg_mean_squared_error", n_jobs=1)
+    return search.fit(X_train, y_train)
+
+
+def assert_same_as_grid_search(payload: dict, search) -> None:
+    """Every config's mean CV MSE equals cv_results_ to 1e-9 relative; same best params."""
+    ours = {json.dumps(t["params"], sort_keys=True): t["mean_score"] for t in payload["trials"]}
+    assert len(ours) == len(search.cv_results_["params"])
+    for params, neg_mse in zip(
+        search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+    ):
+        assert ours[json.dumps(params, sort_keys=True)] == pytest.approx(-neg_mse, rel=1e-9, abs=0)
+    assert payload["best"]["params"] == search.best_params_
+    assert payload["best"]["mean_score"] == pytest.approx(-search.best_score_, rel=1e-9)
+
+
+def boston() -> tuple[pd.DataFrame, pd.Series]:
+    with resources.files("mlpipe").joinpath("data/boston.csv").open("rb") as handle:
+        frame = pd.read_csv(handle)
+    return frame.drop(columns=["MEDV"]), frame["MEDV"]
+
+
+BOSTON_GRID = {"n_estimators": [5, 15, 30], "max_depth": [None, 4], "min_samples_leaf": [1, 4]}
+
+
+def test_boston_search_is_tracked_registered_and_equals_grid_search(train, workdir):
+    from sklearn.ensemble import RandomForestRegressor
+
+    result = train({"search": {"params": BOSTON_GRID}})
+    folder, payload = results_of(workdir)
+
+    # the files other tools read
+    assert payload["search_id"] == folder.name and payload["scoring"] == "mse"
+    assert payload["n_trials"] == 12 and payload["n_failed"] == 0
+    trial = payload["trials"][0]
+    assert set(trial) >= {
+        "trial_id",
+        "params",
+        "fold_scores",
+        "mean_score",
+        "std_score",
+        "fit_seconds",
+        "status",
+        "error",
+    }
+    assert (
+        len(trial["fold_scores"]) == 3 and trial["status"] == "completed" and trial["error"] is None
+    )
+    assert json.loads((folder / "best_params.json").read_text()) == payload["best"]["params"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) >= {"mse", "rmse", "mae", "r2"} and metrics["r2"] > 0.5
+    assert {p.name for p in (folder / "report").iterdir()} == {
+        "hyperparameters.png",
+        "predicted_vs_actual.png",
+        "feature_importances.png",
+    }
+    assert (folder / "model" / "MLmodel").is_file()
+
+    X, y = boston()
+    assert_same_as_grid_search(
+        payload, grid_search(RandomForestRegressor(random_state=42), X, y, BOSTON_GRID, 42)
+    )
+
+    # MLflow: a parent run, one FINISHED child per trial with per-fold metrics, the model version
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("boston-rf")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == payload["parent_run_id"]
+    ]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert len(children) == 12 and {c.info.status for c in children} == {"FINISHED"}
+    child = children[0]
+    assert {
+        "cv_mse_mean",
+        "cv_mse_std",
+        "cv_rmse_mean",
+        "cv_mae_mean",
+        "cv_r2_mean",
+        "fit_seconds",
+    } <= set(child.data.metrics)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "cv_mse_fold")] == [
+        0,
+        1,
+        2,
+    ]
+    assert parent[0].data.metrics["test_mse"] == pytest.approx(metrics["mse"])
+    artifacts = {a.path for a in client.list_artifacts(payload["parent_run_id"])}
+    assert {"tuning_results.json", "best_params.json", "metrics.json", "report"} <= artifacts
+
+    version = client.get_model_version_by_alias("boston-rf", "champion")
+    assert str(version.version) == "1" and version.tags["mlpipe.search_id"] == payload["search_id"]
+    assert "alias champion" in result.output and "first version" in result.output
+
+    # the registered model loads with the trusted tree type (skops, not pickle) and predicts
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    model = mlflow.sklearn.load_model("models:/boston-rf@champion")
+    assert type(model).__name__ == "RandomForestRegressor"
+    pyfunc = mlflow.pyfunc.load_model("models:/boston-rf/1")
+    assert pyfunc.metadata.signature is not None
+    prediction = pyfunc.predict(X.head(3).astype("float64"))
+    assert np.all(np.isfinite(prediction)) and len(prediction) == 3
+    mlmodel = (folder / "model" / "MLmodel").read_text()
+    assert "serialization_format: skops" in mlmodel and "sklearn.tree._tree.Tree" in mlmodel
+
+
+def test_diabetes_search_equals_grid_search(train, workdir):
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+
+    grid = {"n_estimators": [8, 20], "min_samples_split": [2, 10], "max_features": [0.5, 1.0]}
+    train({"seed": 7, "data": {"source": "diabetes"}, "search": {"params": grid}}, "--quiet")
+    _, payload = results_of(workdir)
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    assert_same_as_grid_search(
+        payload, grid_search(RandomForestRegressor(random_state=7), X, y, grid, 7)
+    )
+
+
+def test_xgboost_search_equals_grid_search(train, workdir):
+    from sklearn.datasets import make_regression
+    from xgboost import XGBRegressor
+
+    grid = {"n_estimators": [10, 30], "max_depth": [2, 4], "learning_rate": [0.1]}
+    spec = {
+        "seed": 3,
+        "data": {"source": "synthetic", "rows": 200, "features": 4},
+        "model": {"family": "xgboost"},
+        "search": {"params": grid},
+    }
+    train(spec, "--quiet")
+    _, payload = results_of(workdir)
+    X, y = make_regression(n_samples=200, n_features=4, noise=10.0, random_state=3)
+    assert_same_as_grid_search(
+        payload, grid_search(XGBRegressor(random_state=3, n_jobs=1), X, y, grid, 3)
+    )
+    assert (
+        str(MlflowClient().get_model_version_by_alias("synthetic-xgb", "champion").version) == "1"
+    )
+
+
+def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir):
+    weak = {"search": {"params": {"n_estimators": [1], "max_depth": [1]}}}
+    strong = {"search": {"params": {"n_estimators": [20], "max_depth": [None]}}}
+    client = MlflowClient  # constructed after each run: the URI is the test's own store
+
+    train(weak, "--quiet")
+    assert str(client().get_model_version_by_alias("boston-rf", "champion").version) == "1"
+
+    beaten = train(strong, "--quiet")
+    assert str(client().get_model_version_by_alias("boston-rf", "champion").version) == "2"
+    assert "version 2 -> alias champion" in beaten.output and "beats champion v1" in beaten.output
+
+    again = train(weak)  # same search as the first: its trial is reused, not rerun
+    assert "1 reused from an earlier run" in again.output
+    assert (
+        "version 3 -> alias challenger" in again.output
+        and "does not beat champion v2" in again.output
+    )
+    registry = client()
+    assert str(registry.get_model_version_by_alias("boston-rf", "champion").version) == "2"
+    assert str(registry.get_model_version_by_alias("boston-rf", "challenger").version) == "3"
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(train, workdir):
+    grid = {"n_estimators": [5], "max_features": [0.5, 7.5]}  # 7.5 is not a valid fraction
+    result = train({"search": {"params": grid, "retries": 1}})
+    _, payload = results_of(workdir)
+    failed = [t for t in payload["trials"] if t["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["params"]["max_features"] == 7.5
+    assert "max_features" in failed[0]["error"] and failed[0]["mean_score"] is None
+    assert payload["best"]["params"]["max_features"] == 0.5
+    assert "1 failed" in result.output
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("boston-rf").experiment_id],
+        filter_string="tags.`mlpipe.status` = 'failed'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+
+
+def test_the_flow_fails_only_when_every_trial_fails(train, workdir):
+    result = train({"search": {"params": {"n_estimators": [5], "max_features": [7.5]}}}, expect=1)
+    assert "all 1 trials failed" in result.output and "max_features" in result.output

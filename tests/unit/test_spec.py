@@ -1,0 +1,94 @@
+import pytest
+import yaml
+
+from mlpipe.errors import SpecError
+from mlpipe.spec import EXAMPLE_SPEC, Spec, load_spec
+
+
+def write(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_documented_example(tmp_path):
+    default = load_spec()
+    example = load_spec(write(tmp_path, EXAMPLE_SPEC))
+    assert default.search_space == example.search_space
+    assert default.experiment_name == example.experiment_name == "boston-rf"
+    assert default.model_name == example.model_name == "boston-rf"
+    assert default.data.target_column == example.data.target_column == "MEDV"
+    assert (default.seed, default.search.cv, default.data.test_size) == (42, 3, 0.2)
+    assert default.search_space["max_depth"] == [None, 10, 20]
+
+
+def test_overrides_set_single_fields():
+    spec = load_spec(None, {"data.source": "diabetes", "search.cv": 5, "model.family": "xgboost"})
+    assert spec.data.source == "diabetes" and spec.data.target_column == "target"
+    assert spec.search.cv == 5
+    assert spec.experiment_name == "diabetes-xgb"
+    assert "learning_rate" in spec.search_space  # the family's default space
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colour: red\n", "colour: unknown key; allowed here: seed, data"),
+        ("data:\n  sauce: boston\n", "data.sauce: unknown key; allowed here: source, target"),
+        (
+            "search:\n  params:\n    n_trees: [1]\n",
+            "unknown hyperparameter(s) n_trees for family random_forest",
+        ),
+        ("search:\n  params: {}\n", "the grid is empty"),
+        ("search:\n  params:\n    max_depth: []\n", "search.params.max_depth: the list is empty"),
+        ("search:\n  cv: 1\n", "search.cv: Input should be greater than or equal to 2 (got 1)"),
+        ("search:\n  strategy: bayes\n", "search.strategy: Input should be 'grid' or 'random'"),
+        (
+            "search:\n  strategy: random\n",
+            "search.n_trials: required when search.strategy is random",
+        ),
+        ("model:\n  family: svm\n", "model.family: Input should be 'random_forest' or 'xgboost'"),
+        ("data:\n  test_size: 1.5\n", "data.test_size: Input should be less than 1 (got 1.5)"),
+        ("n_jobs: 0\n", "n_jobs: 0 is not allowed"),
+    ],
+)
+def test_bad_spec_names_field_value_and_allowed(tmp_path, text, needle):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    assert needle in str(info.value)
+
+
+def test_xgboost_params_are_checked_against_xgboost(tmp_path):
+    text = "model:\n  family: xgboost\nsearch:\n  params:\n    min_samples_leaf: [1]\n"
+    with pytest.raises(SpecError, match="min_samples_leaf for family xgboost"):
+        load_spec(write(tmp_path, text))
+
+
+def test_reserved_arguments_cannot_be_searched(tmp_path):
+    with pytest.raises(SpecError, match="random_state"):
+        load_spec(write(tmp_path, "search:\n  params:\n    random_state: [1, 2]\n"))
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(write(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(write(tmp_path, "- a\n- b\n"))
+
+
+def test_scalar_param_is_a_one_value_grid(tmp_path):
+    spec = load_spec(write(tmp_path, "search:\n  params:\n    n_estimators: 10\n"))
+    assert spec.search_space == {"n_estimators": [10]}
+
+
+def test_file_source_needs_a_target():
+    spec = Spec.model_validate({"data": {"source": "houses.csv"}})
+    with pytest.raises(SpecError, match=r"data\.target is required"):
+        _ = spec.data.target_column
+
+
+def test_example_is_valid_yaml_with_every_section():
+    raw = yaml.safe_load(EXAMPLE_SPEC)
+    assert set(raw) >= {"seed", "data", "model", "search", "tracking", "registry", "artifacts_dir"}

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ class Tracker:
         steps: list[tuple[str, float, int]] = []
         for name, values in result.fold_metrics.items():
             metrics[f"cv_{name}_mean"] = float(sum(values) / len(values))
-            metrics[f"cv_{name}_std"] = float(_std(values))
+            metrics[f"cv_{name}_std"] = statistics.pstdev(values)
             steps += [(f"cv_{name}_fold", v, i) for i, v in enumerate(values)]
         self._log(run_id, params=result.params, metrics=metrics, steps=steps)
         self.client.set_terminated(run_id, "FINISHED" if result.status == "completed" else "FAILED")
@@ -234,8 +235,3 @@ def download_model(model_uri: str, destination: Path) -> Path:
     return Path(
         mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
     )
-
-
-def _std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return float((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test unit integration lint bench lock clean
+.PHONY: run test unit integration lint bench bench-serve lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## GridSearchCV vs mlpipe train, side by side
 	$(BIN)/python benchmarks/tune.py $(ARGS)
+
+bench-serve: $(STAMP)  ## mlflow models serve vs mlpipe serve under wrk (apt-get install wrk)
+	$(BIN)/python benchmarks/serve.py $(ARGS)
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

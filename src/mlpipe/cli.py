@@ -192,6 +192,88 @@ def _print_summary(outcome: TuneOutcome, console: Console, tracking_uri: str) ->
 
 
 @app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="models:/NAME@ALIAS (followed), models:/NAME/VERSION, or a model folder.",
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes (one per core).")] = 1,
+    poll_seconds: Annotated[
+        float, typer.Option(help="how often to check where the alias points.")
+    ] = 10.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLPIPE_SERVE_TOKEN",
+            help="require 'Authorization: Bearer TOKEN' on /predict and /invocations "
+            "(prefer the MLPIPE_SERVE_TOKEN variable: flags land in shell history).",
+            show_default=False,
+        ),
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="larger bodies get 413.")] = 1_048_576,
+    max_rows: Annotated[int, typer.Option(help="larger batches get 413.")] = 10_000,
+    drain_seconds: Annotated[
+        float, typer.Option(help="after SIGTERM, keep serving this long with /ready at 503.")
+    ] = 0.0,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="JSON access log on stdout.")
+    ] = True,
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="use the ONNX fast path when it matches.")
+    ] = True,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="load pickled models (runs their code: trust them)."),
+    ] = False,
+) -> None:
+    """Serve a model over HTTP: /predict, MLflow's /invocations, /ready, /model, /metrics."""
+    from mlpipe.predictor import parse_model_uri
+    from mlpipe.serve.config import build_config
+
+    try:
+        config = build_config(
+            model_uri=model,
+            tracking_uri=_tracking_uri(),
+            host=host,
+            port=port,
+            workers=workers,
+            poll_seconds=poll_seconds,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            max_rows=max_rows,
+            drain_seconds=drain_seconds,
+            access_log=access_log,
+            onnx=onnx,
+            allow_pickle=allow_pickle,
+        )
+        ref = parse_model_uri(model)
+        if ref.name is not None:
+            _check_registered(ref, config.tracking_uri)
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    from mlpipe.serve.server import run
+
+    run(config)
+
+
+def _check_registered(ref: Any, tracking_uri: str) -> None:
+    """Fail before the server starts when the name, alias or version does not exist."""
+    from mlflow import MlflowClient
+
+    from mlpipe.predictor import resolve_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = resolve_version(ref, client)
+    typer.echo(f"{ref.uri} -> version {version} ({tracking_uri})", err=True)
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="where to write the example spec")] = Path(
         "mlpipe.yaml"

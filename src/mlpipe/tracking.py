@@ -145,8 +145,10 @@ class Tracker:
         input_example: Any,
         signature: Any,
         model_name: str,
+        held_out: Any = None,
     ) -> tuple[str, str]:
-        """Log the model to the run and register it; returns (model uri, registered version)."""
+        """Log the model to the run, with its ONNX fast path and a held-out parity sample
+        beside it, and register it; returns (model uri, registered version)."""
         import mlflow
 
         # The registry prints "Successfully registered model ..." straight to stderr; keep it
@@ -181,10 +183,21 @@ class Tracker:
                     pip_requirements=self.pip_requirements(family),
                 )
             # start_run(run_id=...) ends the run on exit; the caller decides its final status.
+        if held_out is not None:
+            self._log_fast_path(info.model_id, model, held_out)
         if chatter.getvalue().strip():
             logging.getLogger("mlflow").info(chatter.getvalue().strip())
         self.client.update_run(run_id, status="RUNNING")
         return str(info.model_uri), str(info.registered_model_version)
+
+    def _log_fast_path(self, model_id: str, model: Any, held_out: Any) -> None:
+        import tempfile
+
+        from mlpipe.predictor import export_fast_path
+
+        with tempfile.TemporaryDirectory(prefix="mlpipe-onnx-") as tmp:
+            if export_fast_path(model, held_out.shape[1], held_out, Path(tmp)) is not None:
+                self.client.log_model_artifacts(model_id, tmp)
 
     def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -211,7 +211,13 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
 
     signature = infer_signature(split.X_test, predictions)
     model_uri, version = tracker.log_model(
-        parent_run_id, family.name, model, split.X_train.head(5), signature, spec.model_name
+        parent_run_id,
+        family.name,
+        model,
+        split.X_train.head(5),
+        signature,
+        spec.model_name,
+        held_out=split.X_test,
     )
     tracker.tag_version(
         spec.model_name,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import run_mlpipe
+from conftest import BIN, free_port, run_mlpipe, stop, wait_http
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +43,33 @@ def test_init_then_train_the_default_spec(tmp_path):
     assert (tmp_path / "mlflow.db").is_file() and (
         tmp_path / "artifacts" / "logs" / "mlpipe.log"
     ).is_file()
+
+    # then the README's serving example against the model this run registered
+    body = re.search(r"-d '(\{.*?\})'", (ROOT / "README.md").read_text(), re.S)[1]
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlpipe"),
+            "serve",
+            "--model",
+            "models:/boston-rf@champion",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", server)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        ).json()
+        assert answer["model"] == {"name": "boston-rf", "version": "1", "alias": "champion"}
+        assert 5 < answer["predictions"][0] < 50
+    finally:
+        stop(server)

@@ -1,0 +1,187 @@
+"""Benchmark: `mlflow models serve` against `mlpipe serve`: same model, same load, in turn.
+
+The model is the default tuning's best RandomForest: `mlpipe train` runs first in a fresh folder
+(or --tracking-uri points at a store that has boston-rf@champion). Each server gets the same
+closed loop from wrk (Debian's `wrk`): 16 connections on one wrk thread, single-row
+`dataframe_split` requests to /invocations over loopback, after a warm-up. Both servers get the
+same number of workers (--workers, default 2 = the cores here). Before the load, both answer the
+same 50 rows and the bytes are compared.
+
+Prints requests/s, p50 and p99 latency for both and the throughput ratio.
+Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+BIN = Path(sys.executable).parent
+MODEL = "models:/boston-rf@champion"
+DATA = Path(__file__).parents[1] / "src/mlpipe/data/boston.csv"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str], cwd: str, ready_path: str) -> tuple:
+    port = free_port()
+    log = open(Path(cwd) / f"server-{port}.log", "wb")  # noqa: SIM115 - closed in stop()
+    proc = subprocess.Popen(
+        [*args, "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{args[0]} exited; see {log.name}")
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{args} did not become ready")
+
+
+def stop(proc: subprocess.Popen, log) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+def wrk(url: str, body: str, seconds: int, folder: str) -> dict[str, float]:
+    script = Path(folder) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    subprocess.run(  # warm-up
+        ["wrk", "-t1", "-c16", "-d3s", "-s", str(script), url], check=True, capture_output=True
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out)[1]),
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1]),
+        "requests": float(re.search(r"(\d+) requests in", out)[1]),
+        "errors": float(errors[1]) if errors else 0.0,
+        "socket_errors": socket_errors[1] if socket_errors else "",
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def answers(url: str, frame: pd.DataFrame) -> list[bytes]:
+    with httpx.Client() as http:
+        return [
+            http.post(
+                url + "/invocations",
+                json={"dataframe_split": frame.iloc[[i]].to_dict(orient="split")},
+            ).content
+            for i in range(len(frame))
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tracking-uri", help="a store with boston-rf@champion (else: train)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+
+    folder = tempfile.mkdtemp(prefix="mlpipe-bench-serve-")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",  # mlflow models serve runs uvicorn from PATH
+        "PREFECT_HOME": str(Path(folder) / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    env["MLFLOW_TRACKING_URI"] = args.tracking_uri or f"sqlite:///{folder}/mlflow.db"
+    if not args.tracking_uri:
+        print("training the default model (mlpipe train) ...", flush=True)
+        subprocess.run([str(BIN / "mlpipe"), "train", "--quiet"], cwd=folder, env=env, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+
+    frame = pd.read_csv(DATA).drop(columns=["MEDV"]).astype("float64")
+    body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})
+    servers = {
+        "mlflow models serve": (
+            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local",
+             "--host", "127.0.0.1", "--workers", str(args.workers)],
+            "/ping",
+        ),
+        "mlpipe serve": (
+            [str(BIN / "mlpipe"), "serve", "--model", MODEL, "--workers", str(args.workers),
+             "--no-access-log"],
+            "/ready",
+        ),
+    }  # fmt: skip
+    results, replies = {}, {}
+    for name, (command, ready) in servers.items():
+        proc, url, log = start(command, env, folder, ready)
+        try:
+            replies[name] = answers(url, frame.iloc[:50])
+            print(f"{name}: {args.seconds} s of wrk -c16 ...", flush=True)
+            results[name] = wrk(url + "/invocations", body, args.seconds, folder)
+        finally:
+            stop(proc, log)
+
+    identical = replies["mlflow models serve"] == replies["mlpipe serve"]
+    print(f"\nsame model, {args.workers} workers each, 16 connections, single-row /invocations")
+    print(f"{'server':<22}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['rps']:>12.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+              f"{r['errors']:>8.0f} {r['socket_errors']}")  # fmt: skip
+    ratio = results["mlpipe serve"]["rps"] / results["mlflow models serve"]["rps"]
+    print(f"throughput ratio mlpipe/mlflow: {ratio:.1f}  (target >= 40)")
+    print(f"p99 mlpipe: {results['mlpipe serve']['p99_ms']:.2f} ms  (target <= 10)")
+    print(f"identical answers on 50 rows: {identical}")
+    shutil.rmtree(folder, ignore_errors=True)
+    if not identical:
+        raise SystemExit("the two servers answered differently")
+
+
+if __name__ == "__main__":
+    main()

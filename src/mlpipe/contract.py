@@ -1,0 +1,234 @@
+"""The input contract: rows of feature values checked against a model's signature.
+
+One contract for online, batch and stream scoring. It turns records (``{feature: value}``),
+columns (``{feature: [values]}``) or a header plus rows into a float64 matrix in the signature's
+column order, or raises ``InputError`` listing each problem with its row and field. Only finite
+numbers pass: no strings, booleans, nulls, NaN or Infinity (as literals or strings), no missing
+and no unknown features.
+
+The common case (every value a plain number) is checked with set and type tests and one numpy
+conversion; the detailed walk runs only to explain a rejection. Pure: no MLflow, no HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlpipe.errors import UserError
+
+# MLflow column types a numeric model can take, and the Python values each accepts.
+NUMERIC_TYPES: dict[str, tuple[type, ...]] = {
+    "double": (float, int),
+    "float": (float, int),
+    "long": (int,),
+    "integer": (int,),
+}
+MAX_PROBLEMS = 20  # a 10,000-row batch of bad rows gets a readable error, not a 10,000-line one
+_NONFINITE_WORDS = frozenset({"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an input was refused: where (row, field) and what is wrong."""
+
+    message: str
+    field: str | None = None
+    row: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "field": self.field, "message": self.message}
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part
+            for part in (
+                f"row {self.row}" if self.row is not None else "",
+                f"field {self.field!r}" if self.field is not None else "",
+            )
+            if part
+        )
+        return f"{where}: {self.message}" if where else self.message
+
+
+class InputError(UserError):
+    """The input breaks the contract. ``status`` is the HTTP status a server should answer."""
+
+    def __init__(self, problems: Sequence[Problem], status: int = 422) -> None:
+        self.problems = list(problems)[:MAX_PROBLEMS]
+        self.status = status
+        text = "; ".join(str(p) for p in self.problems)
+        super().__init__(text + ("; and more" if len(problems) > MAX_PROBLEMS else ""))
+
+    @classmethod
+    def single(cls, message: str, status: int = 400, field: str | None = None) -> InputError:
+        return cls([Problem(message, field=field)], status=status)
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """The features a model takes, in order, with their MLflow types."""
+
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unsupported = {t for t in self.types if t not in NUMERIC_TYPES}
+        if unsupported:
+            raise UserError(
+                f"the model's signature has column types {sorted(unsupported)}; mlpipe serves "
+                f"models whose inputs are all numeric ({', '.join(NUMERIC_TYPES)})"
+            )
+        object.__setattr__(self, "_name_set", frozenset(self.names))
+
+    @classmethod
+    def from_signature_inputs(cls, inputs: Sequence[Mapping[str, Any]]) -> InputContract:
+        """From MLflow's column specs (``signature.inputs.to_dict()``)."""
+        if not inputs or any("name" not in spec for spec in inputs):
+            raise UserError(
+                "the model's signature has no named input columns; log it with a signature "
+                "(mlpipe train does) to serve it"
+            )
+        return cls(tuple(s["name"] for s in inputs), tuple(s["type"] for s in inputs))
+
+    def to_list(self) -> list[dict[str, str]]:
+        return [{"name": n, "type": t} for n, t in zip(self.names, self.types, strict=True)]
+
+    def matrix_from_records(self, records: Any) -> np.ndarray:
+        """A list of ``{feature: number}`` objects as a (rows, features) float64 matrix."""
+        _require_rows(records, "a list of records ({feature: number, ...})")
+        names, name_set = self.names, self._name_set  # type: ignore[attr-defined]
+        try:
+            rows = [[record[n] for n in names] for record in records if record.keys() == name_set]
+        except (AttributeError, TypeError):
+            rows = []
+        if len(rows) == len(records):
+            matrix = self._to_matrix(rows)
+            if matrix is not None:
+                return matrix
+        raise InputError(self._record_problems(records))
+
+    def matrix_from_columns(self, columns: Any) -> np.ndarray:
+        """``{feature: [values]}`` (one list per feature, equal lengths) as a matrix."""
+        if not isinstance(columns, dict):
+            raise InputError.single(
+                f"expected an object of columns, got {_kind(columns)}", status=422
+            )
+        lengths = {len(v) if isinstance(v, list) else 1 for v in columns.values()}
+        if len(lengths) > 1:
+            raise InputError.single("the columns have different lengths", status=422)
+        length = lengths.pop() if lengths else 0
+        records = [
+            {k: (v[i] if isinstance(v, list) else v) for k, v in columns.items()}
+            for i in range(length)
+        ]
+        return self.matrix_from_records(records)
+
+    def matrix_from_rows(self, header: Sequence[Any], rows: Any) -> np.ndarray:
+        """A header of feature names plus rows of values (``dataframe_split``, CSV)."""
+        if not isinstance(header, list | tuple) or not all(isinstance(h, str) for h in header):
+            raise InputError.single("'columns' must be a list of feature names", status=422)
+        _require_rows(rows, "a list of rows (lists of values)")
+        width = len(header)
+        if not all(isinstance(row, list | tuple) and len(row) == width for row in rows):
+            bad = next(
+                i for i, r in enumerate(rows) if not isinstance(r, list | tuple) or len(r) != width
+            )
+            raise InputError(
+                [Problem(f"expected a list of {width} values, got {_kind(rows[bad])}", row=bad)]
+            )
+        return self.matrix_from_records([dict(zip(header, row, strict=True)) for row in rows])
+
+    def _to_matrix(self, rows: list[list[Any]]) -> np.ndarray | None:
+        accepted = {t for name in self.types for t in NUMERIC_TYPES[name]}
+        for row in rows:
+            for value in row:
+                if type(value) not in accepted:  # type(), not isinstance: bool is an int
+                    return None
+        try:
+            matrix = np.array(rows, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64's range
+            return None
+        if not np.isfinite(matrix).all():
+            return None
+        if len(set(self.types)) > 1 or self.types[0] not in ("double", "float"):
+            # integer columns: only JSON integers (checked per value in the slow path)
+            for row in rows:
+                for value, kind in zip(row, self.types, strict=True):
+                    if type(value) not in NUMERIC_TYPES[kind]:
+                        return None
+        return matrix.reshape(len(rows), len(self.names))
+
+    def _record_problems(self, records: Sequence[Any]) -> list[Problem]:
+        problems: list[Problem] = []
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                problems.append(
+                    Problem(f"expected an object of features, got {_kind(record)}", row=i)
+                )
+                continue
+            for name in self.names:
+                if name not in record:
+                    problems.append(Problem("missing feature", field=name, row=i))
+            for name in record:
+                if name not in self._name_set:  # type: ignore[attr-defined]
+                    problems.append(
+                        Problem(
+                            f"unknown feature; the model takes {', '.join(self.names)}",
+                            field=str(name),
+                            row=i,
+                        )
+                    )
+            for name, kind in zip(self.names, self.types, strict=True):
+                if name in record and (message := _value_problem(record[name], kind)):
+                    problems.append(Problem(message, field=name, row=i))
+            if len(problems) > MAX_PROBLEMS:
+                break
+        return problems or [Problem("the input could not be read as numbers")]
+
+
+def _require_rows(rows: Any, expected: str) -> None:
+    if not isinstance(rows, list):
+        raise InputError.single(f"expected {expected}, got {_kind(rows)}", status=422)
+    if not rows:
+        raise InputError.single("the input has no rows; send at least one", status=422)
+
+
+def _value_problem(value: Any, kind: str) -> str | None:
+    """Why ``value`` is not a valid ``kind`` feature value, or None."""
+    if value is None:
+        return "is null; a number is required"
+    if isinstance(value, bool):
+        return f"is a boolean ({json.dumps(value)}); a number is required"
+    if isinstance(value, str):
+        if value.strip().lower() in _NONFINITE_WORDS:
+            return f"is the string {value!r}; NaN and Infinity are not accepted, send a number"
+        return f"is a string ({value[:40]!r}); a number is required"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value}; NaN and Infinity are not accepted"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > sys.float_info.max:
+            return "is an integer too large for a float64"
+        return None
+    if isinstance(value, float):
+        return None if kind in ("double", "float") else f"is {value}; an integer is required"
+    return f"is {_kind(value)}; a number is required"
+
+
+def _kind(value: Any) -> str:
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }
+    return names.get(type(value), type(value).__name__)

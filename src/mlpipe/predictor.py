@@ -1,0 +1,381 @@
+"""Load a logged or registered model and pick its predictor: the ONNX fast path or the native one.
+
+A model comes from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local model folder
+(one with an ``MLmodel`` file). Loading resolves the URI to one exact version, downloads it,
+loads the native model (scikit-learn through skops with the types listed in its MLmodel, XGBoost
+in its own format; pickles only when the caller allows them), reads the signature into an
+``InputContract`` and builds the ONNX predictor: from ``onnx/model.onnx`` logged beside the model
+at registration, else converted now. The ONNX predictor is used only after it matches the native
+model on the input example and a held-out sample; otherwise the native one serves, and
+``LoadedModel.fallback_reason`` says why.
+
+MLflow is imported here for reading models only; writing stays in ``tracking.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlpipe.contract import InputContract
+from mlpipe.errors import UserError
+from mlpipe.onnx_export import ConversionError, to_onnx
+
+log = logging.getLogger("mlpipe.predictor")
+
+# The fast path is used when max |onnx - native| <= PARITY_TOLERANCE * max |native| over the
+# parity sample: 1e-4 of the prediction scale. Forests pass at 0 (the graph is exact); XGBoost
+# boosters differ by float32 rounding (~1e-7 of the scale).
+PARITY_TOLERANCE = 1e-4
+PARITY_ROWS = 256
+ONNX_FOLDER = "onnx"  # beside the model's files: onnx/model.onnx, onnx/parity_sample.json
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class Predictor(Protocol):
+    """Something that maps a float64 (rows, features) matrix to one prediction per row."""
+
+    kind: str
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model to serve: a registry name with an alias or version, or a local folder."""
+
+    uri: str
+    name: str | None = None
+    alias: str | None = None
+    version: str | None = None
+    path: Path | None = None
+
+    @property
+    def follows_alias(self) -> bool:
+        return self.alias is not None
+
+    def pinned(self, version: str) -> ModelRef:
+        """This reference resolved to one registry version (alias kept, for display)."""
+        return ModelRef(self.uri, self.name, self.alias, version)
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a folder holding an MLmodel file."""
+    if uri.startswith("models:/"):
+        match = _MODELS_URI.match(uri)
+        if not match:
+            raise UserError(f"--model {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return ModelRef(uri, match["name"], match["alias"], match["version"])
+    path = Path(uri).expanduser()
+    if not (path / "MLmodel").is_file():
+        raise UserError(
+            f"--model {uri!r}: not a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) "
+            "and not a folder with an MLmodel file"
+        )
+    return ModelRef(uri, path=path.resolve())
+
+
+def resolve_version(ref: ModelRef, client: Any) -> str:
+    """The registry version ``ref`` points at now (one registry call)."""
+    from mlflow.exceptions import MlflowException
+
+    assert ref.name is not None
+    try:
+        if ref.alias is not None:
+            return str(client.get_model_version_by_alias(ref.name, ref.alias).version)
+        return str(client.get_model_version(ref.name, ref.version).version)
+    except MlflowException as exc:
+        raise UserError(f"model {ref.uri}: {exc.message}") from exc
+
+
+class NativePredictor:
+    """The model's own predict, on a DataFrame with the signature's column names."""
+
+    kind = "native"
+
+    def __init__(self, model: Any, columns: tuple[str, ...]) -> None:
+        self.model = model
+        self.columns = list(columns)
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        frame = pd.DataFrame(matrix, columns=self.columns)
+        return np.asarray(self.model.predict(frame)).reshape(-1)
+
+
+class OnnxPredictor:
+    """An onnxruntime session: one thread, no spinning, so each request costs microseconds
+    and a second worker process gets the other core."""
+
+    kind = "onnx"
+
+    def __init__(self, graph: bytes) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(
+            graph, options, providers=["CPUExecutionProvider"]
+        )
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.dtype = np.float32 if model_input.type == "tensor(float)" else np.float64
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        (output, *_) = self.session.run(
+            None, {self.input_name: matrix.astype(self.dtype, copy=False)}
+        )
+        return np.asarray(output).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely the fast path matched the native model."""
+
+    rows: int
+    max_abs_diff: float
+    tolerance: float
+    sample: str
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "relative_tolerance": PARITY_TOLERANCE,
+            "sample": self.sample,
+        }
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to predict, with what a server reports about it."""
+
+    ref: ModelRef
+    run_id: str | None
+    contract: InputContract
+    signature: dict[str, Any]
+    predictor: Predictor
+    native: NativePredictor
+    parity: Parity | None
+    fallback_reason: str | None
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str | None:
+        return self.ref.version
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(matrix)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.ref.name,
+            "version": self.ref.version,
+            "alias": self.ref.alias,
+            "uri": self.ref.uri,
+            "run_id": self.run_id,
+            "signature": self.signature,
+            "predictor": self.predictor.kind,
+            "fallback_reason": self.fallback_reason,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "load_seconds": round(self.load_seconds, 3),
+            "loaded_at": self.loaded_at,
+        }
+
+
+def load_model(ref: ModelRef, allow_pickle: bool = False, fast: bool = True) -> LoadedModel:
+    """Download (registry) and load ``ref``; ``ref`` must name a version or a folder."""
+    started = time.perf_counter()
+    if ref.path is not None:
+        return _load_folder(ref, ref.path, allow_pickle, fast, started)
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=tmp
+            )
+        except Exception as exc:  # MLflow raises several types here (store, HTTP, OS)
+            raise UserError(
+                f"cannot download model {ref.name} version {ref.version}: {exc}"
+            ) from exc
+        return _load_folder(ref, Path(local), allow_pickle, fast, started)
+
+
+def _load_folder(
+    ref: ModelRef, path: Path, allow_pickle: bool, fast: bool, started: float
+) -> LoadedModel:
+    from mlflow.models import Model
+
+    meta = Model.load(str(path))
+    if meta.signature is None:
+        raise UserError(f"model {ref.uri} has no signature; log it with one to serve it")
+    contract = InputContract.from_signature_inputs(meta.signature.inputs.to_dict())
+    native = NativePredictor(_load_native(meta, path, ref, allow_pickle), contract.names)
+    samples = _parity_samples(meta, path, contract)
+    predictor: Predictor = native
+    parity: Parity | None = None
+    reason: str | None = "fast path disabled (--no-onnx)"
+    if fast:
+        predictor, parity, reason = choose_predictor(native, contract, path, samples)
+    _warm_up(predictor, samples[:1])
+    loaded = LoadedModel(
+        ref=ref,
+        run_id=meta.run_id,
+        contract=contract,
+        signature={
+            "inputs": contract.to_list(),
+            "outputs": meta.signature.outputs.to_dict() if meta.signature.outputs else None,
+        },
+        predictor=predictor,
+        native=native,
+        parity=parity,
+        fallback_reason=reason,
+        load_seconds=time.perf_counter() - started,
+    )
+    if reason:
+        log.warning("model %s: serving with the native predictor: %s", ref.uri, reason)
+    return loaded
+
+
+def _load_native(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> Any:
+    flavors = meta.flavors
+    if "sklearn" in flavors:
+        fmt = flavors["sklearn"].get("serialization_format", "pickle")
+        if fmt != "skops" and not allow_pickle:
+            raise UserError(
+                f"model {ref.uri} is stored as a {fmt} file, and loading a pickle runs whatever "
+                "code it holds; log it with serialization_format='skops' (mlpipe train does), "
+                "or pass --allow-pickle if you trust its source"
+            )
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(str(path))
+    if "xgboost" in flavors:
+        import mlflow.xgboost
+
+        return mlflow.xgboost.load_model(str(path))
+    raise UserError(
+        f"model {ref.uri} has flavors {sorted(flavors)}; mlpipe serves scikit-learn (skops) "
+        "and XGBoost models"
+    )
+
+
+def _parity_samples(meta: Any, path: Path, contract: InputContract) -> np.ndarray:
+    """The input example plus the held-out rows logged at registration; without those, the
+    input example and seeded draws around it."""
+    rows: list[np.ndarray] = []
+    example = meta.load_input_example(str(path))
+    if example is not None:
+        rows.append(_as_matrix(example, contract))
+    held_out = path / ONNX_FOLDER / "parity_sample.json"
+    if held_out.is_file():
+        rows.append(contract.matrix_from_rows(*_split(json.loads(held_out.read_text()))))
+    if not rows:
+        raise UserError("the model has no input example to check its predictor on")
+    matrix = np.vstack(rows)
+    if not held_out.is_file():
+        rng = np.random.default_rng(0)
+        draws = matrix[rng.integers(0, len(matrix), PARITY_ROWS)]
+        matrix = np.vstack([matrix, draws * rng.uniform(0.8, 1.2, draws.shape)])
+    return matrix
+
+
+def _split(payload: dict[str, Any]) -> tuple[list[str], list[list[float]]]:
+    return payload["columns"], payload["data"]
+
+
+def _as_matrix(example: Any, contract: InputContract) -> np.ndarray:
+    import pandas as pd
+
+    if isinstance(example, pd.DataFrame):
+        return contract.matrix_from_rows(list(example.columns), example.to_numpy().tolist())
+    return np.asarray(example, dtype=np.float64).reshape(-1, len(contract.names))
+
+
+def choose_predictor(
+    native: NativePredictor, contract: InputContract, path: Path, samples: np.ndarray
+) -> tuple[Predictor, Parity | None, str | None]:
+    """The ONNX predictor if it converts and matches ``native`` on ``samples``, else ``native``
+    with the reason."""
+    logged = path / ONNX_FOLDER / "model.onnx"
+    try:
+        graph = (
+            logged.read_bytes() if logged.is_file() else to_onnx(native.model, len(contract.names))
+        )
+        fast = OnnxPredictor(graph)
+    except ConversionError as exc:
+        return native, None, f"no ONNX form: {exc}"
+    except Exception as exc:  # onnxruntime refuses a graph with its own error types
+        return native, None, f"onnxruntime cannot load the ONNX graph: {exc}"
+    parity = check_parity(native, fast, samples, "held-out sample" if logged.is_file() else "")
+    if not parity.ok:
+        return (
+            native,
+            parity,
+            (
+                f"ONNX predictions differ from the native model by {parity.max_abs_diff:.3g} "
+                f"(tolerance {parity.tolerance:.3g})"
+            ),
+        )
+    return fast, parity, None
+
+
+def check_parity(
+    native: Predictor, fast: Predictor, samples: np.ndarray, sample_name: str = ""
+) -> Parity:
+    """Compare both predictors on ``samples`` row batch and row by row."""
+    expected = native.predict(samples)
+    got = fast.predict(samples)
+    single = np.concatenate([fast.predict(samples[i : i + 1]) for i in range(min(len(samples), 8))])
+    diff = max(
+        float(np.max(np.abs(got - expected))),
+        float(np.max(np.abs(single - expected[: len(single)]))),
+    )
+    scale = float(np.max(np.abs(expected))) or 1.0
+    return Parity(
+        rows=len(samples),
+        max_abs_diff=diff,
+        tolerance=PARITY_TOLERANCE * scale,
+        sample=f"input example + {sample_name or 'draws around it'}",
+    )
+
+
+def _warm_up(predictor: Predictor, rows: np.ndarray) -> None:
+    for _ in range(3):
+        predictor.predict(rows)
+
+
+def export_fast_path(model: Any, n_features: int, held_out: Any, folder: Path) -> Path | None:
+    """Write ``onnx/model.onnx`` and the held-out parity sample into ``folder`` for logging
+    beside a registered model; None when the model has no ONNX form."""
+    try:
+        graph = to_onnx(model, n_features)
+    except ConversionError as exc:
+        log.warning("no ONNX fast path for %s: %s", type(model).__name__, exc)
+        return None
+    target = folder / ONNX_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "model.onnx").write_bytes(graph)
+    sample = held_out.iloc[:PARITY_ROWS]
+    (target / "parity_sample.json").write_text(
+        json.dumps({"columns": list(sample.columns), "data": sample.to_numpy().tolist()})
+    )
+    return target

@@ -1,0 +1,168 @@
+"""POST /predict and POST /invocations as plain ASGI: the hot path, without a framework.
+
+Routing, a Request object and dependency resolution cost more than parsing, validating and
+predicting a row (see benchmarks/serve.py), so these two routes are answered here and every
+other route goes to FastAPI. The OpenAPI document still describes them (``app.py``). Each
+request reads ``slot.current`` once, so it is answered by exactly one model version.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from mlpipe.contract import InputError
+from mlpipe.predictor import LoadedModel
+from mlpipe.serve import protocol
+from mlpipe.serve.config import ServeConfig
+from mlpipe.serve.metrics import Metrics
+from mlpipe.serve.slot import ModelSlot
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+PATHS = ("/predict", "/invocations")
+
+
+class Unauthorized(Exception):
+    """Missing or wrong bearer token."""
+
+
+class Unavailable(Exception):
+    """No model is loaded yet."""
+
+
+class Disconnected(Exception):
+    """The client went away before sending the whole body."""
+
+
+class Predictions:
+    """The ASGI app of the two prediction routes."""
+
+    def __init__(self, slot: ModelSlot, config: ServeConfig, metrics: Metrics) -> None:
+        self.slot = slot
+        self.metrics = metrics
+        self.max_body_bytes = config.max_body_bytes
+        self.max_rows = config.max_rows
+        self.expected_auth = (
+            b"Bearer " + config.token.get_secret_value().encode() if config.token else None
+        )
+        self.routes = {
+            "/predict": (protocol.predict_matrix, render_predict, predict_error),
+            "/invocations": (protocol.invocations_matrix, render_invocations, mlflow_error),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parse, render, error_body = self.routes[scope["path"]]
+        headers = dict(scope["headers"])
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            model = self._model(headers)
+            scope.setdefault("state", {})["model_version"] = model.version
+            body = await self._body(receive, headers.get(b"content-length"))
+            content_type = headers.get(b"content-type")
+            matrix = parse(
+                body, content_type.decode("latin-1") if content_type else None, model.contract,
+                self.max_rows,
+            )  # fmt: skip
+            predictions = model.predict(matrix)
+            status, payload = 200, render(model, predictions)
+            self.metrics.predictions.labels(model.version or "local", model.predictor.kind).inc(
+                len(predictions)
+            )
+        except InputError as exc:
+            status, payload = exc.status, json.dumps(error_body(exc)).encode()
+        except Unauthorized:
+            status, payload = 401, _error(401, "missing or wrong bearer token")
+            extra.append((b"www-authenticate", b"Bearer"))
+        except Unavailable:
+            status, payload = 503, _error(503, self.slot.last_error or "the model is still loading")
+            extra.append((b"retry-after", b"1"))
+        except Disconnected:
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    def _model(self, headers: dict[bytes, bytes]) -> LoadedModel:
+        if self.expected_auth is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), self.expected_auth
+        ):
+            raise Unauthorized
+        model = self.slot.current
+        if model is None:
+            raise Unavailable
+        return model
+
+    async def _body(self, receive: Receive, declared: bytes | None) -> bytes:
+        """The body, refused with 413 as soon as it passes the limit."""
+        limit = self.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> InputError:
+    return InputError.single(
+        f"the body has {size} bytes or more; at most {limit} are accepted (--max-body-bytes)",
+        status=413,
+    )
+
+
+def _error(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"status": status, "message": message}}).encode()
+
+
+def render_predict(model: LoadedModel, predictions: Any) -> bytes:
+    return json.dumps(
+        {
+            "predictions": predictions.tolist(),
+            "model": {"name": model.ref.name, "version": model.version, "alias": model.ref.alias},
+        }
+    ).encode()
+
+
+def render_invocations(model: LoadedModel, predictions: Any) -> bytes:
+    return protocol.render_predictions(predictions)
+
+
+def predict_error(exc: InputError) -> dict[str, Any]:
+    return {
+        "error": {
+            "status": exc.status,
+            "message": str(exc),
+            "problems": [p.to_dict() for p in exc.problems],
+        }
+    }
+
+
+def mlflow_error(exc: InputError) -> dict[str, Any]:
+    """MLflow's error body (``error_code``, ``message``), plus the problems one by one."""
+    code = {413: "RESOURCE_LIMIT_EXCEEDED", 415: "INVALID_PARAMETER_VALUE"}
+    return {
+        "error_code": code.get(exc.status, "BAD_REQUEST"),
+        "message": str(exc),
+        "problems": [p.to_dict() for p in exc.problems],
+    }

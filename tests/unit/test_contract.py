@@ -1,0 +1,101 @@
+"""The input contract: what passes, and the message each bad value gets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlpipe.contract import InputContract, InputError
+from mlpipe.errors import UserError
+
+CONTRACT = InputContract(("a", "b"), ("double", "double"))
+
+
+def problems(call, *args):
+    with pytest.raises(InputError) as info:
+        call(*args)
+    return [(p.row, p.field, p.message) for p in info.value.problems], info.value
+
+
+def test_records_become_a_matrix_in_signature_order():
+    matrix = CONTRACT.matrix_from_records([{"b": 2, "a": 1.5}, {"a": -3, "b": 0.25}])
+    assert matrix.dtype == np.float64
+    assert matrix.tolist() == [[1.5, 2.0], [-3.0, 0.25]]
+
+
+def test_columns_and_rows_give_the_same_matrix():
+    expected = [[1.0, 2.0], [3.0, 4.0]]
+    assert CONTRACT.matrix_from_columns({"a": [1, 3], "b": [2, 4]}).tolist() == expected
+    assert CONTRACT.matrix_from_rows(["b", "a"], [[2, 1], [4, 3]]).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("1.5", "is a string ('1.5')"),
+        (None, "is null"),
+        (True, "is a boolean"),
+        (float("nan"), "NaN and Infinity are not accepted"),
+        (float("inf"), "NaN and Infinity are not accepted"),
+        ("NaN", "is the string 'NaN'"),
+        ("-Infinity", "is the string '-Infinity'"),
+        ([1], "is a list"),
+        ({"x": 1}, "is an object"),
+        (10**400, "too large"),
+    ],
+)
+def test_each_bad_value_is_named_with_its_row_and_field(value, words):
+    found, error = problems(CONTRACT.matrix_from_records, [{"a": 1, "b": 2}, {"a": 1, "b": value}])
+    assert len(found) == 1
+    row, field, message = found[0]
+    assert (row, field) == (1, "b")
+    assert words in message
+    assert error.status == 422
+    assert "row 1 field 'b'" in str(error)
+
+
+def test_missing_and_unknown_features():
+    found, _ = problems(CONTRACT.matrix_from_records, [{"a": 1, "c": 3}])
+    assert (0, "b", "missing feature") in found
+    assert any(f == "c" and "unknown feature; the model takes a, b" in m for _, f, m in found)
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [([], "no rows"), ({"a": 1}, "expected a list of records"), ("x", "got a string")],
+)
+def test_not_a_list_of_records(payload, words):
+    found, _ = problems(CONTRACT.matrix_from_records, payload)
+    assert words in found[0][2]
+
+
+def test_a_row_that_is_not_an_object():
+    found, _ = problems(CONTRACT.matrix_from_records, [{"a": 1, "b": 2}, [1, 2]])
+    assert found == [(1, None, "expected an object of features, got a list")]
+
+
+def test_rows_of_the_wrong_width_and_ragged_columns():
+    found, _ = problems(CONTRACT.matrix_from_rows, ["a", "b"], [[1, 2], [1]])
+    assert found[0][0] == 1 and "expected a list of 2 values" in found[0][2]
+    found, _ = problems(CONTRACT.matrix_from_columns, {"a": [1, 2], "b": [1]})
+    assert "different lengths" in found[0][2]
+
+
+def test_problems_are_capped():
+    _, error = problems(CONTRACT.matrix_from_records, [{"a": "x", "b": "y"}] * 500)
+    assert len(error.problems) == 20
+    assert "more" in str(error)
+
+
+def test_integer_columns_take_only_integers():
+    contract = InputContract(("n",), ("long",))
+    assert contract.matrix_from_records([{"n": 3}]).tolist() == [[3.0]]
+    found, _ = problems(contract.matrix_from_records, [{"n": 2.5}])
+    assert "an integer is required" in found[0][2]
+
+
+def test_non_numeric_signatures_are_refused():
+    with pytest.raises(UserError, match="all numeric"):
+        InputContract(("s",), ("string",))
+    with pytest.raises(UserError, match="no named input columns"):
+        InputContract.from_signature_inputs([{"type": "tensor"}])

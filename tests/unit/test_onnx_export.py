@@ -1,0 +1,64 @@
+"""ONNX graphs of tree models against the models themselves (no MLflow, no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression
+from sklearn.tree import DecisionTreeRegressor
+from xgboost import XGBRegressor
+
+from mlpipe.onnx_export import ConversionError, to_onnx
+from mlpipe.predictor import PARITY_TOLERANCE, OnnxPredictor
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(400, 6)) * [1, 10, 100, 0.01, 1e4, 1], columns=list("abcdef"))
+    y = X["a"] * 3 + np.sin(X["b"]) + X["c"] / 50 + rng.normal(size=400)
+    probe = rng.normal(size=(2000, 6)) * [1, 10, 100, 0.01, 1e4, 1] * 1.3
+    return X, y, probe
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        RandomForestRegressor(n_estimators=30, random_state=0, n_jobs=1),
+        RandomForestRegressor(n_estimators=7, max_depth=3, min_samples_leaf=5, random_state=1),
+        DecisionTreeRegressor(random_state=0),
+        DecisionTreeRegressor(max_depth=0 + 1, random_state=0),
+    ],
+    ids=["forest", "shallow-forest", "tree", "stump"],
+)
+def test_scikit_learn_trees_are_bit_for_bit(data, model):
+    X, y, probe = data
+    model.fit(X, y)
+    fast = OnnxPredictor(to_onnx(model, X.shape[1]))
+    expected = model.predict(pd.DataFrame(probe, columns=X.columns))
+    assert np.array_equal(fast.predict(probe), expected)
+    assert np.array_equal(fast.predict(probe[:1]), expected[:1])
+
+
+def test_a_one_leaf_tree(data):
+    X, _, probe = data
+    model = RandomForestRegressor(n_estimators=3, random_state=0).fit(X, np.full(len(X), 4.25))
+    fast = OnnxPredictor(to_onnx(model, X.shape[1]))
+    assert fast.predict(probe[:5]).tolist() == [4.25] * 5
+
+
+def test_xgboost_matches_to_float32_rounding(data):
+    X, y, probe = data
+    model = XGBRegressor(n_estimators=60, max_depth=4, n_jobs=1, random_state=0).fit(X, y)
+    fast = OnnxPredictor(to_onnx(model, X.shape[1]))
+    expected = model.predict(probe)
+    diff = np.max(np.abs(fast.predict(probe) - expected))
+    assert diff <= PARITY_TOLERANCE * np.max(np.abs(expected))
+
+
+def test_other_models_have_no_onnx_form(data):
+    X, y, _ = data
+    with pytest.raises(ConversionError, match="LinearRegression"):
+        to_onnx(LinearRegression().fit(X, y), X.shape[1])

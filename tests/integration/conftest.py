@@ -53,9 +53,8 @@ def train(workdir):
 def run_mlpipe(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """Run the installed `mlpipe` command as a user would; `env` is added to the environment
     (PREFECT_API_URL and MLFLOW_TRACKING_URI only when given)."""
-    base = {
-        k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")
-    }
+    unset = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     mlpipe = str(BIN / "mlpipe")
     return subprocess.run(
         [mlpipe, *args], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=600

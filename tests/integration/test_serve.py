@@ -28,6 +28,25 @@ FEATURES = ["CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TA
 SMALL_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_mlflow_uris():
+    """_register sets MLflow's global URIs (as `mlpipe train` does), which MLflow also exports
+    as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; put both back after."""
+    import mlflow
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {key: os.environ.get(key) for key in keys}
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
@@ -222,7 +241,7 @@ def test_metrics(server):
     ]
 
 
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     result = subprocess.run(
         [str(BIN / "st"), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
          "--max-examples", "40", "--seed", "1", "--phases", "examples,coverage,fuzzing"],

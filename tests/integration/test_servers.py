@@ -25,7 +25,7 @@ def test_train_against_prefect_and_mlflow_servers(servers, tmp_path):
         MLFLOW_TRACKING_URI=servers["MLFLOW_TRACKING_URI"],
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "alias champion" in done.stdout
+    assert "alias champion" in done.stdout, done.stdout
     assert "Starting temporary server" not in done.stdout + done.stderr  # the given server is used
 
     api = servers["PREFECT_API_URL"]
@@ -40,7 +40,9 @@ def test_train_against_prefect_and_mlflow_servers(servers, tmp_path):
     assert sum(n.startswith("cv n_estimators=5/10") for n in names) == 2  # one per unit
     assert any(n.startswith("refit") for n in names)
 
-    client = MlflowClient(tracking_uri=servers["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(
+        tracking_uri=servers["MLFLOW_TRACKING_URI"], registry_uri=servers["MLFLOW_TRACKING_URI"]
+    )
     version = client.get_model_version_by_alias("boston-rf", "champion")
     experiment = client.get_experiment_by_name("boston-rf")
     runs = client.search_runs([experiment.experiment_id])
@@ -49,5 +51,6 @@ def test_train_against_prefect_and_mlflow_servers(servers, tmp_path):
     import mlflow.sklearn
 
     mlflow.set_tracking_uri(servers["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(servers["MLFLOW_TRACKING_URI"])
     model = mlflow.sklearn.load_model("models:/boston-rf@champion")
     assert model.n_estimators in (5, 10)

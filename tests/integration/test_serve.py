@@ -245,7 +245,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     result = subprocess.run(
         [str(BIN / "st"), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
          "--max-examples", "40", "--seed", "1", "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # cache out of the tree
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:]
     assert "No issues found" in result.stdout

@@ -86,6 +86,9 @@ class InputContract:
                 f"models whose inputs are all numeric ({', '.join(NUMERIC_TYPES)})"
             )
         object.__setattr__(self, "_name_set", frozenset(self.names))
+        # the Python types any column takes, for the one-pass check of the common case
+        accepted = frozenset(t for name in self.types for t in NUMERIC_TYPES[name])
+        object.__setattr__(self, "_accepted", accepted)
 
     @classmethod
     def from_signature_inputs(cls, inputs: Sequence[Mapping[str, Any]]) -> InputContract:
@@ -146,7 +149,7 @@ class InputContract:
         return self.matrix_from_records([dict(zip(header, row, strict=True)) for row in rows])
 
     def _to_matrix(self, rows: list[list[Any]]) -> np.ndarray | None:
-        accepted = {t for name in self.types for t in NUMERIC_TYPES[name]}
+        accepted = self._accepted  # type: ignore[attr-defined]
         for row in rows:
             for value in row:
                 if type(value) not in accepted:  # type(), not isinstance: bool is an int

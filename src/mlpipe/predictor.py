@@ -286,20 +286,18 @@ def _parity_samples(meta: Any, path: Path, contract: InputContract) -> np.ndarra
     if example is not None:
         rows.append(_as_matrix(example, contract))
     held_out = path / ONNX_FOLDER / "parity_sample.json"
-    if held_out.is_file():
-        rows.append(contract.matrix_from_rows(*_split(json.loads(held_out.read_text()))))
+    has_held_out = held_out.is_file()
+    if has_held_out:
+        payload = json.loads(held_out.read_text())
+        rows.append(contract.matrix_from_rows(payload["columns"], payload["data"]))
     if not rows:
         raise UserError("the model has no input example to check its predictor on")
     matrix = np.vstack(rows)
-    if not held_out.is_file():
+    if not has_held_out:
         rng = np.random.default_rng(0)
         draws = matrix[rng.integers(0, len(matrix), PARITY_ROWS)]
         matrix = np.vstack([matrix, draws * rng.uniform(0.8, 1.2, draws.shape)])
     return matrix
-
-
-def _split(payload: dict[str, Any]) -> tuple[list[str], list[list[float]]]:
-    return payload["columns"], payload["data"]
 
 
 def _as_matrix(example: Any, contract: InputContract) -> np.ndarray:

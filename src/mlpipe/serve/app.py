@@ -36,7 +36,6 @@ access_log = logging.getLogger("mlpipe.access")
 SHUTTING_DOWN = threading.Event()
 
 ROUTES = ("/predict", "/invocations", "/health", "/ping", "/ready", "/model", "/metrics")
-_JSON = "application/json"
 
 
 def create_app(
@@ -139,7 +138,10 @@ def create_app(
 
 def _prediction_paths() -> dict[str, Any]:
     def operation(name: str, summary: str, content: dict[str, Any]) -> dict[str, Any]:
-        answer = {"description": "predictions", "content": {_JSON: {"schema": {"type": "object"}}}}
+        answer = {
+            "description": "predictions",
+            "content": {protocol.JSON_TYPE: {"schema": {"type": "object"}}},
+        }
         errors = {
             str(code): {"description": why}
             for code, why in [
@@ -168,13 +170,16 @@ def _prediction_paths() -> dict[str, Any]:
         "/predict": operation(
             "predict",
             'Predict: {"instances": [{feature: number, ...}]}, a list of records, or one record',
-            {_JSON: ref("PredictRequest")},
+            {protocol.JSON_TYPE: ref("PredictRequest")},
         ),
         "/invocations": operation(
             "invocations",
             "MLflow's scoring protocol: dataframe_split, dataframe_records, instances or "
             "inputs as JSON, or a CSV or Parquet body",
-            {_JSON: ref("InvocationsRequest"), protocol.CSV_TYPE: {"schema": {"type": "string"}}},
+            {
+                protocol.JSON_TYPE: ref("InvocationsRequest"),
+                protocol.CSV_TYPE: {"schema": {"type": "string"}},
+            },
         ),
     }
 

@@ -21,17 +21,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
-
-BIN = Path(sys.executable).parent
-MODEL = "models:/boston-rf@champion"
-DATA = Path(__file__).parents[1] / "src/mlpipe/data/boston.csv"
+from common import BIN, DATA, MODEL, environment
 
 
 def free_port() -> int:
@@ -131,18 +127,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
     folder = tempfile.mkdtemp(prefix="mlpipe-bench-serve-")
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",  # mlflow models serve runs uvicorn from PATH
-        "PREFECT_HOME": str(Path(folder) / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    env["MLFLOW_TRACKING_URI"] = args.tracking_uri or f"sqlite:///{folder}/mlflow.db"
-    if not args.tracking_uri:
-        print("training the default model (mlpipe train) ...", flush=True)
-        subprocess.run([str(BIN / "mlpipe"), "train", "--quiet"], cwd=folder, env=env, check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+    env = environment(folder, args.tracking_uri)
 
     frame = pd.read_csv(DATA).drop(columns=["MEDV"]).astype("float64")
     body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})

@@ -10,8 +10,11 @@ import time
 
 PROCESS_STARTED = time.perf_counter()  # before the heavy imports, for the cold-start figure
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from datetime import datetime  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Annotated, Any  # noqa: E402
@@ -26,11 +29,24 @@ if TYPE_CHECKING:
     from mlpipe.tune import TuneOutcome
 
 app = typer.Typer(
-    help="mlpipe: parallel hyperparameter tuning as a Prefect flow, tracked in MLflow.",
+    help="mlpipe: tune, register, serve and batch-score models, with Prefect and MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _use_running_stack() -> None:
+    """While `mlpipe up`'s stack runs, commands use it unless the environment names others."""
+    from mlpipe.deploy.stack import active
+
+    if "PREFECT_API_URL" in os.environ and "MLFLOW_TRACKING_URI" in os.environ:
+        return
+    stack = active()
+    if stack is not None:
+        for name, value in stack.environment().items():
+            os.environ.setdefault(name, value)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -264,13 +280,377 @@ def serve(
 
 def _check_registered(ref: Any, tracking_uri: str) -> None:
     """Fail before the server starts when the name, alias or version does not exist."""
-    from mlflow import MlflowClient
+    from mlpipe.predictor import registry_client, resolve_version
 
-    from mlpipe.predictor import resolve_version
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    version = resolve_version(ref, client)
+    version = resolve_version(ref, registry_client(tracking_uri))
     typer.echo(f"{ref.uri} -> version {version} ({tracking_uri})", err=True)
+
+
+@app.command()
+def score(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder."
+        ),
+    ],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="a CSV or Parquet file, or a folder of them.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the Parquet file to write.")],
+    id_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--id-column", help="column(s) copied to the output (repeat); default: row number."
+        ),
+    ] = None,
+    max_rejects: Annotated[
+        int,
+        typer.Option(help="stop (writing nothing) past this many bad rows; -1: no limit."),
+    ] = 1000,
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="use the ONNX fast path when it matches.")
+    ] = True,
+    workers: Annotated[int, typer.Option(help="batches predicted at once; 0: one per core.")] = 0,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="load pickled models (runs their code: trust them)."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar.")] = False,
+) -> None:
+    """Score a CSV/Parquet file or folder into Parquet in bounded memory; bad rows to rejects."""
+    from mlpipe import batch, tables
+    from mlpipe.predictor import open_model
+
+    console = _console()
+    try:
+        loaded = open_model(model, _tracking_uri(), allow_pickle=allow_pickle, fast=onnx)
+        with _row_progress(console, tables.count_rows(input), enabled=not quiet) as advance:
+            summary = batch.score(
+                loaded,
+                input,
+                output,
+                id_columns=id_column or (),
+                max_rejects=None if max_rejects < 0 else max_rejects,
+                on_progress=advance,
+                workers=workers or None,
+            )
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    _print_score_summary(summary, console)
+
+
+def _print_score_summary(summary: Any, console: Console) -> None:
+    console.print(
+        f"scored {summary.scored:,} of {summary.rows:,} rows with {summary.model_name or 'model'} "
+        f"version {summary.model_version or '-'} ({summary.predictor}) in "
+        f"{summary.seconds:.1f}s: {summary.rows_per_second:,.0f} rows/s"
+    )
+    console.print(f"output {summary.output}")
+    if summary.rejected:
+        console.print(f"[yellow]{summary.rejected:,} rows rejected[/] -> {summary.rejects}")
+        for line in summary.first_rejects[:3]:
+            console.print(f"  {line}", markup=False)
+
+
+@contextlib.contextmanager
+def _row_progress(console: Console, total: int | None, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar over rows on a terminal; nothing in a pipe or with --quiet."""
+    if not (enabled and console.is_terminal):
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rows", total=total)
+        yield lambda rows: progress.advance(task, rows)
+
+
+deploy_app = typer.Typer(
+    help="Create mlpipe's Prefect deployments (tune/mlpipe, batch_score/mlpipe).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+FlowsOption = Annotated[
+    list[str] | None,
+    typer.Option("--flow", help="tune and/or batch_score (repeat); default: both."),
+]
+CronOption = Annotated[
+    list[str] | None,
+    typer.Option("--cron", help="FLOW=CRON, e.g. 'batch_score=0 6 * * *' (UTC); repeat per flow."),
+]
+IntervalOption = Annotated[
+    list[str] | None,
+    typer.Option("--interval", help="FLOW=SECONDS, e.g. tune=604800; repeat per flow."),
+]
+ModelOption = Annotated[str, typer.Option(help="batch_score's model URI.")]
+InputRootOption = Annotated[Path, typer.Option(help="batch_score reads INPUT_ROOT/PARTITION/.")]
+OutputRootOption = Annotated[
+    Path, typer.Option(help="batch_score writes OUTPUT_ROOT/PARTITION/predictions.parquet.")
+]
+SpecOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="tune's spec file; default: built-in.")
+]
+WebhookOption = Annotated[
+    str | None,
+    typer.Option(
+        help="call this URL (a Prefect automation) when a run of these deployments fails."
+    ),
+]
+
+
+@deploy_app.command("apply")
+def deploy_apply(
+    flows: FlowsOption = None,
+    cron: CronOption = None,
+    interval: IntervalOption = None,
+    model: ModelOption = "models:/boston-rf@champion",
+    input_root: InputRootOption = Path("data/incoming"),
+    output_root: OutputRootOption = Path("data/scored"),
+    config: SpecOption = None,
+    notify_webhook: WebhookOption = None,
+    pool: Annotated[
+        str, typer.Option(help="the work pool (created if missing).")
+    ] = "mlpipe-process",
+    pool_type: Annotated[str, typer.Option(help="process | kubernetes.")] = "process",
+    working_dir: Annotated[
+        Path | None, typer.Option(help="process pools: where runs start; default: here.")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="kubernetes: the mlpipe image.")] = None,
+    namespace: Annotated[str, typer.Option(help="kubernetes: the namespace.")] = "default",
+    cpu_request: Annotated[str | None, typer.Option(help="kubernetes, e.g. 500m.")] = None,
+    cpu_limit: Annotated[str | None, typer.Option(help="kubernetes, e.g. 2.")] = None,
+    memory_request: Annotated[str | None, typer.Option(help="kubernetes, e.g. 1Gi.")] = None,
+    memory_limit: Annotated[str | None, typer.Option(help="kubernetes, e.g. 4Gi.")] = None,
+) -> None:
+    """Register the deployments on a work pool; a worker of that pool runs them
+    (prefect worker start --pool mlpipe-process)."""
+    from mlpipe.deploy import deployments
+    from mlpipe.deploy.deployments import KubernetesJob
+
+    try:
+        if pool_type not in deployments.POOL_TYPES:
+            raise UserError(f"--pool-type {pool_type!r}: expected process or kubernetes")
+        kubernetes = None
+        if pool_type == "kubernetes":
+            if not image:
+                raise UserError("--pool-type kubernetes needs --image (the mlpipe image to run)")
+            kubernetes = KubernetesJob(
+                image, namespace, cpu_request, cpu_limit, memory_request, memory_limit
+            )
+        settings = _deploy_settings(
+            flows, cron, interval, model, input_root, output_root, config,
+            pool=pool, pool_type=pool_type, kubernetes=kubernetes,
+            working_dir=(working_dir or Path.cwd()).resolve() if pool_type == "process" else None,
+        )  # fmt: skip
+        typer.echo(deployments.ensure_pool(pool, pool_type))
+        created = deployments.apply(settings)
+        for name, deployment_id in created:
+            typer.echo(f"deployment {name} ({deployment_id}) on pool {pool!r}")
+        if notify_webhook:
+            _notify(notify_webhook, [i for _, i in created])
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    if pool_type == "process":
+        typer.echo(f"start a worker: prefect worker start --pool {pool} --type process")
+    typer.echo(
+        "run one now: prefect deployment run batch_score/mlpipe -p partition=date=2026-11-22"
+    )
+
+
+@deploy_app.command("serve")
+def deploy_serve(
+    flows: FlowsOption = None,
+    cron: CronOption = None,
+    interval: IntervalOption = None,
+    model: ModelOption = "models:/boston-rf@champion",
+    input_root: InputRootOption = Path("data/incoming"),
+    output_root: OutputRootOption = Path("data/scored"),
+    config: SpecOption = None,
+    notify_webhook: WebhookOption = None,
+    limit: Annotated[
+        int | None, typer.Option(help="flow runs at once (default: no limit).")
+    ] = None,
+) -> None:
+    """Serve the deployments from this process (static infrastructure) until Ctrl-C."""
+    from mlpipe.deploy import deployments
+
+    try:
+        settings = _deploy_settings(flows, cron, interval, model, input_root, output_root, config)
+        if notify_webhook:  # the automation needs the deployments' ids before serving
+            _notify(notify_webhook, [str(d.apply()) for d in deployments.build(settings, False)])
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    deployments.serve(settings, limit=limit)
+
+
+def _deploy_settings(
+    flows: list[str] | None,
+    cron: list[str] | None,
+    interval: list[str] | None,
+    model: str,
+    input_root: Path,
+    output_root: Path,
+    config: Path | None,
+    **pool: Any,
+) -> Any:
+    from mlpipe.deploy.deployments import FLOW_ENTRYPOINTS, DeploySettings, parse_schedules
+    from mlpipe.predictor import parse_model_uri
+    from mlpipe.spec import load_spec
+
+    chosen = tuple(flows or FLOW_ENTRYPOINTS)
+    unknown = [f for f in chosen if f not in FLOW_ENTRYPOINTS]
+    if unknown:
+        raise UserError(f"--flow {unknown[0]!r}: expected one of {', '.join(FLOW_ENTRYPOINTS)}")
+    parse_model_uri(model)
+    tracking_uri = _absolute_tracking_uri(_tracking_uri())
+    parameters: dict[str, dict[str, Any]] = {
+        "batch_score": {
+            "model": model,
+            "input_root": str(input_root.resolve()),
+            "output_root": str(output_root.resolve()),
+            "tracking_uri": tracking_uri,
+        },
+        "tune": {
+            "spec": load_spec(config, {}).model_dump(mode="json"),
+            "tracking_uri": tracking_uri,
+        },
+    }
+    return DeploySettings(
+        flows=chosen,
+        parameters=parameters,
+        schedules=parse_schedules(cron or [], interval or []),
+        **pool,
+    )
+
+
+def _absolute_tracking_uri(uri: str) -> str:
+    """A relative SQLite path made absolute: runs start in other working directories."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def _notify(url: str, deployment_ids: list[str]) -> None:
+    from mlpipe.deploy.automations import AUTOMATION_NAME, notify_on_failure
+
+    automation_id = notify_on_failure(url, deployment_ids)
+    typer.echo(f"automation {AUTOMATION_NAME!r} ({automation_id}): failed runs call {url}")
+
+
+@app.command()
+def backfill(
+    flow: Annotated[str, typer.Argument(help="the flow to backfill: batch_score.")],
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="first date.")],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="last date (included).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="rescore partitions whose output exists.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the runs.")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the runs.")] = 3600.0,
+    deployment: Annotated[str, typer.Option(help="the deployment's name.")] = "mlpipe",
+) -> None:
+    """One batch_score run per date partition (date=YYYY-MM-DD) whose output is missing."""
+    from rich.table import Table
+
+    from mlpipe.deploy.backfill import backfill as run_backfill
+    from mlpipe.score_flow import date_partitions
+
+    try:
+        if flow != "batch_score":
+            raise UserError(f"backfill {flow!r}: only batch_score has date partitions")
+        statuses = run_backfill(
+            date_partitions(start.date(), end.date()),
+            force=force,
+            wait=wait,
+            timeout=timeout,
+            deployment=deployment,
+        )
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"backfill batch_score/{deployment} {start.date()} .. {end.date()}")
+    for column in ("partition", "action", "flow run", "state", "message"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(
+            s.partition, s.action, s.flow_run_name or "-", s.state or "-", s.message or ""
+        )
+    _console().print(table)
+    bad = [s for s in statuses if s.flow_run_id and s.state != "Completed"]
+    if bad and wait:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port (0: any free).")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port (0: any free).")] = 5000,
+    pool: Annotated[str, typer.Option(help="the process work pool of the worker.")] = (
+        "mlpipe-process"
+    ),
+) -> None:
+    """Start a local Prefect server, MLflow server and process worker in the background."""
+    from mlpipe.deploy import stack as local
+
+    folder = local.state_dir()
+    typer.echo(f"starting the stack in {folder} (logs in {folder / 'logs'}) ...", err=True)
+    try:
+        started = local.up(folder, prefect_port, mlflow_port, pool)
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    for service in started.services:
+        typer.echo(f"{service.name:<8} pid {service.pid:<8} {service.url}")
+    ui = started.prefect_api_url.removesuffix("/api")
+    typer.echo(f"Prefect UI {ui}   MLflow UI {started.mlflow_url}")
+    typer.echo("mlpipe train, score and serve use this stack while it runs; for other tools:")
+    for name, value in started.environment().items():
+        typer.echo(f"export {name}={value}")
+
+
+@app.command()
+def status() -> None:
+    """Show whether the stack `mlpipe up` started is running and answering."""
+    from mlpipe.deploy import stack as local
+
+    folder = local.state_dir()
+    found = local.Stack.load(folder)
+    if found is None:
+        typer.echo(f"no stack recorded in {folder}; start one with mlpipe up")
+        raise typer.Exit(code=3)
+    rows = local.status(found)
+    for service, running, answering in rows:
+        state = "up" if answering else ("starting/not answering" if running else "stopped")
+        typer.echo(f"{service.name:<8} pid {service.pid:<8} {state:<24} {service.url}")
+    if not all(answering for _, _, answering in rows):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def down() -> None:
+    """Stop the processes `mlpipe up` started (by their recorded pids)."""
+    from mlpipe.deploy import stack as local
+
+    found = local.Stack.load(local.state_dir())
+    if found is None:
+        typer.echo("no stack is recorded; nothing to stop")
+        return
+    stopped = local.down(found)
+    typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()

@@ -7,7 +7,9 @@ numbers pass: no strings, booleans, nulls, NaN or Infinity (as literals or strin
 and no unknown features.
 
 The common case (every value a plain number) is checked with set and type tests and one numpy
-conversion; the detailed walk runs only to explain a rejection. Pure: no MLflow, no HTTP.
+conversion; the detailed walk runs only to explain a rejection. Batch scoring checks whole
+columns instead (``require_columns``, ``check_columns``): a missing feature stops the run, a bad
+value rejects its row only. Pure: no MLflow, no HTTP.
 """
 
 from __future__ import annotations
@@ -148,6 +150,43 @@ class InputContract:
             )
         return self.matrix_from_records([dict(zip(header, row, strict=True)) for row in rows])
 
+    def require_columns(self, available: Sequence[str]) -> None:
+        """Refuse a table that lacks a feature column (extra columns, such as ids, are fine)."""
+        present = set(available)
+        missing = [name for name in self.names if name not in present]
+        if missing:
+            raise InputError.single(
+                f"the input lacks the model's feature column(s) {', '.join(missing)}; "
+                f"it has {', '.join(available)}",
+                status=422,
+            )
+
+    def check_columns(self, columns: ColumnValues) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Vectorised check of one batch: the (rows, features) matrix, a mask of valid rows, and
+        one reason per invalid row, in row order. Only invalid rows pay for their reasons."""
+        n = len(columns.values[0]) if columns.values else 0
+        matrix = np.empty((n, len(self.names)), dtype=np.float64)
+        bad = np.zeros(n, dtype=bool)
+        for j, kind in enumerate(self.types):
+            values = columns.values[j]
+            matrix[:, j] = values
+            column_bad = ~np.isfinite(values)
+            if kind not in ("double", "float"):
+                column_bad |= np.isfinite(values) & (values != np.round(values))
+            bad |= column_bad
+        valid = ~bad
+        if valid.all():
+            return matrix, valid, []
+        reasons = []
+        for i in np.flatnonzero(bad).tolist():
+            problems = [
+                f"field {name!r} {message}"
+                for j, (name, kind) in enumerate(zip(self.names, self.types, strict=True))
+                if (message := columns.problem(i, j, kind))
+            ]
+            reasons.append("; ".join(problems))
+        return matrix, valid, reasons
+
     def _to_matrix(self, rows: list[list[Any]]) -> np.ndarray | None:
         accepted = self._accepted  # type: ignore[attr-defined]
         for row in rows:
@@ -194,6 +233,32 @@ class InputContract:
             if len(problems) > MAX_PROBLEMS:
                 break
         return problems or [Problem("the input could not be read as numbers")]
+
+
+@dataclass(frozen=True)
+class ColumnValues:
+    """One batch of feature columns as float64 (NaN where a value was null or not a number),
+    with what the reader saw there, so a rejection can say which it was."""
+
+    values: list[np.ndarray]  # one per feature, in the contract's order
+    nulls: list[np.ndarray | None]  # where the reader saw no value
+    texts: list[np.ndarray | None]  # the original strings, for text columns
+
+    def problem(self, row: int, column: int, kind: str) -> str | None:
+        """Why the value at (``row``, ``column``) is not a valid ``kind``, or None."""
+        nulls, texts = self.nulls[column], self.texts[column]
+        if nulls is not None and nulls[row]:
+            return "is empty (null); a number is required"
+        value = float(self.values[column][row])
+        if texts is not None and not math.isfinite(value):
+            return _value_problem(str(texts[row]), kind)
+        if math.isnan(value):
+            return "is NaN; NaN and Infinity are not accepted"
+        if math.isinf(value):
+            return f"is {value}; NaN and Infinity are not accepted"
+        if kind not in ("double", "float") and value != round(value):
+            return f"is {value}; an integer is required"
+        return None
 
 
 def _require_rows(rows: Any, expected: str) -> None:

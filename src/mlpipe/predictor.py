@@ -114,7 +114,9 @@ class NativePredictor:
 
 class OnnxPredictor:
     """An onnxruntime session: one thread, no spinning, so each request costs microseconds
-    and a second worker process gets the other core."""
+    and a second worker process gets the other core. One thread also keeps the forest's sum in
+    tree order (bit-for-bit); batch scoring runs several batches at once instead. ``run`` is
+    thread-safe."""
 
     kind = "onnx"
 
@@ -198,6 +200,27 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 3),
             "loaded_at": self.loaded_at,
         }
+
+
+def registry_client(tracking_uri: str) -> Any:
+    """An MlflowClient on ``tracking_uri``, which also becomes MLflow's global URI: model
+    downloads go through MLflow's fluent API, which reads it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def open_model(
+    uri: str, tracking_uri: str, allow_pickle: bool = False, fast: bool = True
+) -> LoadedModel:
+    """Parse ``uri``, resolve an alias to its version now, and load that version."""
+    ref = parse_model_uri(uri)
+    if ref.name is not None:
+        ref = ref.pinned(resolve_version(ref, registry_client(tracking_uri)))
+    return load_model(ref, allow_pickle=allow_pickle, fast=fast)
 
 
 def load_model(ref: ModelRef, allow_pickle: bool = False, fast: bool = True) -> LoadedModel:

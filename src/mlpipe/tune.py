@@ -44,7 +44,7 @@ from mlpipe.search import (
 )
 from mlpipe.spec import Spec
 from mlpipe.terminal import NullObserver, Observer
-from mlpipe.tracking import CHALLENGER, CHAMPION, Promotion, Tracker
+from mlpipe.tracking import CHALLENGER, CHAMPION, Promotion, Tracker, resolve_tracking_uri
 from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
@@ -91,11 +91,15 @@ def unit_label(unit: Unit) -> str:
     return ",".join([f"{unit.size_param}={sizes}", *(f"{k}={v}" for k, v in sorted(fixed.items()))])
 
 
-@flow(name="tune")
-def tune(spec: dict[str, Any], tracking_uri: str, fresh: bool = False) -> TuneOutcome:
-    """Tune, track, refit, register and promote the spec's search."""
-    parsed = Spec.model_validate(spec)
-    return run_search(parsed, Tracker.connect(tracking_uri, parsed.experiment_name), fresh)
+@flow(name="tune", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
+def tune(
+    spec: dict[str, Any] | None = None, tracking_uri: str | None = None, fresh: bool = False
+) -> TuneOutcome:
+    """Tune, track, refit, register and promote the spec's search (default: the built-in spec;
+    tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    parsed = Spec.model_validate(spec or {})
+    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
+    return run_search(parsed, tracker, fresh)
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,11 @@ log = logging.getLogger("mlpipe.serve")
 
 def build_app(config: ServeConfig) -> Any:
     """The app for ``config``: MLflow client, model reference and loader wired in."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from mlpipe.predictor import parse_model_uri
+    from mlpipe.predictor import parse_model_uri, registry_client
     from mlpipe.serve.app import create_app
     from mlpipe.serve.slot import default_loader
 
-    # Model downloads go through MLflow's fluent API, which reads the global URIs.
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
-    client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+    client = registry_client(config.tracking_uri)
     return create_app(
         config,
         parse_model_uri(config.model_uri),

@@ -1,0 +1,107 @@
+"""Backfill: one ``batch_score`` flow run per missing date partition, through the deployment.
+
+The deployment's own parameters say where partitions are read and written, so the backfill
+checks the same folders the runs will use. Partitions whose output exists are skipped unless
+``force``; partitions without input are reported, not run. Runs are created through the Prefect
+API (a worker or ``mlpipe deploy serve`` executes them) and watched until each is final.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpipe.deploy.deployments import DEPLOYMENT_NAME
+from mlpipe.errors import UserError
+from mlpipe.score_flow import partition_paths
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class PartitionStatus:
+    """One row of the backfill's table."""
+
+    partition: str
+    action: str  # run | skipped (output exists) | no input
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    state: str | None = None
+    message: str | None = None
+
+
+def plan(
+    partitions: list[str], parameters: dict[str, Any], force: bool, base: Path
+) -> list[PartitionStatus]:
+    """What to do with each partition, from the deployment's input and output roots."""
+    input_root = str(base / parameters.get("input_root", "data/incoming"))
+    output_root = str(base / parameters.get("output_root", "data/scored"))
+    statuses = []
+    for partition in partitions:
+        paths = partition_paths(partition, input_root, output_root)
+        if paths.output.exists() and not force:
+            statuses.append(
+                PartitionStatus(partition, "skipped", message="output exists (--force rescores)")
+            )
+        elif not paths.input.is_dir():
+            statuses.append(
+                PartitionStatus(partition, "no input", message=f"no folder {paths.input}")
+            )
+        else:
+            statuses.append(PartitionStatus(partition, "run"))
+    return statuses
+
+
+def backfill(
+    partitions: list[str],
+    force: bool = False,
+    wait: bool = True,
+    timeout: float = 3600.0,
+    deployment: str = DEPLOYMENT_NAME,
+    base: Path | None = None,
+) -> list[PartitionStatus]:
+    """Create a flow run of ``batch_score/<deployment>`` for each partition to (re)score."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        full_name = f"batch_score/{deployment}"
+        try:
+            found = client.read_deployment_by_name(full_name)
+        except ObjectNotFound:
+            raise UserError(
+                f"no deployment {full_name} on the Prefect API; create it with "
+                "`mlpipe deploy apply` (or `mlpipe deploy serve`)"
+            ) from None
+        statuses = plan(partitions, dict(found.parameters), force, base or Path.cwd())
+        for status in statuses:
+            if status.action != "run":
+                continue
+            run = client.create_flow_run_from_deployment(
+                found.id,
+                parameters={"partition": status.partition},
+                tags=["backfill"],
+            )
+            status.flow_run_id, status.flow_run_name = str(run.id), run.name
+            status.state = run.state.name if run.state else "Scheduled"
+        if wait:
+            _wait(client, [s for s in statuses if s.flow_run_id], timeout)
+    return statuses
+
+
+def _wait(client: Any, statuses: list[PartitionStatus], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(statuses)
+    while pending and time.monotonic() < deadline:
+        for status in list(pending):
+            run = client.read_flow_run(status.flow_run_id)
+            status.state = run.state.name if run.state else None
+            if run.state is not None and run.state.type.value in FINAL:
+                status.message = None if run.state.is_completed() else run.state.message
+                pending.remove(status)
+        if pending:
+            time.sleep(1.0)
+    for status in pending:
+        status.message = f"still {status.state} after {timeout:.0f}s; is a worker running?"

@@ -1,0 +1,213 @@
+"""mlpipe's Prefect deployments: ``tune/mlpipe`` and ``batch_score/mlpipe``.
+
+Two ways to run them, as Prefect has:
+- static (``serve``): one long-lived process polls the API and runs the flows itself;
+- dynamic (``apply``): the deployments are registered on a work pool, and any worker of that pool
+  (``prefect worker start --pool mlpipe-process``, or a Kubernetes worker) runs them.
+
+The flows are referenced by module path (``mlpipe.score_flow.batch_score``), so a worker needs
+mlpipe installed (the project's venv, or its image) but no copy of the source tree. The same
+definitions are written declaratively in the repository's ``prefect.yaml`` for ``prefect deploy
+--all``; a unit test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mlpipe.errors import UserError
+
+DEPLOYMENT_NAME = "mlpipe"
+DEFAULT_POOL = "mlpipe-process"
+POOL_TYPES = ("process", "kubernetes")
+FLOW_ENTRYPOINTS = {
+    "tune": "mlpipe.tune.tune",
+    "batch_score": "mlpipe.score_flow.batch_score",
+}
+TAGS = ["mlpipe"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron expression or an interval in seconds for one flow."""
+
+    cron: str | None = None
+    interval: float | None = None
+
+    def to_kwargs(self) -> dict[str, Any]:
+        return {"cron": self.cron} if self.cron else {"interval": self.interval}
+
+
+@dataclass(frozen=True)
+class KubernetesJob:
+    """Job variables of Prefect's kubernetes work pool (its default base job template)."""
+
+    image: str
+    namespace: str = "default"
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+
+    def job_variables(self) -> dict[str, Any]:
+        values = {
+            "image": self.image,
+            "namespace": self.namespace,
+            "cpu_request": self.cpu_request,
+            "cpu_limit": self.cpu_limit,
+            "memory_request": self.memory_request,
+            "memory_limit": self.memory_limit,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """What ``mlpipe deploy`` was asked for (validated by ``parse_schedules`` and the CLI)."""
+
+    flows: tuple[str, ...]
+    parameters: dict[str, dict[str, Any]]  # per flow
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    pool: str = DEFAULT_POOL
+    pool_type: str = "process"
+    working_dir: Path | None = None  # process pools: where flow runs start
+    kubernetes: KubernetesJob | None = None
+
+
+def parse_schedules(crons: list[str], intervals: list[str]) -> dict[str, Schedule]:
+    """``FLOW=CRON`` and ``FLOW=SECONDS`` options as one schedule per flow."""
+    schedules: dict[str, Schedule] = {}
+    for option, values in (("--cron", crons), ("--interval", intervals)):
+        for value in values:
+            flow, sep, spec = value.partition("=")
+            if not sep or flow not in FLOW_ENTRYPOINTS or not spec.strip():
+                example = "'batch_score=0 6 * * *'" if option == "--cron" else "tune=604800"
+                raise UserError(
+                    f"{option} {value!r}: expected FLOW=VALUE with FLOW one of "
+                    f"{', '.join(FLOW_ENTRYPOINTS)} (e.g. {option} {example})"
+                )
+            if flow in schedules:
+                raise UserError(f"{option} {value!r}: {flow} already has a schedule")
+            if option == "--cron":
+                from prefect.client.schemas.schedules import CronSchedule
+                from pydantic import ValidationError
+
+                try:  # Prefect's own check, now rather than at the API
+                    CronSchedule(cron=spec)
+                except ValidationError:
+                    raise UserError(
+                        f"--cron {value!r}: {spec!r} is not a cron expression "
+                        "(five fields: minute hour day month weekday)"
+                    ) from None
+                schedules[flow] = Schedule(cron=spec)
+            else:
+                try:
+                    seconds = float(spec)
+                except ValueError:
+                    seconds = 0.0
+                if seconds <= 0:
+                    raise UserError(f"--interval {value!r}: give a positive number of seconds")
+                schedules[flow] = Schedule(interval=seconds)
+    return schedules
+
+
+def build(settings: DeploySettings, on_pool: bool) -> list[Any]:
+    """One RunnerDeployment per flow; ``on_pool`` adds the work pool and its job variables."""
+    from prefect.types.entrypoint import EntrypointType
+
+    deployments = []
+    for name in settings.flows:
+        flow = _load_flow(name)
+        schedule = settings.schedules.get(name)
+        # by module path: runs import the installed mlpipe, with no flow code to fetch
+        options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH}
+        if on_pool:
+            options |= {
+                "work_pool_name": settings.pool,
+                "job_variables": _job_variables(settings),
+            }
+        deployments.append(
+            flow.to_deployment(
+                DEPLOYMENT_NAME,
+                parameters=settings.parameters.get(name, {}),
+                tags=TAGS,
+                description=f"mlpipe {name} ({FLOW_ENTRYPOINTS[name]})",
+                **(schedule.to_kwargs() if schedule else {}),
+                **options,
+            )
+        )
+    return deployments
+
+
+def _load_flow(name: str) -> Any:
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(FLOW_ENTRYPOINTS[name])
+
+
+def _job_variables(settings: DeploySettings) -> dict[str, Any]:
+    if settings.pool_type == "kubernetes":
+        if settings.kubernetes is None:
+            raise UserError("--pool-type kubernetes needs --image (the mlpipe image to run)")
+        return settings.kubernetes.job_variables()
+    return {"working_dir": str(settings.working_dir)} if settings.working_dir else {}
+
+
+def ensure_pool(name: str, pool_type: str) -> str:
+    """Create the work pool unless it exists (then its type must match); returns what it did."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type=pool_type, base_job_template=base_job_template(pool_type)
+                )
+            )
+            return f"created work pool {name!r} ({pool_type})"
+    if pool.type != pool_type:
+        raise UserError(
+            f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}; "
+            "pick another --pool name"
+        )
+    return f"work pool {name!r} ({pool_type}) exists"
+
+
+def base_job_template(pool_type: str) -> dict[str, Any]:
+    """Prefect's default template for ``pool_type``, read from what Prefect ships (no network:
+    the kubernetes template comes from Prefect's bundled worker metadata)."""
+    if pool_type == "process":
+        from prefect.workers.process import ProcessWorker
+
+        return ProcessWorker.get_default_base_job_template()
+    metadata = json.loads(
+        resources.files("prefect.server.api.collections_data")
+        .joinpath("views/aggregate-worker-metadata.json")
+        .read_text()
+    )
+    for collection in metadata.values():
+        for worker in collection.values():
+            if worker.get("type") == pool_type:
+                return dict(worker["default_base_job_configuration"])
+    raise UserError(f"--pool-type {pool_type!r}: Prefect has no such worker type")
+
+
+def apply(settings: DeploySettings) -> list[tuple[str, str]]:
+    """Register the deployments on their work pool; returns (full name, id) of each."""
+    deployments = build(settings, on_pool=True)
+    return [(f"{d.flow_name}/{d.name}", str(d.apply())) for d in deployments]
+
+
+def serve(settings: DeploySettings, limit: int | None = None) -> None:
+    """Run the deployments in this process until it is stopped (Prefect's ``serve``)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*build(settings, on_pool=False), limit=limit)

@@ -1,0 +1,313 @@
+"""The local stack: a Prefect server, an MLflow tracking server and a process worker.
+
+``up`` starts the three in the background on loopback ports, each in its own process group with
+its output in ``STATE/logs/``, waits until each answers, and records them in ``STATE/stack.json``
+(pid, process start time, URL). ``status`` and ``down`` act on exactly those processes: a pid is
+trusted only while its start time still matches, so a reused pid is never signalled. ``active``
+is what other commands call to find a running stack (no HTTP, one small file read).
+
+State folder: ``$MLPIPE_HOME``, default ``~/.mlpipe``; the Prefect database, the MLflow SQLite
+store and its artifacts live under it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpipe.deploy.deployments import DEFAULT_POOL
+from mlpipe.errors import UserError
+from mlpipe.processes import alive, start_time
+
+STATE_FILE = "stack.json"
+HOST = "127.0.0.1"
+WORKER_NAME = "mlpipe-stack"
+
+
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$MLPIPE_HOME`` or ``~/.mlpipe``."""
+    return Path(environ.get("MLPIPE_HOME") or Path.home() / ".mlpipe").expanduser()
+
+
+@dataclass
+class Service:
+    """One process of the stack."""
+
+    name: str
+    pid: int
+    started: str | None  # the kernel's start time of the pid, to detect pid reuse
+    url: str
+    health: str  # a URL that answers 200 when the service is up
+    log: str
+
+    def running(self) -> bool:
+        return start_time(self.pid) == self.started and alive(self.pid)
+
+
+@dataclass
+class Stack:
+    """What ``up`` started."""
+
+    folder: str
+    services: list[Service]
+    pool: str
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self._service("prefect").url
+
+    @property
+    def mlflow_url(self) -> str:
+        return self._service("mlflow").url
+
+    def _service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point a shell (and mlpipe, Prefect, MLflow) at this stack."""
+        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+    def save(self) -> None:
+        path = Path(self.folder) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, folder: Path) -> Stack | None:
+        path = folder / STATE_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"{path} is unreadable ({exc}); remove it if no stack is running"
+            ) from exc
+        return cls(raw["folder"], [Service(**s) for s in raw["services"]], raw["pool"])
+
+
+def active(environ: Mapping[str, str] = os.environ) -> Stack | None:
+    """The stack recorded in the state folder if its Prefect server process is running."""
+    try:
+        stack = Stack.load(state_dir(environ))
+    except UserError:
+        return None
+    if stack is None or not stack._service("prefect").running():
+        return None
+    return stack
+
+
+def up(
+    folder: Path,
+    prefect_port: int,
+    mlflow_port: int,
+    pool: str = DEFAULT_POOL,
+    timeout: float = 180,
+) -> Stack:
+    """Start the three services (see the module docstring); fail with the log's tail if one
+    does not come up, stopping those already started."""
+    existing = Stack.load(folder)
+    if existing and any(s.running() for s in existing.services):
+        raise UserError(
+            f"a stack is already running from {folder} (mlpipe status); stop it with mlpipe down"
+        )
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (folder / "mlflow").mkdir(exist_ok=True)
+    prefect_port, mlflow_port = (
+        _port(prefect_port, "--prefect-port"),
+        _port(mlflow_port, "--mlflow-port"),
+    )
+    bin_dir = Path(sys.executable).parent
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")
+    }
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",  # mlflow server runs uvicorn from PATH
+        PREFECT_HOME=str(folder / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    prefect_url, mlflow_url = f"http://{HOST}:{prefect_port}/api", f"http://{HOST}:{mlflow_port}"
+    stack = Stack(str(folder), [], pool)
+    try:
+        stack.services.append(
+            _start(
+                "prefect",
+                [str(bin_dir / "prefect"), "server", "start",
+                 "--host", HOST, "--port", str(prefect_port)],
+                env, logs, prefect_url, f"{prefect_url}/health",
+            )
+        )  # fmt: skip
+        stack.services.append(
+            _start(
+                "mlflow",
+                [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port),
+                 "--backend-store-uri", f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}",
+                 "--artifacts-destination", str(folder / "mlflow" / "artifacts"),
+                 "--workers", "1"],
+                env, logs, mlflow_url, f"{mlflow_url}/health",
+            )
+        )  # fmt: skip
+        stack.save()
+        for service in stack.services:
+            _wait_healthy(service, timeout)
+        worker_env = {**env, **stack.environment()}
+        _ensure_process_pool(pool, prefect_url)
+        worker = _start(
+            "worker",
+            [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+             "--name", WORKER_NAME],
+            worker_env, logs, prefect_url, f"{prefect_url}/work_pools/{pool}/workers/filter",
+            cwd=Path.cwd(),  # flow runs start here unless a deployment sets working_dir
+        )  # fmt: skip
+        stack.services.append(worker)
+        stack.save()
+        _wait_worker(worker, pool, timeout)
+    except BaseException:
+        down(stack)
+        raise
+    return stack
+
+
+def _port(port: int, option: str) -> int:
+    """``port`` if free (0: any free port)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            raise UserError(
+                f"{option} {port}: the port is in use; pick another (0: any free)"
+            ) from None
+        return int(sock.getsockname()[1])
+
+
+def _start(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    logs: Path,
+    url: str,
+    health: str,
+    cwd: Path | None = None,
+) -> Service:
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd or logs.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: down() stops it and its children
+        )
+    return Service(name, proc.pid, start_time(proc.pid), url, health, str(log))
+
+
+def _wait_healthy(service: Service, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.running():
+            raise UserError(
+                f"{service.name} exited while starting; see {service.log}:\n{_tail(service.log)}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(service.health, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise UserError(f"{service.name} did not answer in {timeout:.0f}s; see {service.log}")
+
+
+def _ensure_process_pool(pool: str, api_url: str) -> None:
+    """Create the process pool first, so the worker does not race the deployments for it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from mlpipe.deploy.deployments import ensure_pool
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        ensure_pool(pool, "process")
+
+
+def _wait_worker(worker: Service, pool: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.running():
+            raise UserError(
+                f"the worker exited while starting; see {worker.log}:\n{_tail(worker.log)}"
+            )
+        if _worker_online(worker.health):
+            return
+        time.sleep(0.5)
+    raise UserError(
+        f"the worker did not come online in pool {pool!r} in {timeout:.0f}s; see {worker.log}"
+    )
+
+
+def _worker_online(filter_url: str) -> bool:
+    """Whether the pool lists our worker as ONLINE (it heartbeats to the API)."""
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        reply = httpx.post(filter_url, json={}, timeout=2)
+        return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in reply.json())
+    return False
+
+
+def status(stack: Stack) -> list[tuple[Service, bool, bool]]:
+    """(service, process running, answering) for each service."""
+    import httpx
+
+    rows = []
+    for service in stack.services:
+        running = service.running()
+        answering = False
+        if running and service.name == "worker":
+            answering = _worker_online(service.health)
+        elif running:
+            with contextlib.suppress(httpx.HTTPError):
+                answering = httpx.get(service.health, timeout=2).status_code == 200
+        rows.append((service, running, answering))
+    return rows
+
+
+def down(stack: Stack, grace: float = 20.0) -> list[str]:
+    """SIGTERM each recorded process group (worker first), SIGKILL what is left after
+    ``grace`` seconds; forget the stack. Returns what it stopped."""
+    stopped = []
+    for service in reversed(stack.services):
+        if not service.running():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while alive(service.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive(service.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)
+        stopped.append(f"{service.name} (pid {service.pid})")
+    (Path(stack.folder) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def describe(stack: Stack) -> dict[str, Any]:
+    return {"folder": stack.folder, "pool": stack.pool, **stack.environment()}

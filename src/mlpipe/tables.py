@@ -1,0 +1,225 @@
+"""Reading input tables in batches and writing Parquet atomically, for batch scoring.
+
+- ``input_files`` and ``Source``: a CSV or Parquet file, or a folder of one of them, read file by
+  file in record batches (Parquet page by page, not whole row groups), so memory stays a few
+  batches whatever the input size. CSV feature columns are read as text and converted per batch,
+  so one bad value rejects its row instead of failing the read.
+- ``feature_values``: a batch's feature columns as float64, with what the reader saw where a value
+  is missing or not a number (the contract's ``check_columns`` turns that into reasons).
+- ``AtomicParquet``: a file written under a hidden temporary name and renamed into place, so it
+  appears whole or not at all; readers of a folder (pyarrow, Spark, DuckDB) skip hidden files.
+
+No MLflow, no Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlpipe.contract import ColumnValues, InputContract, InputError
+from mlpipe.data import FILE_SUFFIXES
+from mlpipe.errors import DataError
+from mlpipe.processes import alive
+
+TMP_MARK = ".tmp-"
+
+
+def input_files(path: Path) -> tuple[list[Path], str]:
+    """The data files of ``path`` (a file, or a folder searched recursively) and their format."""
+    if not path.exists():
+        raise DataError(f"--input {path}: no such file or folder")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in FILE_SUFFIXES
+            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError(f"--input {path}: the folder has no .csv or .parquet files")
+    formats = {FILE_SUFFIXES.get(p.suffix.lower()) for p in files}
+    if None in formats:
+        raise DataError(f"--input {path}: expected a .csv or .parquet file")
+    if len(formats) > 1:
+        raise DataError(f"--input {path}: the folder mixes CSV and Parquet files; use one format")
+    return files, formats.pop()  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The input files, their format, and the columns to read from each."""
+
+    files: list[Path]
+    format: str
+    columns: list[str]
+    text_columns: tuple[str, ...]  # CSV features are read as text, converted per batch
+
+    def schema(self, path: Path) -> pa.Schema:
+        """The columns ``path`` has (Parquet: its footer; CSV: its header and first block)."""
+        try:
+            if self.format == "parquet":
+                return pq.read_schema(path)
+            with self._open_csv(path, columns=None) as reader:
+                return reader.schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Every file's rows in order, one batch at a time. Parquet is read page by page
+        (no pre-buffering of whole row groups), so memory stays a few batches."""
+        for path in self.files:
+            try:
+                if self.format == "parquet":
+                    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+                    yield from parquet.iter_batches(batch_size=batch_rows, columns=self.columns)
+                else:
+                    with self._open_csv(path, self.columns) as reader:
+                        yield from reader
+            except pa.ArrowInvalid as exc:
+                raise DataError(f"cannot read {path}: {exc}") from exc
+
+    def _open_csv(self, path: Path, columns: list[str] | None) -> Any:
+        import pyarrow.csv as pacsv
+
+        return pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=4 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in self.text_columns},
+                strings_can_be_null=True,
+                include_columns=columns,
+            ),
+        )
+
+
+def check_schema(source: Source, contract: InputContract, id_columns: Sequence[str]) -> pa.Schema:
+    """Every file must have every feature and id column, features of a numeric or text type.
+    Returns the first file's schema (the output takes its id columns' types)."""
+    first = None
+    for path in source.files:
+        schema = source.schema(path)
+        first = first or schema
+        try:
+            contract.require_columns(schema.names)
+        except InputError as exc:
+            raise InputError.single(f"{path}: {exc}", status=422) from None
+        missing_ids = [c for c in id_columns if c not in schema.names]
+        if missing_ids:
+            raise DataError(
+                f"{path}: no id column(s) {', '.join(missing_ids)}; "
+                f"it has {', '.join(schema.names)}"
+            )
+        for name in contract.names:
+            kind = schema.field(name).type
+            if not (_is_number(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise DataError(f"{path}: column {name!r} has type {kind}; the model takes numbers")
+    assert first is not None
+    return first
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValues:
+    """The batch's feature columns as float64 arrays, with their nulls and, where text did not
+    parse as a number, the text itself."""
+    values, nulls, texts = [], [], []
+    for name in contract.names:
+        column = batch.column(name)
+        null_mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+        text = None
+        if _is_number(column.type):
+            array = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            try:
+                array = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+                unparsed = False
+            except pa.ArrowInvalid:  # some value is not a number: parse one by one, NaN for those
+                import pandas as pd
+
+                strings = pd.Series(column.to_numpy(zero_copy_only=False))
+                array = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)
+                unparsed = True
+            if unparsed or not np.isfinite(array).all():  # keep the text to quote it
+                text = column.to_numpy(zero_copy_only=False)
+        values.append(array)
+        nulls.append(null_mask)
+        texts.append(text)
+    return ColumnValues(values, nulls, texts)
+
+
+def clear_stale_temporaries(output: Path) -> None:
+    """Remove temporary files a killed earlier run of this output left behind."""
+    for stale in output.parent.glob(f".{output.name}{TMP_MARK}*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and int(pid) != os.getpid() and alive(int(pid))):
+            stale.unlink(missing_ok=True)
+
+
+class AtomicParquet:
+    """A Parquet file written under a hidden temporary name and renamed into place on commit."""
+
+    def __init__(self, target: Path, schema: pa.Schema) -> None:
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}")
+        self.schema = schema
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self, keep_empty: bool = True) -> bool:
+        """Rename into place; with ``keep_empty`` False, an empty file is not kept (and an
+        earlier one at the target is removed). True when the target now exists."""
+        if self.writer is None and keep_empty:
+            self.write(self.schema.empty_table())
+        if self.writer is not None:
+            self.writer.close()
+        if self.rows == 0 and not keep_empty:
+            self.tmp.unlink(missing_ok=True)
+            self.target.unlink(missing_ok=True)
+            return False
+        os.replace(self.tmp, self.target)
+        return True
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):  # already failing: keep the first error
+                self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def as_type(column: pa.Array, kind: pa.DataType) -> pa.Array:
+    """An id column in the first file's type (files of one input may infer it differently)."""
+    if column.type == kind:
+        return column
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"id column {column.type} cannot be read as {kind}: {exc}") from exc
+
+
+def count_rows(source: Path) -> int | None:
+    """Rows in ``source`` when that is cheap (Parquet footers), else None."""
+    files, fmt = input_files(source)
+    if fmt != "parquet":
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)

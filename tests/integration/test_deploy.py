@@ -1,0 +1,263 @@
+"""Deployments as teams run them: a real `prefect server start`, a real `mlflow server`, a process
+worker started here, deployments created by `mlpipe deploy`, runs created through the Prefect API
+and finished by the worker; a backfill; a failed run that an automation reports to a local
+webhook; `mlpipe deploy serve`; and the repository's prefect.yaml deployed by `prefect deploy`."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from conftest import BIN, free_port, run_mlpipe, stop
+
+pytestmark = pytest.mark.integration
+
+BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
+POOL = "test-process-pool"
+
+
+@pytest.fixture(scope="module")
+def project(servers, tmp_path_factory):
+    """A project folder whose model `mlpipe train` registered on the MLflow server."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "spec.yaml").write_text(
+        yaml.safe_dump({"search": {"params": {"n_estimators": [20], "max_depth": [6]}}})
+    )
+    env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "env": env, "api": servers["PREFECT_API_URL"]}
+
+
+class Receiver:
+    """A local webhook: records the bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    hook = Receiver()
+    yield hook
+    hook.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def deployed(project, receiver):
+    """`mlpipe deploy apply` (work pool, both deployments, the failure automation), then a
+    process worker of that pool."""
+    result = run_mlpipe(
+        ["deploy", "apply", "--pool", POOL, "--cron", "batch_score=0 6 * * *",
+         "--notify-webhook", receiver.url],
+        project["root"], **project["env"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"created work pool {POOL!r} (process)" in result.stdout
+    log = open(project["root"] / "worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+        cwd=project["root"],
+        env={**os.environ, **project["env"], "PATH": f"{BIN}:{os.environ['PATH']}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    yield {**project, "output": result.stdout}
+    stop(worker)
+    log.close()
+
+
+def api(project, method: str, path: str, **kwargs) -> httpx.Response:
+    reply = httpx.request(method, project["api"] + path, timeout=10, **kwargs)
+    reply.raise_for_status()
+    return reply
+
+
+def deployment(project, name: str = "batch_score/mlpipe") -> dict:
+    return api(project, "GET", f"/deployments/name/{name}").json()
+
+
+def wait_final(project, flow_run_id: str, seconds: float = 180) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = api(project, "GET", f"/flow_runs/{flow_run_id}").json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} is still {run['state']['type']}")
+
+
+def partition(root: Path, day: str, frame: pd.DataFrame | None = None) -> Path:
+    folder = root / "data/incoming" / f"date={day}"
+    folder.mkdir(parents=True)
+    (pd.read_csv(BOSTON) if frame is None else frame).to_csv(folder / "part-0.csv", index=False)
+    return folder
+
+
+def test_deploy_apply_registers_both_flows_on_the_pool(deployed):
+    root = deployed["root"]
+    score = deployment(deployed)
+    assert score["work_pool_name"] == POOL
+    assert score["entrypoint"] == "mlpipe.score_flow.batch_score"
+    assert score["job_variables"] == {"working_dir": str(root)}
+    assert score["parameters"]["input_root"] == str(root / "data/incoming")
+    assert [s["schedule"]["cron"] for s in score["schedules"]] == ["0 6 * * *"]
+    tune = deployment(deployed, "tune/mlpipe")
+    assert tune["entrypoint"] == "mlpipe.tune.tune" and not tune["schedules"]
+    assert tune["parameters"]["spec"]["model"]["family"] == "random_forest"  # the built-in spec
+
+
+def test_a_run_created_through_the_api_is_finished_by_the_worker(deployed):
+    partition(deployed["root"], "2026-11-22")
+    run = api(
+        deployed,
+        "POST",
+        f"/deployments/{deployment(deployed)['id']}/create_flow_run",
+        json={"parameters": {"partition": "date=2026-11-22"}},
+    ).json()
+    final = wait_final(deployed, run["id"])
+    assert final["state"]["type"] == "COMPLETED", final["state"]["message"]
+    out = pd.read_parquet(deployed["root"] / "data/scored/date=2026-11-22/predictions.parquet")
+    assert len(out) == 506 and out["row"].tolist() == list(range(506))
+    assert set(out["model_name"]) == {"boston-rf"} and set(out["model_version"]) == {"1"}
+
+
+def test_backfill_runs_only_the_missing_partitions(deployed):
+    root = deployed["root"]
+    for day in ("2026-10-01", "2026-10-02", "2026-10-03"):
+        partition(root, day)
+    done = root / "data/scored/date=2026-10-02/predictions.parquet"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"scored earlier")
+    result = run_mlpipe(["backfill", "batch_score", "--start", "2026-10-01", "--end",
+                         "2026-10-04"], root, **deployed["env"])  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[1]: line for line in result.stdout.splitlines() if "date=" in line}
+    assert "run" in lines["date=2026-10-01"] and "Completed" in lines["date=2026-10-01"]
+    assert "skipped" in lines["date=2026-10-02"] and "output exists" in lines["date=2026-10-02"]
+    assert "Completed" in lines["date=2026-10-03"]
+    assert "no input" in lines["date=2026-10-04"]
+    assert done.read_bytes() == b"scored earlier"
+    for day in ("2026-10-01", "2026-10-03"):
+        assert len(pd.read_parquet(root / f"data/scored/date={day}/predictions.parquet")) == 506
+    runs = api(deployed, "POST", "/flow_runs/filter",
+               json={"flow_runs": {"tags": {"all_": ["backfill"]}}}).json()  # fmt: skip
+    assert sorted(r["parameters"]["partition"] for r in runs) == [
+        "date=2026-10-01",
+        "date=2026-10-03",
+    ]
+    forced = run_mlpipe(["backfill", "batch_score", "--start", "2026-10-02", "--end",
+                         "2026-10-02", "--force"], root, **deployed["env"])  # fmt: skip
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert len(pd.read_parquet(done)) == 506
+
+
+def test_a_failed_run_is_visible_and_calls_the_webhook(deployed, receiver):
+    bad = pd.read_csv(BOSTON).drop(columns=["RM"])
+    partition(deployed["root"], "2026-09-30", bad)
+    result = run_mlpipe(["backfill", "batch_score", "--start", "2026-09-30", "--end",
+                         "2026-09-30"], deployed["root"], **deployed["env"])  # fmt: skip
+    assert result.returncode == 1
+    assert "Failed" in result.stdout
+    runs = api(deployed, "POST", "/flow_runs/filter",
+               json={"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}}).json()  # fmt: skip
+    (failed,) = runs
+    assert "lacks the model's feature column(s) RM" in failed["state"]["message"]
+    task_runs = api(deployed, "POST", "/task_runs/filter",
+                    json={"flow_runs": {"id": {"any_": [failed["id"]]}}}).json()  # fmt: skip
+    assert [t["run_count"] for t in task_runs] == [1]  # a bad input is not retried
+    deadline = time.monotonic() + 60
+    while not receiver.bodies and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert receiver.bodies, "the automation did not call the webhook"
+    payload = json.loads(receiver.bodies[0])
+    assert payload["event"] == "prefect.flow-run.Failed"
+    assert payload["flow_run_id"] == failed["id"] and payload["deployment"] == "mlpipe"
+    assert payload["parameters"]["partition"] == "date=2026-09-30"
+    assert "RM" in payload["message"]
+
+
+def test_prefect_yaml_deploys_with_prefect_deploy(deployed, tmp_path):
+    shutil.copy(Path(__file__).parents[2] / "prefect.yaml", tmp_path / "prefect.yaml")
+    for pool_type, pool in (("process", "mlpipe-process"), ("kubernetes", "mlpipe-k8s")):
+        api(deployed, "POST", "/work_pools/", json={"name": pool, "type": pool_type})
+    result = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=tmp_path,
+        env={**os.environ, **deployed["env"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    k8s = deployment(deployed, "batch_score/mlpipe-k8s")
+    assert k8s["work_pool_name"] == "mlpipe-k8s"
+    assert k8s["job_variables"]["memory_limit"] == "2Gi"
+    weekly = deployment(deployed, "tune/mlpipe")
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 1"]
+
+
+def test_deploy_serve_runs_the_flows_in_one_process(deployed, tmp_path):
+    partition(tmp_path, "2026-08-01")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "mlpipe"), "deploy", "serve", "--flow", "batch_score",
+         "--interval", "batch_score=86400"],
+        cwd=tmp_path,
+        env={**os.environ, **deployed["env"]},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        found = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = deployment(deployed)
+            if found["parameters"]["input_root"] == str(tmp_path / "data/incoming"):
+                break  # the serving process has registered its version of the deployment
+            time.sleep(1)
+        assert found["parameters"]["input_root"] == str(tmp_path / "data/incoming"), (
+            tmp_path / "serve.log"
+        ).read_text()
+        assert [s["schedule"]["interval"] for s in found["schedules"]] == [86400.0]
+        run = api(deployed, "POST", f"/deployments/{found['id']}/create_flow_run",
+                  json={"parameters": {"partition": "date=2026-08-01"}}).json()  # fmt: skip
+        final = wait_final(deployed, run["id"])
+        log.flush()
+        assert final["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()
+        assert (tmp_path / "data/scored/date=2026-08-01/predictions.parquet").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Prefect's serve pauses its schedules on exit
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop(proc)
+        log.close()
+    assert deployment(deployed)["paused"] is True

@@ -1,0 +1,133 @@
+"""`mlpipe score` as a user runs it: the installed command, a model `mlpipe train` registered in a
+real MLflow SQLite store, real files; and a scorer killed halfway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import BIN, run_mlpipe
+
+pytestmark = pytest.mark.integration
+
+BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
+MODEL = "models:/boston-rf@champion"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
+    root = tmp_path_factory.mktemp("score")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec = {"search": {"params": {"n_estimators": [30], "max_depth": [None, 8]}}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {"PREFECT_HOME": str(root / "prefect"), "MLFLOW_TRACKING_URI": uri}
+    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "env": {"MLFLOW_TRACKING_URI": uri}}
+
+
+@pytest.fixture(scope="module")
+def pyfunc(store):
+    import mlflow.pyfunc
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(store["env"]["MLFLOW_TRACKING_URI"])
+    try:
+        yield mlflow.pyfunc.load_model(MODEL)
+    finally:
+        mlflow.set_tracking_uri(saved or "")
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def score(store, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_mlpipe(["score", "--model", MODEL, *args], cwd, **store["env"])
+
+
+def test_scores_a_csv_like_mlflow_and_rejects_bad_rows(store, pyfunc, tmp_path):
+    frame = pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64")
+    text = frame.astype(str).assign(house=[f"h{i}" for i in range(len(frame))])
+    text.loc[5, "RM"] = "six"
+    text.loc[8, "NOX"] = "NaN"
+    text.to_csv(tmp_path / "houses.csv", index=False)
+    result = score(store, tmp_path, "-i", "houses.csv", "-o", "out/scored.parquet",
+                   "--id-column", "house")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "scored 504 of 506 rows with boston-rf version 1 (onnx)" in result.stdout
+    assert "2 rows rejected -> out/scored.rejects.parquet" in result.stdout
+    out = pd.read_parquet(tmp_path / "out/scored.parquet")
+    kept = frame.drop(index=[5, 8])
+    assert out["house"].tolist() == [f"h{i}" for i in kept.index]
+    np.testing.assert_array_equal(out["prediction"], pyfunc.predict(kept))  # bit for bit
+    assert set(out["model_version"]) == {"1"}
+    rejects = pd.read_parquet(tmp_path / "out/scored.rejects.parquet")
+    assert rejects["house"].tolist() == ["h5", "h8"]
+    assert "field 'RM' is a string ('six')" in rejects["reason"][0]
+
+
+def test_a_missing_column_fails_before_any_output(store, tmp_path):
+    pd.read_csv(BOSTON).drop(columns=["LSTAT", "MEDV"]).to_csv(tmp_path / "in.csv", index=False)
+    result = score(store, tmp_path, "-i", "in.csv", "-o", "out/p.parquet")
+    assert result.returncode == 2
+    assert "lacks the model's feature column(s) LSTAT" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_many_rejects_stop_with_the_first_reasons(store, tmp_path):
+    frame = pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype(str)
+    frame.loc[:9, "TAX"] = ""
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    result = score(store, tmp_path, "-i", "in.csv", "-o", "p.parquet", "--max-rejects", "3")
+    assert result.returncode == 2
+    assert "rows rejected, more than --max-rejects 3; nothing was written" in result.stderr
+    assert "field 'TAX' is empty" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]
+
+
+def test_a_scorer_killed_halfway_leaves_no_output_and_a_rerun_gives_the_same_rows(store, tmp_path):
+    boston = pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64").to_numpy()
+    rng = np.random.default_rng(0)
+    rows = 1_000_000
+    sample = boston[rng.integers(0, len(boston), rows)] * rng.uniform(0.95, 1.05, (rows, 13))
+    names = pd.read_csv(BOSTON, nrows=0).columns[:13]
+    pq.write_table(
+        pa.table({"id": np.arange(rows), **{n: sample[:, j] for j, n in enumerate(names)}}),
+        tmp_path / "big.parquet",
+    )
+    args = [str(BIN / "mlpipe"), "score", "--model", MODEL, "-i", "big.parquet",
+            "-o", "scored/p.parquet", "--id-column", "id", "--quiet"]  # fmt: skip
+    env = {**os.environ, **store["env"]}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    partial = []
+    while not partial and time.monotonic() < deadline and proc.poll() is None:
+        partial = [p for p in (tmp_path / "scored").glob(".p.parquet.tmp-*") if p.stat().st_size]
+        time.sleep(0.01)
+    assert partial, "the scorer finished before it could be killed; give it more rows"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "scored/p.parquet").exists()  # nothing half-written in sight
+
+    result = score(store, tmp_path, "-i", "big.parquet", "-o", "scored/p.parquet",
+                   "--id-column", "id")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "scored")) == ["p.parquet"]  # the dead run's temp: gone
+    first = pd.read_parquet(tmp_path / "scored/p.parquet", columns=["id", "prediction"])
+    assert first["id"].tolist() == list(range(rows))
+    again = score(store, tmp_path, "-i", "big.parquet", "-o", "scored/p.parquet",
+                  "--id-column", "id")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "scored/p.parquet", columns=["id", "prediction"]), first
+    )

@@ -1,0 +1,163 @@
+"""Deployment definitions, prefect.yaml, partitions and the stack's bookkeeping (no server)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlpipe.deploy import deployments, stack
+from mlpipe.errors import UserError
+from mlpipe.processes import start_time
+from mlpipe.score_flow import batch_score, date_partitions, partition_paths
+
+PREFECT_YAML = Path(__file__).parents[2] / "prefect.yaml"
+
+
+def test_schedules_parse_per_flow():
+    schedules = deployments.parse_schedules(["batch_score=0 6 * * *"], ["tune=604800"])
+    assert schedules["batch_score"].to_kwargs() == {"cron": "0 6 * * *"}
+    assert schedules["tune"].to_kwargs() == {"interval": 604800.0}
+
+
+@pytest.mark.parametrize(
+    ("crons", "intervals", "message"),
+    [
+        (["0 6 * * *"], [], "expected FLOW=VALUE"),
+        (["score=0 6 * * *"], [], "FLOW one of tune, batch_score"),
+        (["batch_score=every day"], [], "not a cron expression"),
+        ([], ["tune=-5"], "positive number of seconds"),
+        ([], ["tune=weekly"], "positive number of seconds"),
+        (["tune=0 3 * * 1"], ["tune=60"], "tune already has a schedule"),
+    ],
+)
+def test_bad_schedules_are_refused_with_the_reason(crons, intervals, message):
+    with pytest.raises(UserError, match=message):
+        deployments.parse_schedules(crons, intervals)
+
+
+def test_deployments_reference_installed_modules_and_carry_pool_settings(tmp_path):
+    settings = deployments.DeploySettings(
+        flows=("tune", "batch_score"),
+        parameters={"batch_score": {"input_root": "/data/in"}},
+        schedules=deployments.parse_schedules(["batch_score=0 6 * * *"], []),
+        working_dir=tmp_path,
+    )
+    tune, score = deployments.build(settings, on_pool=True)
+    assert (score.entrypoint, tune.entrypoint) == (
+        "mlpipe.score_flow.batch_score",
+        "mlpipe.tune.tune",
+    )
+    assert score.work_pool_name == "mlpipe-process"
+    assert score.job_variables == {"working_dir": str(tmp_path)}
+    assert score.parameters == {"input_root": "/data/in"}
+    assert score.schedules[0].schedule.cron == "0 6 * * *" and not tune.schedules
+    k8s = deployments.DeploySettings(
+        flows=("batch_score",),
+        parameters={},
+        pool="k8s",
+        pool_type="kubernetes",
+        kubernetes=deployments.KubernetesJob("mlpipe:1", "ml", "500m", "2", "1Gi", "4Gi"),
+    )
+    (job,) = deployments.build(k8s, on_pool=True)
+    assert job.job_variables == {
+        "image": "mlpipe:1",
+        "namespace": "ml",
+        "cpu_request": "500m",
+        "cpu_limit": "2",
+        "memory_request": "1Gi",
+        "memory_limit": "4Gi",
+    }
+
+
+def test_the_kubernetes_template_takes_every_job_variable_we_set():
+    template = deployments.base_job_template("kubernetes")
+    variables = set(template["variables"]["properties"])
+    assert {"image", "namespace", "cpu_request", "memory_limit"} <= variables
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["resources"]["requests"]["cpu"] == "{{ cpu_request }}"
+    assert "working_dir" in deployments.base_job_template("process")["variables"]["properties"]
+
+
+def test_prefect_yaml_declares_the_same_deployments_as_mlpipe_deploy():
+    config = yaml.safe_load(PREFECT_YAML.read_text())
+    by_entrypoint = {}
+    for d in config["deployments"]:
+        by_entrypoint.setdefault(d["entrypoint"], []).append(d)
+    assert set(by_entrypoint) == set(deployments.FLOW_ENTRYPOINTS.values())
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(batch_score.fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for flow, entrypoint in deployments.FLOW_ENTRYPOINTS.items():
+        main = by_entrypoint[entrypoint][0]
+        assert main["name"] == deployments.DEPLOYMENT_NAME
+        assert main["work_pool"]["name"] == deployments.DEFAULT_POOL
+        assert main["tags"] == deployments.TAGS
+        assert main["description"] == f"mlpipe {flow} ({entrypoint})"
+    for d in by_entrypoint[deployments.FLOW_ENTRYPOINTS["batch_score"]]:
+        for key, value in d["parameters"].items():
+            assert defaults[key] == value, key
+    (k8s,) = [d for d in config["deployments"] if d["name"] == "mlpipe-k8s"]
+    template = deployments.base_job_template("kubernetes")["variables"]["properties"]
+    assert set(k8s["work_pool"]["job_variables"]) <= set(template)
+
+
+def test_partitions_are_relative_folder_names():
+    paths = partition_paths("date=2026-11-22", "in", "out")
+    assert paths.input == Path("in/date=2026-11-22")
+    assert paths.output == Path("out/date=2026-11-22/predictions.parquet")
+    assert paths.rejects == Path("out/date=2026-11-22/rejects.parquet")
+    assert partition_paths("region=eu/date=2026-11-22", "in", "out").input == Path(
+        "in/region=eu/date=2026-11-22"
+    )
+    for bad in ("../etc", "/abs", "", "date=2026-11-22/..", "a b"):
+        with pytest.raises(UserError, match="relative folder name"):
+            partition_paths(bad, "in", "out")
+
+
+def test_date_partitions_include_both_ends():
+    assert date_partitions(date(2026, 11, 30), date(2026, 12, 2)) == [
+        "date=2026-11-30",
+        "date=2026-12-01",
+        "date=2026-12-02",
+    ]
+    with pytest.raises(UserError, match="before --start"):
+        date_partitions(date(2026, 12, 2), date(2026, 11, 30))
+
+
+def test_the_stack_trusts_a_pid_only_while_its_start_time_matches(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        started = start_time(child.pid)
+        live = stack.Service("prefect", child.pid, started, "u", "h", "l")
+        reused = stack.Service("prefect", child.pid, "1", "u", "h", "l")  # same pid, other start
+        assert live.running() and not reused.running()
+        recorded = stack.Stack(str(tmp_path), [live], "pool")
+        recorded.save()
+        assert stack.Stack.load(tmp_path) == recorded
+        assert stack.active({"MLPIPE_HOME": str(tmp_path)}) == recorded
+        assert stack.down(recorded, grace=5) == [f"prefect (pid {child.pid})"]
+        assert child.wait(timeout=5) is not None and not live.running()
+        assert stack.Stack.load(tmp_path) is None
+        assert stack.active({"MLPIPE_HOME": str(tmp_path)}) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_state_folder_defaults_to_the_home_folder():
+    assert stack.state_dir({}) == Path.home() / ".mlpipe"
+    assert stack.state_dir({"MLPIPE_HOME": "/srv/mlpipe"}) == Path("/srv/mlpipe")
+    assert os.environ["MLPIPE_HOME"] != str(Path.home() / ".mlpipe")  # tests never touch it

@@ -202,9 +202,9 @@ def _print_summary(outcome: TuneOutcome, console: Console, tracking_uri: str) ->
         if tracking_uri.startswith("sqlite")
         else tracking_uri
     )
-    console.print(
-        f"open the MLflow UI: {ui}   the Prefect UI: prefect server start (or your PREFECT_API_URL)"
-    )
+    api = os.environ.get("PREFECT_API_URL")
+    prefect_ui = api.removesuffix("/api") if api else "prefect server start"
+    console.print(f"open the MLflow UI: {ui}   the Prefect UI: {prefect_ui}")
 
 
 @app.command()

@@ -45,3 +45,27 @@ def test_help_does_not_import_the_heavy_stack():
     code = f"import sys; import mlpipe.cli; print(any(m in sys.modules for m in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_command_and_option_the_readme_shows_exists():
+    """Each `mlpipe CMD [SUB] --option` in the README's examples is one the CLI accepts."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```(?:bash|console)?\n(.*?)```", readme, re.S))
+    commands = [
+        line.strip().removeprefix("$ ").removeprefix(".venv/bin/").removeprefix("mlpipe ")
+        for line in blocks.replace("\\\n", " ").splitlines()
+        if re.match(r"(\$ )?(\.venv/bin/)?mlpipe [a-z]+( |$)", line.strip())
+    ]
+    seen = set()
+    for line in commands:
+        words = line.split()
+        command = words[:2] if words[0] == "deploy" else words[:1]
+        helptext = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert helptext.exit_code == 0, f"mlpipe {' '.join(command)}: {helptext.output}"
+        for option in re.findall(r"(?<!\S)(--[a-z-]+)", line):
+            assert option in helptext.output, f"mlpipe {' '.join(command)} has no {option}"
+        seen.add(" ".join(command))
+    assert {"score", "deploy apply", "backfill", "up", "status", "down", "serve"} <= seen

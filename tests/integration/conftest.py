@@ -87,6 +87,28 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
+def restore_mlflow_uris():
+    """For modules that set MLflow's global URIs (as `mlpipe train` does), which MLflow also
+    exports as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI: put both back after the module."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {key: os.environ.get(key) for key in keys}
+    # the values as set (None: unset), not get_*_uri()'s resolved defaults, which would pin them
+    tracking, registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """A real `prefect server start` and a real `mlflow server`, each on a free port."""
     root = tmp_path_factory.mktemp("servers")

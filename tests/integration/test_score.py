@@ -37,18 +37,11 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pyfunc(store):
+def pyfunc(store, restore_mlflow_uris):
     import mlflow.pyfunc
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(store["env"]["MLFLOW_TRACKING_URI"])
-    try:
-        yield mlflow.pyfunc.load_model(MODEL)
-    finally:
-        mlflow.set_tracking_uri(saved or "")
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return mlflow.pyfunc.load_model(MODEL)
 
 
 def score(store, cwd: Path, *args: str) -> subprocess.CompletedProcess:

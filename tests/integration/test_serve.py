@@ -21,30 +21,11 @@ import pytest
 import yaml
 from conftest import BIN, free_port, run_mlpipe, stop, wait_http
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
 FEATURES = ["CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO",
             "B", "LSTAT"]  # fmt: skip
 SMALL_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_mlflow_uris():
-    """_register sets MLflow's global URIs (as `mlpipe train` does), which MLflow also exports
-    as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; put both back after."""
-    import mlflow
-
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {key: os.environ.get(key) for key in keys}
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -454,7 +454,7 @@ def deploy_apply(
             )
         settings = _deploy_settings(
             flows, cron, interval, model, input_root, output_root, config,
-            pool=pool, pool_type=pool_type, kubernetes=kubernetes,
+            pool=pool, kubernetes=kubernetes,
             working_dir=(working_dir or Path.cwd()).resolve() if pool_type == "process" else None,
         )  # fmt: skip
         typer.echo(deployments.ensure_pool(pool, pool_type))

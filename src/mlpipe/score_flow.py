@@ -116,8 +116,7 @@ def scheduled_partition(lag_days: int) -> str:
     2026-11-23 06:00 with lag 1 scores date=2026-11-22, the day that has just ended)."""
     from prefect.runtime import flow_run
 
-    scheduled = flow_run.scheduled_start_time
-    return date_partitions(*[scheduled.date() - timedelta(days=lag_days)] * 2)[0]
+    return f"date={flow_run.scheduled_start_time.date() - timedelta(days=lag_days)}"
 
 
 @flow(name="batch_score", log_prints=False)

@@ -62,7 +62,6 @@ def test_deployments_reference_installed_modules_and_carry_pool_settings(tmp_pat
         flows=("batch_score",),
         parameters={},
         pool="k8s",
-        pool_type="kubernetes",
         kubernetes=deployments.KubernetesJob("mlpipe:1", "ml", "500m", "2", "1Gi", "4Gi"),
     )
     (job,) = deployments.build(k8s, on_pool=True)

@@ -73,9 +73,12 @@ class DeploySettings:
     parameters: dict[str, dict[str, Any]]  # per flow
     schedules: dict[str, Schedule] = field(default_factory=dict)
     pool: str = DEFAULT_POOL
-    pool_type: str = "process"
     working_dir: Path | None = None  # process pools: where flow runs start
-    kubernetes: KubernetesJob | None = None
+    kubernetes: KubernetesJob | None = None  # set for a kubernetes pool
+
+    @property
+    def pool_type(self) -> str:
+        return "kubernetes" if self.kubernetes else "process"
 
 
 def parse_schedules(crons: list[str], intervals: list[str]) -> dict[str, Schedule]:
@@ -150,9 +153,7 @@ def _load_flow(name: str) -> Any:
 
 
 def _job_variables(settings: DeploySettings) -> dict[str, Any]:
-    if settings.pool_type == "kubernetes":
-        if settings.kubernetes is None:
-            raise UserError("--pool-type kubernetes needs --image (the mlpipe image to run)")
+    if settings.kubernetes is not None:
         return settings.kubernetes.job_variables()
     return {"working_dir": str(settings.working_dir)} if settings.working_dir else {}
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from mlpipe.deploy.deployments import DEFAULT_POOL
 from mlpipe.errors import UserError
@@ -52,6 +51,18 @@ class Service:
 
     def running(self) -> bool:
         return start_time(self.pid) == self.started and alive(self.pid)
+
+    def answering(self) -> bool:
+        """Servers: ``health`` answers 200. The worker: the pool lists it ONLINE (it
+        heartbeats to the API); its ``health`` is the pool's worker filter."""
+        import httpx
+
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if self.name != "worker":
+                return httpx.get(self.health, timeout=2).status_code == 200
+            reply = httpx.post(self.health, json={}, timeout=2)
+            return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in reply.json())
+        return False
 
 
 @dataclass
@@ -161,7 +172,7 @@ def up(
         )  # fmt: skip
         stack.save()
         for service in stack.services:
-            _wait_healthy(service, timeout)
+            _wait_ready(service, timeout)
         worker_env = {**env, **stack.environment()}
         _ensure_process_pool(pool, prefect_url)
         worker = _start(
@@ -173,7 +184,7 @@ def up(
         )  # fmt: skip
         stack.services.append(worker)
         stack.save()
-        _wait_worker(worker, pool, timeout)
+        _wait_ready(worker, timeout)
     except BaseException:
         down(stack)
         raise
@@ -215,20 +226,17 @@ def _start(
     return Service(name, proc.pid, start_time(proc.pid), url, health, str(log))
 
 
-def _wait_healthy(service: Service, timeout: float) -> None:
-    import httpx
-
+def _wait_ready(service: Service, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.running():
             raise UserError(
                 f"{service.name} exited while starting; see {service.log}:\n{_tail(service.log)}"
             )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(service.health, timeout=2).status_code == 200:
-                return
+        if service.answering():
+            return
         time.sleep(0.3)
-    raise UserError(f"{service.name} did not answer in {timeout:.0f}s; see {service.log}")
+    raise UserError(f"{service.name} was not ready in {timeout:.0f}s; see {service.log}")
 
 
 def _ensure_process_pool(pool: str, api_url: str) -> None:
@@ -241,45 +249,12 @@ def _ensure_process_pool(pool: str, api_url: str) -> None:
         ensure_pool(pool, "process")
 
 
-def _wait_worker(worker: Service, pool: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.running():
-            raise UserError(
-                f"the worker exited while starting; see {worker.log}:\n{_tail(worker.log)}"
-            )
-        if _worker_online(worker.health):
-            return
-        time.sleep(0.5)
-    raise UserError(
-        f"the worker did not come online in pool {pool!r} in {timeout:.0f}s; see {worker.log}"
-    )
-
-
-def _worker_online(filter_url: str) -> bool:
-    """Whether the pool lists our worker as ONLINE (it heartbeats to the API)."""
-    import httpx
-
-    with contextlib.suppress(httpx.HTTPError, ValueError):
-        reply = httpx.post(filter_url, json={}, timeout=2)
-        return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in reply.json())
-    return False
-
-
 def status(stack: Stack) -> list[tuple[Service, bool, bool]]:
     """(service, process running, answering) for each service."""
-    import httpx
-
     rows = []
     for service in stack.services:
         running = service.running()
-        answering = False
-        if running and service.name == "worker":
-            answering = _worker_online(service.health)
-        elif running:
-            with contextlib.suppress(httpx.HTTPError):
-                answering = httpx.get(service.health, timeout=2).status_code == 200
-        rows.append((service, running, answering))
+        rows.append((service, running, running and service.answering()))
     return rows
 
 
@@ -307,7 +282,3 @@ def _tail(path: str, lines: int = 15) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     return ""
-
-
-def describe(stack: Stack) -> dict[str, Any]:
-    return {"folder": stack.folder, "pool": stack.pool, **stack.environment()}

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test unit integration lint bench bench-serve bench-score lock clean
+.PHONY: run test unit integration lint bench bench-serve bench-score bench-stream lock clean
 
 # --compile-bytecode: every command imports seconds faster, even where PYTHONDONTWRITEBYTECODE
 # keeps Python from caching bytecode itself (measured: mlpipe train's start 7.8 s -> 1.7 s).
@@ -43,6 +43,9 @@ bench-serve: $(STAMP)  ## mlflow models serve vs mlpipe serve under wrk (apt-get
 
 bench-score: $(STAMP)  ## pyfunc + read_parquet vs mlpipe score on 5,000,000 rows
 	$(BIN)/python benchmarks/score.py $(ARGS)
+
+bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 records, local Kinesis
+	$(BIN)/python benchmarks/stream.py $(ARGS)
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any  # noqa: E402
 import typer  # noqa: E402
 
 from mlpipe.errors import TuningError, UserError  # noqa: E402
+from mlpipe.stream.commands import stream_app  # noqa: E402
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -384,6 +385,7 @@ deploy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(stream_app, name="stream")
 
 FlowsOption = Annotated[
     list[str] | None,

@@ -4,12 +4,14 @@ ports. Whatever a fixture starts, it stops (by pid)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,18 @@ def run_mlpipe(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPr
     )
 
 
+def register_model(root: Path, params: dict) -> str:
+    """`mlpipe train` a small grid into a SQLite store under ``root``: boston-rf version 1, the
+    champion. Returns the store's tracking URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec = {"search": {"params": params}, "artifacts_dir": str(root / "artifacts")}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {"PREFECT_HOME": str(root / "prefect"), "MLFLOW_TRACKING_URI": uri}
+    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
+    assert result.returncode == 0, result.stderr
+    return uri
+
+
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -73,6 +87,21 @@ def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer in {seconds} s")
+
+
+@contextlib.contextmanager
+def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[None]:
+    """Run a server in its own session, its output in ``log``, from when ``ready_url`` answers
+    200 until the block ends; then stop it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+        try:
+            wait_http(ready_url, proc)
+            yield
+        finally:
+            stop(proc)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -14,8 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import BIN, run_mlpipe
+from conftest import BIN, register_model, run_mlpipe
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +26,7 @@ MODEL = "models:/boston-rf@champion"
 def store(tmp_path_factory):
     """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
     root = tmp_path_factory.mktemp("score")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    spec = {"search": {"params": {"n_estimators": [30], "max_depth": [None, 8]}}}
-    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {"PREFECT_HOME": str(root / "prefect"), "MLFLOW_TRACKING_URI": uri}
-    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
-    assert result.returncode == 0, result.stderr
+    uri = register_model(root, {"n_estimators": [30], "max_depth": [None, 8]})
     return {"root": root, "env": {"MLFLOW_TRACKING_URI": uri}}
 
 

@@ -18,8 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import BIN, free_port, run_mlpipe, stop, wait_http
+from conftest import BIN, free_port, register_model, run_mlpipe, stop, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
@@ -32,12 +31,7 @@ SMALL_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 def store(tmp_path_factory):
     """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
     root = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    spec = {"search": {"params": SMALL_GRID}, "artifacts_dir": str(root / "artifacts")}
-    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {"PREFECT_HOME": str(root / "prefect"), "MLFLOW_TRACKING_URI": uri}
-    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
-    assert result.returncode == 0, result.stderr
+    uri = register_model(root, SMALL_GRID)
     frame = pd.read_csv(Path(__file__).parents[2] / "src/mlpipe/data/boston.csv")
     return {"root": root, "uri": uri, "X": frame[FEATURES].astype("float64")}
 

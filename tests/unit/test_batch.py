@@ -1,52 +1,22 @@
 """Batch scoring (`batch.score`) on real files with a real forest and its ONNX fast path; no
-MLflow, no Prefect. The model is a LoadedModel built in memory, as `predictor.load_model` builds
-one from the registry."""
+MLflow, no Prefect. The model (conftest.py) is a LoadedModel built in memory, as
+`predictor.load_model` builds one from the registry."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.ensemble import RandomForestRegressor
 
 from mlpipe import batch, tables
 from mlpipe.contract import ColumnValues, InputContract, InputError
 from mlpipe.errors import DataError, UserError
-from mlpipe.onnx_export import to_onnx
-from mlpipe.predictor import LoadedModel, ModelRef, NativePredictor, OnnxPredictor
-
-BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
-
-
-@pytest.fixture(scope="module")
-def frame() -> pd.DataFrame:
-    return pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64")
-
-
-@pytest.fixture(scope="module")
-def model(frame) -> LoadedModel:
-    forest = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0, n_jobs=1)
-    forest.fit(frame, pd.read_csv(BOSTON)["MEDV"])
-    contract = InputContract(tuple(frame.columns), ("double",) * frame.shape[1])
-    native = NativePredictor(forest, contract.names)
-    return LoadedModel(
-        ref=ModelRef("models:/boston-rf/3", "boston-rf", None, "3"),
-        run_id=None,
-        contract=contract,
-        signature={},
-        predictor=OnnxPredictor(to_onnx(forest, frame.shape[1])),
-        native=native,
-        parity=None,
-        fallback_reason=None,
-        load_seconds=0.0,
-    )
 
 
 def with_ids(frame: pd.DataFrame) -> pd.DataFrame:

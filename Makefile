@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test unit integration lint bench bench-serve bench-score bench-stream lock clean
+.PHONY: run test unit integration lint bench bench-serve bench-score bench-stream bench-scale lock clean
 
 # --compile-bytecode: every command imports seconds faster, even where PYTHONDONTWRITEBYTECODE
 # keeps Python from caching bytecode itself (measured: mlpipe train's start 7.8 s -> 1.7 s).
@@ -47,8 +47,16 @@ bench-score: $(STAMP)  ## pyfunc + read_parquet vs mlpipe score on 5,000,000 row
 bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 records, local Kinesis
 	$(BIN)/python benchmarks/stream.py $(ARGS)
 
-lock:  ## re-resolve requirements.lock from pyproject.toml
+bench-scale: $(STAMP)  ## the default search: one core vs 2 shards vs a 2-worker Dask cluster
+	$(BIN)/python benchmarks/scale.py $(ARGS)
+
+lock:  ## re-resolve requirements.lock (dev) and requirements-image.lock (the image: no dev tools)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 --no-header \
+		-o requirements-image.lock
+	# uv resolves for this platform and drops the marker; the lock is shared with macOS users
+	sed -i "s/^awslambdaric==\([^ ]*\)$$/awslambdaric==\1 ; sys_platform == 'linux'/" \
+		requirements.lock requirements-image.lock
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db artifacts .pytest_cache

@@ -79,9 +79,6 @@ def completed_trials(out_dir: Path) -> dict[str, TrialResult]:
         trials = read_results(out_dir)["trials"]
     except (OSError, ValueError, KeyError):
         return {}  # an unreadable old file only means the trials run again
-    fields = TrialResult.__dataclass_fields__
     return {
-        t["trial_id"]: TrialResult(**{k: v for k, v in t.items() if k in fields})
-        for t in trials
-        if t.get("status") == "completed"
+        t["trial_id"]: TrialResult.from_json(t) for t in trials if t.get("status") == "completed"
     }

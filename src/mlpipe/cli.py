@@ -27,6 +27,7 @@ from mlpipe.stream.commands import stream_app  # noqa: E402
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mlpipe.sharded import ShardOutcome
     from mlpipe.tune import TuneOutcome
 
 app = typer.Typer(
@@ -79,6 +80,29 @@ def train(
         int | None, typer.Option(help="seed for the split, the search and every estimator.")
     ] = None,
     n_jobs: Annotated[int | None, typer.Option(help="trials at once; -1 = all cores.")] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="executor: process | dask-local | dask://HOST:PORT (a Dask cluster)."),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="run only shard I/N of the search (I from 0, as a Kubernetes Indexed Job's "
+            "JOB_COMPLETION_INDEX); then --finalize. Needs a shared MLflow tracking server."
+        ),
+    ] = None,
+    finalize: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SEARCH_ID",
+            help="gather the shards' trials of SEARCH_ID from MLflow, then refit, register and "
+            "promote (same spec as the shards).",
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(help="with --finalize: seconds to wait for shards still running."),
+    ] = 0.0,
     experiment: Annotated[str | None, typer.Option(help="tracking.experiment (MLflow).")] = None,
     model_name: Annotated[str | None, typer.Option(help="registry.model_name.")] = None,
     artifacts_dir: Annotated[Path | None, typer.Option(help="where results are written.")] = None,
@@ -105,13 +129,15 @@ def train(
         "search.retries": retries,
         "seed": seed,
         "n_jobs": n_jobs,
+        "executor": executor,
         "tracking.experiment": experiment,
         "registry.model_name": model_name,
         "artifacts_dir": str(artifacts_dir) if artifacts_dir else None,
     }
     try:
         spec = load_spec(config, overrides)
-        outcome = _run(spec, fresh=fresh, quiet=quiet, verbose=verbose)
+        part = _shard(shard, finalize, fresh, wait)
+        outcome = _run(spec, fresh, quiet, verbose, part, finalize, wait)
     except UserError as exc:
         if verbose:
             raise
@@ -120,7 +146,43 @@ def train(
         ) from None
     except TuningError as exc:
         raise _fail(str(exc), code=1) from None
-    _print_summary(outcome, _console(), tracking_uri=_tracking_uri())
+    from mlpipe.sharded import ShardOutcome
+
+    if isinstance(outcome, ShardOutcome):
+        _print_shard_summary(outcome, _console(), tracking_uri=_tracking_uri())
+    else:
+        _print_summary(outcome, _console(), tracking_uri=_tracking_uri())
+
+
+def _shard(text: str | None, finalize: str | None, fresh: bool, wait: float) -> Any:
+    """``--shard I/N`` checked against the other flags and, inside a Kubernetes Indexed Job,
+    against the pod's JOB_COMPLETION_INDEX."""
+    from mlpipe.search import Shard
+
+    if wait < 0:
+        raise UserError(f"--wait {wait}: give seconds >= 0")
+    if wait and finalize is None:
+        raise UserError("--wait applies to --finalize only")
+    if text is None:
+        return None
+    if finalize is not None:
+        raise UserError("--shard and --finalize are separate steps: run each shard, then finalize")
+    if fresh:
+        raise UserError(
+            "--fresh cannot be combined with --shard: shards share the search's finished trials "
+            "in MLflow; start a new search instead (change the spec or the experiment)"
+        )
+    try:
+        part = Shard.parse(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    if index is not None and index != str(part.index):
+        raise UserError(
+            f"--shard {part} but JOB_COMPLETION_INDEX is {index}: in an Indexed Job pass "
+            f"--shard $(JOB_COMPLETION_INDEX)/{part.count}"
+        )
+    return part
 
 
 def _tracking_uri() -> str:
@@ -135,7 +197,15 @@ def _console() -> Console:
     return Console(stderr=False, soft_wrap=True)
 
 
-def _run(spec: Any, fresh: bool, quiet: bool, verbose: bool) -> TuneOutcome:
+def _run(
+    spec: Any,
+    fresh: bool,
+    quiet: bool,
+    verbose: bool,
+    shard: Any = None,
+    finalize: str | None = None,
+    wait: float = 0.0,
+) -> TuneOutcome | ShardOutcome:
     # A fresh PREFECT_HOME took up to 26 s to start here; Prefect's default wait is shorter.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from mlpipe.terminal import NullObserver, PlainObserver, RichObserver
@@ -158,6 +228,27 @@ def _run(spec: Any, fresh: bool, quiet: bool, verbose: bool) -> TuneOutcome:
         fresh=fresh,
         verbose=verbose,
         process_started=PROCESS_STARTED,
+        shard=shard,
+        finalize=finalize,
+        wait_seconds=wait,
+    )
+
+
+def _print_shard_summary(outcome: ShardOutcome, console: Console, tracking_uri: str) -> None:
+    results = outcome.results
+    failed = sum(r.status != "completed" for r in results)
+    console.print(
+        f"shard {outcome.shard} of search {outcome.search_id}: {len(results)} trials "
+        f"({outcome.reused} already in MLflow, {failed} failed), "
+        f"{100 * outcome.expected_share:.1f}% of the search's expected cost, "
+        f"fits {outcome.fit_seconds:.1f}s"
+    )
+    console.print(f"mlflow parent run {outcome.parent_run_id}  ({tracking_uri})")
+    console.print(f"results {outcome.results_path}")
+    timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    console.print(f"timings: {timings}")
+    console.print(
+        f"when every shard is done: mlpipe train --finalize {outcome.search_id} (same spec)"
     )
 
 
@@ -219,7 +310,7 @@ def serve(
         ),
     ],
     host: Annotated[str, typer.Option(help="address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="port to listen on.", envvar="MLPIPE_PORT")] = 8000,
     workers: Annotated[int, typer.Option(help="worker processes (one per core).")] = 1,
     poll_seconds: Annotated[
         float, typer.Option(help="how often to check where the alias points.")
@@ -381,7 +472,8 @@ def _row_progress(console: Console, total: int | None, enabled: bool) -> Iterato
 
 
 deploy_app = typer.Typer(
-    help="Create mlpipe's Prefect deployments (tune/mlpipe, batch_score/mlpipe).",
+    help="Create mlpipe's Prefect deployments (tune/mlpipe, batch_score/mlpipe) and render its "
+    "Kubernetes manifests.",
     no_args_is_help=True,
 )
 app.add_typer(deploy_app, name="deploy")
@@ -498,6 +590,52 @@ def deploy_serve(
     except UserError as exc:
         raise _fail(str(exc)) from None
     deployments.serve(settings, limit=limit)
+
+
+@deploy_app.command("k8s")
+def deploy_k8s(
+    image: Annotated[
+        str, typer.Option(help="the mlpipe image every pod runs, e.g. REGISTRY/mlpipe:0.1.0.")
+    ],
+    overlay: Annotated[str, typer.Option(help="local (kind, minikube) | gke.")] = "local",
+    config: SpecOption = None,
+    shards: Annotated[int, typer.Option(help="shards of the tuning search (Indexed Job).")] = 4,
+    parallelism: Annotated[
+        int | None, typer.Option(help="shard pods at once; default: the overlay's.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write the YAML here, not stdout.")
+    ] = None,
+    do_apply: Annotated[
+        bool, typer.Option("--apply", help="kubectl apply it (the current kubectl context).")
+    ] = False,
+) -> None:
+    """Render mlpipe's Kubernetes manifests (MLflow, Prefect server and kubernetes worker, the
+    serving API, the sharded tuning Jobs) for an overlay, image, spec and shard count."""
+    from mlpipe.deploy import k8s
+    from mlpipe.spec import load_spec
+    from mlpipe.tune import prepare
+
+    try:
+        spec = load_spec(config)
+        settings = k8s.Render(
+            overlay=overlay,
+            image=image,
+            search_id=prepare(spec).search_id,
+            shards=shards,
+            parallelism=parallelism,
+            spec_yaml=config.read_text() if config else None,
+        )
+        rendered = k8s.render(settings)
+        if output is not None:
+            output.write_text(rendered)
+            typer.echo(f"wrote {output} (search {settings.search_id}, {shards} shards)", err=True)
+        elif not do_apply:
+            typer.echo(rendered, nl=False)
+        if do_apply:
+            typer.echo(k8s.apply(rendered), nl=False)
+    except UserError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _deploy_settings(

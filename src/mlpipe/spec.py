@@ -94,6 +94,9 @@ class Spec(_Strict):
     registry: RegistrySpec = RegistrySpec()
     artifacts_dir: Path = Path("artifacts")
     n_jobs: int = Field(-1, description="trials run at once; -1 = all cores")
+    executor: str = Field(
+        "process", description="where trials run: process | dask-local | dask://HOST:PORT"
+    )
 
     @model_validator(mode="after")
     def _search_fits_family(self) -> Spec:
@@ -115,6 +118,11 @@ class Spec(_Strict):
                 )
         if self.search.strategy == "random" and self.search.n_trials is None:
             raise ValueError("search.n_trials: required when search.strategy is random")
+        if not _valid_executor(self.executor):
+            raise ValueError(
+                f"executor: {self.executor!r} is not one of process, dask-local, "
+                "dask://HOST:PORT (a Dask scheduler's address, e.g. dask://scheduler:8786)"
+            )
         if self.n_jobs == 0 or self.n_jobs < -1:
             raise ValueError(f"n_jobs: {self.n_jobs} is not allowed; use -1 (all cores) or >= 1")
         return self
@@ -134,6 +142,13 @@ class Spec(_Strict):
     @property
     def model_name(self) -> str:
         return self.registry.model_name or self.experiment_name
+
+
+def _valid_executor(executor: str) -> bool:
+    if executor in ("process", "dask-local"):
+        return True
+    host, sep, port = executor.removeprefix("dask://").rpartition(":")
+    return executor.startswith("dask://") and bool(sep and host) and port.isdigit()
 
 
 EXAMPLE_SPEC = """\
@@ -164,6 +179,7 @@ registry:
   model_name: boston-rf
 artifacts_dir: artifacts
 n_jobs: -1                # trials at once; -1 = all cores
+executor: process         # process | dask-local | dask://HOST:PORT (an existing Dask cluster)
 """
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from mlpipe.trial import TrialResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
+ROLE_TAG = "mlpipe.role"  # "search" (a parent run) or "trial"
+SHARDS_TAG = "mlpipe.shards"  # on a sharded search's parent: how many shards
+RESULT_TAG = "mlpipe.result"  # on a trial: its TrialResult as JSON
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 
 # MLflow 3.17 saves scikit-learn models with skops, which refuses to load any type it is not told
 # to trust. A forest's trees are sklearn.tree._tree.Tree: trusting exactly that type (and nothing
@@ -79,9 +84,9 @@ class Tracker:
         # log_model and the model loaders use MLflow's fluent API, which reads the global URI.
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-        return cls(
-            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), experiment_name
-        )
+        with _schema_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return cls(client, experiment_name)
 
     def start_search(
         self, search_id: str, params: Mapping[str, Any], tags: Mapping[str, str]
@@ -90,21 +95,99 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"search-{search_id}",
-            tags={"mlpipe.search_id": search_id, **tags},
+            tags={"mlpipe.search_id": search_id, ROLE_TAG: "search", **tags},
         )
         self._log(run.info.run_id, params=params)
         return str(run.info.run_id)
 
-    def log_trial(self, parent_run_id: str, result: TrialResult) -> str:
-        """One nested child run: params, per-fold and mean/std CV metrics, fit seconds, status."""
+    def attach_search(
+        self, search_id: str, params: Mapping[str, Any], tags: Mapping[str, str], shards: int
+    ) -> str:
+        """The parent run that the shards of a search share: the open one for this search and
+        shard count, else a new one. Shards starting at once may each create one; all of them
+        then pick the earliest, and a shard whose own run lost deletes it before logging to it.
+        (A shard that saw only its own run keeps it; ``gather_trials`` collects the trials of
+        every open parent, and finalize folds them into one.)"""
+        found = self.open_searches(search_id, shards)
+        if found:
+            return str(found[0].info.run_id)
+        created = self.start_search(search_id, params, {**tags, SHARDS_TAG: str(shards)})
+        chosen = str(self.open_searches(search_id, shards)[0].info.run_id)
+        if chosen != created:
+            self.client.delete_run(created)
+        return chosen
+
+    def open_searches(self, search_id: str, shards: int | None = None) -> list[Any]:
+        """The unfinished sharded parent runs of a search (for ``shards`` shards, or any),
+        earliest first."""
+        count = f"= '{shards}'" if shards is not None else "IS NOT NULL"
+        runs = self._search(
+            f"tags.`mlpipe.search_id` = '{search_id}' and tags.`{ROLE_TAG}` = 'search' "
+            f"and tags.`{SHARDS_TAG}` {count} and attributes.status = 'RUNNING'"
+        )
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def adopt(self, parent_run_id: str, other_parent_id: str) -> None:
+        """Move the trial runs of ``other_parent_id`` under ``parent_run_id``; delete the other."""
+        for run in self._search(f"tags.`mlflow.parentRunId` = '{other_parent_id}'"):
+            self.client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+        self.client.delete_run(other_parent_id)
+
+    def gather_trials(
+        self, search_id: str, parent_run_ids: list[str]
+    ) -> dict[str, tuple[str, TrialResult]]:
+        """The trials of a search logged under these parents and ended (finished or failed), by
+        trial id: (run id, result). A trial logged twice (a shard killed mid-log, then rerun)
+        counts once."""
+        runs = self._search(
+            f"tags.`mlpipe.search_id` = '{search_id}' and tags.`{ROLE_TAG}` = 'trial'"
+        )
+        found: dict[str, tuple[str, TrialResult]] = {}
+        for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
+            record = run.data.tags.get(RESULT_TAG)
+            if (
+                run.data.tags.get("mlflow.parentRunId") not in parent_run_ids
+                or run.info.status not in ("FINISHED", "FAILED")
+                or record is None
+            ):
+                continue
+            result = TrialResult.from_json(json.loads(record))
+            earlier = found.get(result.trial_id)
+            if earlier is None or earlier[1].status != "completed":  # a rerun that succeeded
+                found[result.trial_id] = (str(run.info.run_id), result)
+        return found
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string, max_results=1000, page_token=token
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_trial(self, parent_run_id: str, search_id: str, result: TrialResult) -> str:
+        """One nested child run: params, per-fold and mean/std CV metrics, fit seconds, status,
+        and the whole result as a tag, so shards' trials can be gathered in one search."""
+        record = json.dumps(result.to_json(), separators=(",", ":"))
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{result.trial_id}",
             tags={
                 "mlflow.parentRunId": parent_run_id,
+                ROLE_TAG: "trial",
+                "mlpipe.search_id": search_id,
                 "mlpipe.trial_id": result.trial_id,
                 "mlpipe.status": result.status,
                 **({"mlpipe.error": result.error[:4000]} if result.error else {}),
+                **({RESULT_TAG: record} if len(record) <= MAX_TAG_LENGTH else {}),
             },
         )
         run_id = run.info.run_id
@@ -123,6 +206,9 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, folder: Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
 
     def end_search(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
@@ -231,6 +317,27 @@ class Tracker:
             + [Metric(k, float(v), now, step) for k, v, step in steps or []],
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
         )
+
+
+@contextlib.contextmanager
+def _schema_lock(tracking_uri: str) -> Iterator[None]:
+    """Processes opening one new SQLite store at once (shards on one machine) race in MLflow's
+    schema migration ("Online migration expected to match one row"); take turns on a lock file
+    beside the database. Servers and other stores need nothing."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    path = database.with_name(database.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load_model(model_uri: str) -> Any:

@@ -40,6 +40,15 @@ class TrialResult:
                 record[key] = None
         return record
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> TrialResult:
+        """The inverse of ``to_json`` (unknown keys ignored, null scores back to NaN)."""
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        for key in ("mean_score", "std_score"):
+            if fields.get(key) is None:
+                fields[key] = float("nan")
+        return cls(**fields)
+
 
 def kfold(n_rows: int, cv: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``KFold(n_splits=cv)`` without shuffling: what GridSearchCV uses for an integer cv."""

@@ -6,7 +6,10 @@ tracking URI), so it runs the same from the CLI, a deployment or a worker.
 
 Task runner, chosen by measurement (2 cores, the reference grid, same 27 units): a process pool
 took 8.6 s, a thread pool 14.9 s. RandomForest fits hold the GIL for a good share of their
-time on small tables, so threads serialise; processes do not. Hence ProcessPoolTaskRunner.
+time on small tables, so threads serialise; processes do not. Hence ProcessPoolTaskRunner, except
+with one worker (a thread: no process to start) and on Dask (``executor``, see ``task_runner``).
+A search split across machines (``tune(shard=...)``, then ``finalize_search``) is in
+``sharded``; it reuses ``prepare``, ``run_trials`` and ``finish`` from here.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mlpipe import artifacts
 from mlpipe.data import Dataset, Split, load_dataset, split_dataset
-from mlpipe.errors import DataError, TuningError
+from mlpipe.errors import DataError, TuningError, UserError
 from mlpipe.models import get_family
 from mlpipe.search import (
+    Shard,
     TrialConfig,
     Unit,
+    assign_shards,
     expand,
     make_search_id,
     make_trials,
@@ -46,6 +51,9 @@ from mlpipe.spec import Spec
 from mlpipe.terminal import NullObserver, Observer
 from mlpipe.tracking import CHALLENGER, CHAMPION, Promotion, Tracker, resolve_tracking_uri
 from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
+
+if TYPE_CHECKING:
+    from mlpipe.sharded import ShardOutcome
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
 observer_var: ContextVar[Observer | None] = ContextVar("mlpipe_observer", default=None)
@@ -93,13 +101,37 @@ def unit_label(unit: Unit) -> str:
 
 @flow(name="tune", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
 def tune(
-    spec: dict[str, Any] | None = None, tracking_uri: str | None = None, fresh: bool = False
-) -> TuneOutcome:
+    spec: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    fresh: bool = False,
+    shard: str | None = None,
+) -> TuneOutcome | ShardOutcome:
     """Tune, track, refit, register and promote the spec's search (default: the built-in spec;
-    tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db). With ``shard`` ("I/N"): run
+    only that shard's trials under the search's shared parent run; ``finalize`` does the rest."""
     parsed = Spec.model_validate(spec or {})
     tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
+    if shard is not None:
+        from mlpipe.sharded import run_shard
+
+        return run_shard(parsed, tracker, Shard.parse(shard))
     return run_search(parsed, tracker, fresh)
+
+
+@flow(name="tune-finalize", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
+def finalize_search(
+    search_id: str,
+    spec: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    wait_seconds: float = 0.0,
+) -> TuneOutcome:
+    """Gather every shard's trials of a sharded search from MLflow (waiting up to
+    ``wait_seconds`` for the missing ones), then refit, register and promote the best."""
+    from mlpipe.sharded import run_finalize
+
+    parsed = Spec.model_validate(spec or {})
+    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
+    return run_finalize(parsed, tracker, search_id, wait_seconds)
 
 
 @dataclass(frozen=True)
@@ -112,9 +144,34 @@ class Prepared:
     trials: list[TrialConfig]
     search_id: str
 
+    def search_params(self, spec: Spec) -> dict[str, Any]:
+        """What the parent run records about the search."""
+        return {
+            "family": spec.model.family,
+            "strategy": spec.search.strategy,
+            "cv": spec.search.cv,
+            "seed": spec.seed,
+            "data": spec.data.source,
+            "n_trials": len(self.trials),
+            "test_size": spec.data.test_size,
+        }
 
-def prepare(spec: Spec) -> Prepared:
-    """Load and check the data and expand the search; raises UserError on bad input."""
+    @property
+    def search_tags(self) -> dict[str, str]:
+        return {
+            "mlpipe.data_fingerprint": self.dataset.fingerprint,
+            "mlpipe.data": self.dataset.name,
+        }
+
+    def shards(self, spec: Spec, count: int) -> list[list[Unit]]:
+        """The search's units split into ``count`` shards (all trials, done or not, so every
+        run of every shard agrees on who owns what)."""
+        return assign_shards(plan_units(self.trials, get_family(spec.model.family)), count)
+
+
+def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
+    """Load and check the data and expand the search; raises UserError on bad input, or if the
+    spec's search is not ``search_id``."""
     family = get_family(spec.model.family)
     dataset = load_dataset(spec.data, spec.seed)
     split = split_dataset(dataset, spec.data.test_size, spec.seed)
@@ -126,74 +183,92 @@ def prepare(spec: Spec) -> Prepared:
         )
     configs = expand(spec.search_space, spec.search.strategy, spec.seed, spec.search.n_trials)
     trials = make_trials(configs, family.name, dataset.fingerprint, spec.search.cv, spec.seed)
-    search_id = make_search_id(
+    found_id = make_search_id(
         family.name, (t.trial_id for t in trials), dataset.fingerprint, spec.search.cv
     )
-    return Prepared(dataset, split, kfold(n_train, spec.search.cv), trials, search_id)
+    if search_id is not None and search_id != found_id:
+        raise UserError(
+            f"--finalize {search_id}: this spec and data give search {found_id}. Finalize with "
+            "the same spec file and flags the shards ran with"
+        )
+    return Prepared(dataset, split, kfold(n_train, spec.search.cv), trials, found_id)
 
 
 def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     """The body of the flow: must run inside a flow run (it submits tasks)."""
     observer = observer_var.get() or NullObserver()
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    family = get_family(spec.model.family)
     plan = prepare(spec)
-    dataset, split, folds, trials, search_id = (
-        plan.dataset,
-        plan.split,
-        plan.folds,
-        plan.trials,
-        plan.search_id,
-    )
-    X, y = split.train_arrays
-    out_dir = Path(spec.artifacts_dir) / search_id
+    out_dir = Path(spec.artifacts_dir) / plan.search_id
 
     previous = {} if fresh else artifacts.completed_trials(out_dir)
-    reused = [previous[t.trial_id] for t in trials if t.trial_id in previous]
-    for result, trial in zip(reused, [t for t in trials if t.trial_id in previous], strict=True):
+    reused = [previous[t.trial_id] for t in plan.trials if t.trial_id in previous]
+    for result, trial in zip(
+        reused, [t for t in plan.trials if t.trial_id in previous], strict=True
+    ):
         result.index = trial.index  # grid order of this run decides ties
-    todo = [t for t in trials if t.trial_id not in previous]
-    units = plan_units(todo, family)
+    todo = [t for t in plan.trials if t.trial_id not in previous]
 
-    parent_run_id = tracker.start_search(
-        search_id,
-        params={
-            "family": family.name,
-            "strategy": spec.search.strategy,
-            "cv": spec.search.cv,
-            "seed": spec.seed,
-            "data": spec.data.source,
-            "n_trials": len(trials),
-            "test_size": spec.data.test_size,
-        },
-        tags={"mlpipe.data_fingerprint": dataset.fingerprint, "mlpipe.data": dataset.name},
-    )
-    observer.start(total=len(trials), reused=len(reused))
+    parent_run_id = tracker.start_search(plan.search_id, plan.search_params(spec), plan.search_tags)
+    observer.start(total=len(plan.trials), reused=len(reused))
     results: list[TrialResult] = []
     for result in reused:
-        tracker.log_trial(parent_run_id, result)
+        tracker.log_trial(parent_run_id, plan.search_id, result)
         results.append(result)
-    timings["prepare"] = time.perf_counter() - started
+    timings = {"prepare": time.perf_counter() - started}
+    results += run_trials(spec, plan, todo, tracker, parent_run_id, observer, results)
+    observer.finish()
+    timings["trials"] = time.perf_counter() - started - timings["prepare"]
+    return finish(spec, plan, tracker, parent_run_id, results, len(reused), timings)
 
+
+def run_trials(
+    spec: Spec,
+    plan: Prepared,
+    todo: list[TrialConfig],
+    tracker: Tracker,
+    parent_run_id: str,
+    observer: Observer,
+    earlier: list[TrialResult],
+) -> list[TrialResult]:
+    """Cross-validate ``todo`` on the flow's task runner, costliest unit first, logging each
+    trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials."""
+    family = get_family(spec.model.family)
+    X, y = plan.split.train_arrays
     cv_task = cross_validate.with_options(
         retries=spec.search.retries, retry_delay_seconds=spec.search.retry_delay_seconds
     )
     futures = {
-        cv_task.submit(u, family.name, X, y, folds, spec.seed, unit_label(u)): u for u in units
+        cv_task.submit(u, family.name, X, y, plan.folds, spec.seed, unit_label(u)): u
+        for u in plan_units(todo, family)
     }
+    results: list[TrialResult] = []
     for future in as_completed(list(futures)):
         try:
             unit_results = future.result()
         except Exception as exc:  # the trial's own error: recorded, and the search goes on
             unit_results = failed_results(futures[future], exc)
         for result in unit_results:
-            tracker.log_trial(parent_run_id, result)
+            tracker.log_trial(parent_run_id, plan.search_id, result)
             results.append(result)
-            observer.trial_done(result, select_best(results))
-    observer.finish()
-    timings["trials"] = time.perf_counter() - started - timings["prepare"]
+            observer.trial_done(result, select_best(earlier + results))
+    return results
 
+
+def finish(
+    spec: Spec,
+    plan: Prepared,
+    tracker: Tracker,
+    parent_run_id: str,
+    results: list[TrialResult],
+    reused: int,
+    timings: dict[str, float],
+) -> TuneOutcome:
+    """Pick the best trial, refit it, score it on the held-out split, register it, move the
+    alias if it beats the champion, and write the results: the same for one machine or shards."""
+    started = time.perf_counter()
+    family = get_family(spec.model.family)
+    split = plan.split
     results.sort(key=lambda r: r.index)
     best = select_best(results)
     if best is None:
@@ -209,7 +284,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
         parent_run_id,
         {f"test_{k}": v for k, v in test_metrics.items()} | {"best_cv_mse": best.mean_score},
     )
-    timings["refit"] = time.perf_counter() - started - timings["prepare"] - timings["trials"]
+    timings["refit"] = time.perf_counter() - started
 
     from mlflow.models import infer_signature
 
@@ -227,23 +302,24 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
         spec.model_name,
         version,
         {
-            "mlpipe.search_id": search_id,
+            "mlpipe.search_id": plan.search_id,
             "mlpipe.test_mse": repr(test_metrics["mse"]),
-            "mlpipe.data_fingerprint": dataset.fingerprint,
+            "mlpipe.data_fingerprint": plan.dataset.fingerprint,
         },
     )
     promotion = promote(tracker, spec.model_name, version, test_metrics["mse"], split)
 
+    out_dir = Path(spec.artifacts_dir) / plan.search_id
     artifacts.write_results(
         out_dir,
-        search_id,
+        plan.search_id,
         results,
         best,
         test_metrics,
         extra={
             "family": family.name,
-            "data": dataset.name,
-            "data_fingerprint": dataset.fingerprint,
+            "data": plan.dataset.name,
+            "data_fingerprint": plan.dataset.fingerprint,
             "cv": spec.search.cv,
             "seed": spec.seed,
             "parent_run_id": parent_run_id,
@@ -258,9 +334,9 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     tracking.download_model(model_uri, out_dir / "model")
     tracker.log_artifacts(parent_run_id, out_dir)
     tracker.end_search(parent_run_id, ok=True)
-    timings["register"] = time.perf_counter() - started - sum(timings.values())
+    timings["register"] = time.perf_counter() - started - timings["refit"]
     return TuneOutcome(
-        search_id=search_id,
+        search_id=plan.search_id,
         artifacts_path=str(out_dir),
         parent_run_id=parent_run_id,
         experiment_id=tracker.experiment_id,
@@ -270,7 +346,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
         model_uri=model_uri,
         model_name=spec.model_name,
         promotion=promotion,
-        reused=len(reused),
+        reused=reused,
         timings=timings,
     )
 
@@ -301,14 +377,24 @@ def run_tuning(
     fresh: bool = False,
     verbose: bool = False,
     process_started: float | None = None,
-) -> TuneOutcome:
-    """Run the ``tune`` flow from a CLI: start the backends in parallel, then the flow.
+    shard: Shard | None = None,
+    finalize: str | None = None,
+    wait_seconds: float = 0.0,
+) -> TuneOutcome | ShardOutcome:
+    """Run the ``tune`` flow (the whole search, or one ``shard``) or, with ``finalize`` (a
+    search id), the ``tune-finalize`` flow from a CLI: start the backends in parallel, then the
+    flow on the spec's executor.
 
     The Prefect ephemeral server (10-26 s here) and the MLflow store's schema set-up are started
     side by side, with their output sent to ``log_dir`` so a user's terminal shows progress only.
     """
     started = time.perf_counter()
-    prepare(spec)  # bad data fails now, not after a 15 s server start
+    if spec.executor.startswith("dask://") and not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
+            "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
+        )
+    prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
     with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
@@ -319,24 +405,31 @@ def run_tuning(
     cold_start = time.perf_counter() - started
     if not verbose:  # after mlflow's import, which installs its own stderr handler
         _route_logs_to(log_dir / "mlpipe.log")
-    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
-    runner = ProcessPoolTaskRunner(
-        max_workers=workers,
-        initializer=init_worker,
-        initargs=(api_url, None if verbose else str(backends_log)),
-    )
     token = observer_var.set(observer)
     try:
-        # return_state keeps our own exceptions (UserError, TuningError) as they are
-        state = tune.with_options(task_runner=runner)(  # type: ignore[arg-type]
-            spec=spec.model_dump(mode="json"),
-            tracking_uri=tracking_uri,
-            fresh=fresh,
-            return_state=True,
-        )
+        logs = None if verbose else backends_log
+        with task_runner(spec, api_url, logs, finalize is not None) as runner:
+            # return_state keeps our own exceptions (UserError, TuningError) as they are
+            state: Any
+            if finalize is not None:
+                state = finalize_search.with_options(task_runner=runner)(
+                    search_id=finalize,
+                    spec=spec.model_dump(mode="json"),
+                    tracking_uri=tracking_uri,
+                    wait_seconds=wait_seconds,
+                    return_state=True,
+                )
+            else:
+                state = tune.with_options(task_runner=runner)(
+                    spec=spec.model_dump(mode="json"),
+                    tracking_uri=tracking_uri,
+                    fresh=fresh,
+                    shard=None if shard is None else str(shard),
+                    return_state=True,
+                )
     finally:
         observer_var.reset(token)
-    outcome: TuneOutcome = state.result()  # re-raises the flow's exception
+    outcome: TuneOutcome | ShardOutcome = state.result()  # re-raises the flow's exception
     first = started if process_started is None else process_started
     outcome.timings = {
         "process_start": started - first,
@@ -345,6 +438,64 @@ def run_tuning(
         "total": time.perf_counter() - first,
     }
     return outcome
+
+
+@contextlib.contextmanager
+def task_runner(
+    spec: Spec, api_url: str, log_path: Path | None, finalize: bool = False
+) -> Iterator[Any]:
+    """The Prefect task runner of ``spec.executor``, with its workers reporting to ``api_url``
+    and (unless ``log_path`` is None) writing their output there, not to the terminal:
+
+    - ``process``: a pool of ``n_jobs`` processes on this machine (the default; one worker runs
+      in this process);
+    - ``dask-local``: a Dask LocalCluster of ``n_jobs`` single-threaded worker processes;
+    - ``dask://HOST:PORT``: an existing Dask cluster's scheduler (workers need mlpipe installed
+      and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).
+    """
+    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
+    logs = None if log_path is None else str(log_path)
+    if spec.executor == "process" and (workers == 1 or finalize):
+        # One trial at a time (or finalize's one refit) gains nothing from another process, and
+        # starting one (spawn and imports) cost 3-4 s of a shard's 15 s here: use a thread.
+        yield ThreadPoolTaskRunner(max_workers=1)
+        return
+    if spec.executor == "process":
+        yield ProcessPoolTaskRunner(
+            max_workers=workers, initializer=init_worker, initargs=(api_url, logs)
+        )
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if spec.executor.startswith("dask://"):
+        yield DaskTaskRunner(address="tcp://" + spec.executor.removeprefix("dask://"))
+        return
+    from distributed import Client, LocalCluster
+
+    # Worker processes inherit the environment and the output file descriptors at start.
+    os.environ["PREFECT_API_URL"] = api_url
+    with _output_to(log_path) if log_path else contextlib.nullcontext():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+    try:
+        with Client(cluster) as client:
+            client.run(warm_worker)  # imports once per worker now, not inside the first trials
+        # by address: a runner holding the live cluster object cannot be pickled with the flow
+        yield DaskTaskRunner(address=cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+
+def warm_worker() -> None:
+    """Import what a trial needs (a Dask worker runs this once, before the first trial)."""
+    import sklearn.ensemble  # noqa: F401
+
+    import mlpipe.tune  # noqa: F401
 
 
 def start_prefect_backend() -> str:

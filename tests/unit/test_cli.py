@@ -69,5 +69,6 @@ def test_every_command_and_option_the_readme_shows_exists():
         for option in re.findall(r"(?<!\S)(--[a-z-]+)", line):
             assert option in helptext.output, f"mlpipe {' '.join(command)} has no {option}"
         seen.add(" ".join(command))
-    expected = {"score", "deploy apply", "backfill", "up", "status", "down", "serve", "stream"}
+    expected = {"score", "deploy apply", "deploy k8s", "backfill", "up", "status", "down", "serve"}
+    expected |= {"stream", "train"}
     assert expected | {"stream put", "stream read"} <= seen

@@ -1,7 +1,17 @@
+import numpy as np
+import pytest
 from sklearn.model_selection import ParameterGrid
 
 from mlpipe.models import get_family
-from mlpipe.search import expand, make_search_id, make_trials, plan_units, select_best
+from mlpipe.search import (
+    Shard,
+    assign_shards,
+    expand,
+    make_search_id,
+    make_trials,
+    plan_units,
+    select_best,
+)
 from mlpipe.spec import load_spec
 from mlpipe.trial import TrialResult
 
@@ -62,3 +72,68 @@ def test_select_best_breaks_ties_by_grid_order_and_skips_failures():
     results = [result(3, 1.0), result(1, 1.0), result(0, 0.5, "failed"), result(2, 2.0)]
     assert select_best(results).index == 1
     assert select_best([result(0, 0.1, "failed")]) is None
+
+
+# Seconds per unit of the reference grid (200 trees, 3 folds, one core; `run_unit`, best of 2),
+# by (max_depth, min_samples_split, min_samples_leaf): what Unit.cost is calibrated on.
+MEASURED = {
+    (None, 2, 1): 0.686, (None, 5, 1): 0.595, (None, 10, 1): 0.552,
+    (20, 2, 1): 0.672, (20, 5, 1): 0.605, (20, 10, 1): 0.551,
+    (None, 2, 2): 0.589, (None, 5, 2): 0.575, (None, 10, 2): 0.541,
+    (20, 2, 2): 0.586, (20, 5, 2): 0.576, (20, 10, 2): 0.532,
+    (None, 2, 4): 0.520, (None, 5, 4): 0.519, (None, 10, 4): 0.515,
+    (20, 2, 4): 0.522, (20, 5, 4): 0.512, (20, 10, 4): 0.500,
+    (10, 2, 1): 0.620, (10, 5, 1): 0.568, (10, 10, 1): 0.536,
+    (10, 2, 2): 0.566, (10, 5, 2): 0.557, (10, 10, 2): 0.522,
+    (10, 2, 4): 0.521, (10, 5, 4): 0.514, (10, 10, 4): 0.507,
+}  # fmt: skip
+
+
+def reference_units():
+    family = get_family("random_forest")
+    return plan_units(make_trials(expand(SPACE, "grid", 42), family.name, "fp", 3, 42), family)
+
+
+def measured(unit) -> float:
+    p = unit.trials[-1].params
+    return MEASURED[(p["max_depth"], p["min_samples_split"], p["min_samples_leaf"])]
+
+
+def test_unit_cost_follows_measured_fit_times():
+    units = reference_units()
+    expected, actual = [u.cost for u in units], [measured(u) for u in units]
+    assert np.corrcoef(expected, actual)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_shards_partition_the_search_with_balanced_measured_cost(count):
+    units = reference_units()
+    shards = assign_shards(units, count)
+    assert sorted(t.trial_id for s in shards for u in s for t in u.trials) == sorted(
+        t.trial_id for u in units for t in u.trials
+    )
+    costs = [sum(measured(u) for u in shard) for shard in shards]
+    assert max(costs) / min(costs) - 1 < 0.02  # the bar is 10%
+    # balanced by cost, not count: 27 units in 2 shards cannot be split evenly by count
+    assert [[u.trials[0].trial_id for u in s] for s in shards] == [
+        [u.trials[0].trial_id for u in s] for s in assign_shards(list(reversed(units)), count)
+    ]  # deterministic whatever the input order
+
+
+def test_more_shards_than_units_leaves_some_empty():
+    shards = assign_shards(reference_units()[:3], 5)
+    assert sorted(len(s) for s in shards) == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("3", "expected INDEX/COUNT"), ("a/2", "expected INDEX/COUNT"), ("2/2", "must be 0..1"),
+     ("0/0", "must be 0..0"), ("-1/2", "expected INDEX/COUNT")],
+)  # fmt: skip
+def test_shard_parse_rejects_bad_input(text, message):
+    with pytest.raises(ValueError, match=message):
+        Shard.parse(text)
+
+
+def test_shard_parse_reads_index_and_count():
+    assert Shard.parse("1/4") == Shard(1, 4) and str(Shard(1, 4)) == "1/4"

@@ -13,9 +13,7 @@ definitions are written declaratively in the repository's ``prefect.yaml`` for `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -183,22 +181,18 @@ def ensure_pool(name: str, pool_type: str) -> str:
 
 
 def base_job_template(pool_type: str) -> dict[str, Any]:
-    """Prefect's default template for ``pool_type``, read from what Prefect ships (no network:
-    the kubernetes template comes from Prefect's bundled worker metadata)."""
+    """The pool's base job template: Prefect's process template, or mlpipe's kubernetes one
+    (``k8s.work_pool_template``: prefect-kubernetes' default made to pass restricted pod
+    security)."""
     if pool_type == "process":
         from prefect.workers.process import ProcessWorker
 
         return ProcessWorker.get_default_base_job_template()
-    metadata = json.loads(
-        resources.files("prefect.server.api.collections_data")
-        .joinpath("views/aggregate-worker-metadata.json")
-        .read_text()
-    )
-    for collection in metadata.values():
-        for worker in collection.values():
-            if worker.get("type") == pool_type:
-                return dict(worker["default_base_job_configuration"])
-    raise UserError(f"--pool-type {pool_type!r}: Prefect has no such worker type")
+    if pool_type == "kubernetes":
+        from mlpipe.deploy.k8s import work_pool_template
+
+        return work_pool_template()
+    raise UserError(f"--pool-type {pool_type!r}: expected one of {', '.join(POOL_TYPES)}")
 
 
 def apply(settings: DeploySettings) -> list[tuple[str, str]]:

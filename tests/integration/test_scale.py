@@ -1,0 +1,191 @@
+"""Scale-out for real: a `prefect server` and an `mlflow server` (SQLite) started here; shards as
+separate `mlpipe train --shard I/N` processes with JOB_COMPLETION_INDEX set as an Indexed Job
+sets it; finalize; a shard killed halfway and rerun; a Dask LocalCluster. Every variant must give
+the single-machine run's trials, scores and best config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import BIN, background, free_port, run_mlpipe
+
+pytestmark = pytest.mark.integration
+
+# 8 units of 2 sizes: long enough for a shard to be killed between two units
+SPEC = {
+    "search": {
+        "params": {
+            "n_estimators": [60, 120],
+            "max_depth": [None, 4, 8, 12],
+            "min_samples_leaf": [1, 3],
+        }
+    },
+    "n_jobs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def work(servers, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    return {"root": root, "env": env}
+
+
+def train(work: dict, name: str, *args: str, expect: int = 0, **env: str):
+    """`mlpipe train` of the module's spec into experiment/model/artifacts ``name``."""
+    result = run_mlpipe(
+        ["train", "-c", "spec.yaml", "--experiment", name, "--model-name", name,
+         "--artifacts-dir", name, "--quiet", *args],
+        work["root"], **work["env"], **env,
+    )  # fmt: skip
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+def results(work: dict, name: str) -> dict:
+    [path] = (work["root"] / name).glob("*/tuning_results.json")
+    return json.loads(path.read_text())
+
+
+def scores(record: dict) -> list[tuple]:
+    """What must not depend on where trials ran: ids, params, fold scores, status, order."""
+    return [
+        (t["trial_id"], t["params"], t["fold_scores"], t["mean_score"], t["status"])
+        for t in record["trials"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def single(work):
+    train(work, "single")
+    return results(work, "single")
+
+
+def trial_runs(work: dict, experiment: str) -> list:
+    """The finished trial runs of an experiment (a kill can leave one RUNNING: not counted)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(work["env"]["MLFLOW_TRACKING_URI"])
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return list(
+        client.search_runs(
+            [found.experiment_id],
+            "tags.`mlpipe.role` = 'trial' and attributes.status = 'FINISHED'",
+            max_results=1000,
+        )
+    )
+
+
+def start_shard(work: dict, name: str, shard: str, **popen) -> subprocess.Popen:
+    """`mlpipe train --shard I/N` as the Job's pod I runs it (JOB_COMPLETION_INDEX set)."""
+    args = ["train", "-c", "spec.yaml", "--experiment", name, "--model-name", name,
+            "--artifacts-dir", name, "--shard", shard, "--quiet"]  # fmt: skip
+    env = {**os.environ, **work["env"], "JOB_COMPLETION_INDEX": shard.split("/")[0]}
+    return subprocess.Popen([str(BIN / "mlpipe"), *args], cwd=work["root"], env=env, **popen)
+
+
+def test_shards_then_finalize_equal_one_machine(work, single):
+    procs = [
+        start_shard(work, "sharded", f"{i}/3", stdout=subprocess.PIPE, text=True) for i in range(3)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    search_id = single["search_id"]
+    for i, out in enumerate(outputs):
+        assert f"shard {i}/3 of search {search_id}" in out
+    shard_files = sorted((work["root"] / "sharded" / search_id / "shards").glob("*.json"))
+    shard_trials = [json.loads(p.read_text())["trials"] for p in shard_files]
+    assert sorted(t["trial_id"] for ts in shard_trials for t in ts) == sorted(
+        t["trial_id"] for t in single["trials"]
+    )  # a partition: every trial in exactly one shard
+
+    out = train(work, "sharded", "--finalize", search_id).stdout
+    assert "registered sharded version 1 -> alias champion" in out
+    sharded = results(work, "sharded")
+    assert scores(sharded) == scores(single)
+    assert sharded["best"] == single["best"]
+    runs = trial_runs(work, "sharded")
+    assert len(runs) == len(single["trials"])  # one run per trial, all under one parent
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sharded["parent_run_id"]}
+
+
+def test_a_killed_shard_reruns_only_its_unfinished_trials(work, single):
+    search_id = single["search_id"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = start_shard(work, "killed", "0/2", start_new_session=True, **quiet)
+    try:
+        deadline = time.monotonic() + 120
+        while not trial_runs(work, "killed") and time.monotonic() < deadline:
+            assert proc.poll() is None, "the shard ended before it could be killed"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its task-runner processes
+    finally:
+        proc.wait()
+    done_before = {r.data.tags["mlpipe.trial_id"] for r in trial_runs(work, "killed")}
+    assert 0 < len(done_before) < len(single["trials"]) / 2  # killed halfway through its half
+
+    # finalize now: shard 0 is unfinished and shard 1 never ran; both are named
+    failed = train(work, "killed", "--finalize", search_id, expect=1)
+    assert "shard 0/2:" in failed.stderr and "it says: running" in failed.stderr
+    assert "shard 1/2:" in failed.stderr and "never started" in failed.stderr
+
+    out = train(work, "killed", "--shard", "0/2", JOB_COMPLETION_INDEX="0").stdout
+    assert f"({len(done_before)} already in MLflow" in out
+    train(work, "killed", "--shard", "1/2", JOB_COMPLETION_INDEX="1")
+    runs = trial_runs(work, "killed")
+    ids = [r.data.tags["mlpipe.trial_id"] for r in runs]
+    assert sorted(ids) == sorted(t["trial_id"] for t in single["trials"])  # none run twice
+
+    train(work, "killed", "--finalize", search_id)
+    assert scores(results(work, "killed")) == scores(single)
+
+
+def test_dask_local_cluster_equals_one_machine(work, single):
+    out = train(work, "dask", "--executor", "dask-local", "--n-jobs", "2").stdout
+    assert "registered dask version 1" in out
+    assert scores(results(work, "dask")) == scores(single)
+    assert results(work, "dask")["best"] == single["best"]
+
+
+def test_an_existing_dask_cluster_equals_one_machine(work, single):
+    """`--executor dask://HOST:PORT`: a real `dask scheduler` and `dask worker` processes, the
+    workers reporting to the Prefect server as a cluster's would."""
+    port, dashboard = free_port(), free_port()
+    root, env = work["root"], {**os.environ, **work["env"]}
+    scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--dashboard-address", f"127.0.0.1:{dashboard}"]  # fmt: skip
+    workers = [str(BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+               "--nthreads", "1", "--no-dashboard"]  # fmt: skip
+    ready = f"http://127.0.0.1:{dashboard}/health"
+    with (
+        background(scheduler, root / "scheduler.log", ready, env=env),
+        background(workers, root / "workers.log", ready, env=env),
+    ):
+        out = train(work, "dask-remote", "--executor", f"dask://127.0.0.1:{port}").stdout
+    assert "registered dask-remote version 1" in out
+    assert scores(results(work, "dask-remote")) == scores(single)
+    no_api = run_mlpipe(
+        ["train", "--executor", f"dask://127.0.0.1:{port}"],
+        root, MLFLOW_TRACKING_URI=work["env"]["MLFLOW_TRACKING_URI"],
+    )  # fmt: skip
+    assert no_api.returncode == 2 and "set PREFECT_API_URL" in no_api.stderr
+
+
+def test_shard_flags_are_checked(work):
+    bad = train(work, "bad", "--shard", "2/2", expect=2)
+    assert "index must be 0..1" in bad.stderr
+    wrong_pod = train(work, "bad", "--shard", "0/2", expect=2, JOB_COMPLETION_INDEX="1")
+    assert "JOB_COMPLETION_INDEX is 1" in wrong_pod.stderr
+    other = train(work, "bad", "--finalize", "0000000000", expect=2)
+    assert "this spec and data give search" in other.stderr
+    unknown = train(work, "bad", "--executor", "ray://x", expect=2)
+    assert "executor" in unknown.stderr

@@ -1,0 +1,33 @@
+"""What finalize says when shards are missing (the MLflow side runs in
+tests/integration/test_scale.py)."""
+
+from types import SimpleNamespace
+
+from mlpipe.search import TrialConfig
+from mlpipe.sharded import SHARD_TAG, _not_ready
+from mlpipe.tracking import SHARDS_TAG
+
+
+def run(tags: dict) -> SimpleNamespace:
+    return SimpleNamespace(data=SimpleNamespace(tags={SHARDS_TAG: "3", **tags}))
+
+
+TRACKER = SimpleNamespace(experiment_id="7", client=SimpleNamespace(tracking_uri="http://m:5000"))
+TRIAL = TrialConfig("t1", 0, {})
+
+
+def test_each_missing_shard_is_named_with_what_it_last_reported():
+    parents = [
+        run({SHARD_TAG.format(index=0): "failed: DataError: no such column"}),
+        run({SHARD_TAG.format(index=1): "running"}),  # a second parent from a start race
+    ]
+    error = str(_not_ready(TRACKER, "abc", parents, {0: [TRIAL], 1: [TRIAL, TRIAL], 2: [TRIAL]}))
+    assert "3 of 3 shard(s) not finished in experiment 7 of http://m:5000" in error
+    assert "shard 0/3: 1 trial(s) missing; it says: failed: DataError: no such column" in error
+    assert "shard 1/3: 2 trial(s) missing; it says: running" in error
+    assert "shard 2/3: 1 trial(s) missing; it says: never started" in error
+
+
+def test_no_shard_started_says_what_to_run():
+    error = str(_not_ready(TRACKER, "abc", [], {}))
+    assert "no shard has started" in error and "--shard I/N" in error

@@ -44,12 +44,8 @@ class ShardOutcome:
     reused: int
     expected_share: float  # of the whole search's expected cost
     results_path: str
+    fit_seconds: float  # of the trials this run computed (reused ones excluded)
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def fit_seconds(self) -> float:
-        """Fit time of the trials this run computed (reused ones excluded)."""
-        return sum(r.fit_seconds for r in self.results[self.reused :])
 
 
 def run_shard(spec: Spec, tracker: Tracker, shard: Shard) -> ShardOutcome:
@@ -77,7 +73,8 @@ def run_shard(spec: Spec, tracker: Tracker, shard: Shard) -> ShardOutcome:
         todo = [t for t in trials if t.trial_id not in done]
         observer.start(total=len(trials), reused=len(reused))
         timings = {"prepare": time.perf_counter() - started}
-        results = reused + run_trials(spec, plan, todo, tracker, parent_run_id, observer, reused)
+        computed = run_trials(spec, plan, todo, tracker, parent_run_id, observer, reused)
+        results = reused + computed
         observer.finish()
         timings["trials"] = time.perf_counter() - started - timings["prepare"]
     except BaseException as exc:
@@ -93,6 +90,7 @@ def run_shard(spec: Spec, tracker: Tracker, shard: Shard) -> ShardOutcome:
         reused=len(reused),
         expected_share=sum(u.cost for u in mine) / total_cost if total_cost else 0.0,
         results_path="",
+        fit_seconds=sum(r.fit_seconds for r in computed),
         timings=timings,
     )
     path = _write_shard_results(spec, outcome, mine)

@@ -7,10 +7,10 @@
       --wait` started beside them as the Kubernetes Jobs run (it polls MLflow, then refits),
   (c) on a 2-worker Dask LocalCluster (`mlpipe train --executor dask-local --n-jobs 2`),
 
-all against one real `prefect server` and `mlflow server` (SQLite) started here, as a cluster's
-pods would share them. Prints wall times (whole commands, and the trials phase each process
-reports), speedup and parallel efficiency (speedup / 2), the cost balance between the shards, and
-whether all three gave identical trials and best config.
+all against one `mlpipe up` stack (Prefect server, MLflow server with SQLite, a worker) started
+here, as a cluster's pods would share them. Prints wall times (whole commands, and the trials
+phase each process reports), speedup and parallel efficiency (speedup / 2), the cost balance
+between the shards, and whether all variants gave identical trials and best config.
 
     make bench-scale        (or: python benchmarks/scale.py)
 """
@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,51 +32,14 @@ from common import BIN
 CORES = sorted(os.sched_getaffinity(0))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def start_stack(folder: Path) -> tuple[list[int], dict[str, str]]:
+    """`mlpipe up`'s stack (Prefect server, MLflow server with SQLite, a worker) in ``folder``:
+    the pids of its process groups and the environment that points mlpipe at it."""
+    from mlpipe.deploy import stack
 
-
-def wait_http(url: str, seconds: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def start_servers(folder: Path) -> tuple[list[subprocess.Popen], dict[str, str]]:
-    prefect_port, mlflow_port = free_port(), free_port()
-    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
-    log = open(folder / "servers.log", "wb")  # noqa: SIM115 - lives as long as the servers
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-             "--port", str(prefect_port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-             "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "2"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ),
-    ]  # fmt: skip
-    wait_http(f"http://127.0.0.1:{prefect_port}/api/health")
-    wait_http(f"http://127.0.0.1:{mlflow_port}/health")
-    return procs, {
-        **env,
-        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-    }
+    running = stack.up(folder, prefect_port=0, mlflow_port=0)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **running.environment()}
+    return [s.pid for s in running.services], env
 
 
 def mlpipe(folder: Path, env: dict, name: str, *args: str, cores: list[int] | None = None):
@@ -91,13 +53,13 @@ def mlpipe(folder: Path, env: dict, name: str, *args: str, cores: list[int] | No
     )  # fmt: skip
 
 
-def cpu_seconds(procs: list[subprocess.Popen]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """CPU time used so far by the servers and their children."""
     import psutil
 
     total = 0.0
-    for proc in procs:
-        root = psutil.Process(proc.pid)
+    for pid in pids:
+        root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 times = p.cpu_times()
@@ -105,18 +67,18 @@ def cpu_seconds(procs: list[subprocess.Popen]) -> float:
     return total
 
 
-def pin(procs: list[subprocess.Popen], cores: list[int]) -> None:
+def pin(pids: list[int], cores: list[int]) -> None:
     """Move the servers and their children to ``cores``."""
     import psutil
 
-    for proc in procs:
-        root = psutil.Process(proc.pid)
+    for pid in pids:
+        root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 p.cpu_affinity(cores)
 
 
-def settle(procs: list[subprocess.Popen], limit: float = 90) -> None:
+def settle(procs: list[int], limit: float = 90) -> None:
     """Wait until the servers are idle (the Prefect server keeps busy for a while after it first
     answers), so no variant pays for their start-up."""
     deadline = time.monotonic() + limit
@@ -153,16 +115,18 @@ def main() -> None:
         raise SystemExit("needs 2 cores")
     with tempfile.TemporaryDirectory(prefix="mlpipe-bench-scale-") as tmp:
         folder = Path(tmp)
-        servers, env = start_servers(folder)
+        servers, env = start_stack(folder)
         try:
             run(folder, env, servers)
         finally:
-            for proc in servers:
-                os.killpg(proc.pid, 15)
-                proc.wait()
+            from mlpipe.deploy import stack
+
+            running = stack.Stack.load(folder)
+            if running is not None:
+                stack.down(running)
 
 
-def run(folder: Path, env: dict, servers: list[subprocess.Popen]) -> None:
+def run(folder: Path, env: dict, servers: list[int]) -> None:
     settle(servers)
     print(f"cores: {len(CORES)}; servers up; (a) one core for everything ...")
     server_cpu = [cpu_seconds(servers)]
@@ -242,7 +206,7 @@ def run(folder: Path, env: dict, servers: list[subprocess.Popen]) -> None:
         f"{shard_trials[1]:.1f} s (spread {100 * spread_trials:.1f}%); target within 10%"
     )
     print(
-        "CPU used by the Prefect and MLflow servers during (a), (a'), (b), (c): "
+        "CPU used by the stack (Prefect and MLflow servers, worker) during (a), (a'), (b), (c): "
         + " / ".join(f"{u} s" for u in used)
     )
     names = ("one", "alone", "sharded", "dask")

@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from mlpipe.errors import UserError
@@ -39,8 +38,10 @@ from mlpipe.stream import kinesis
 from mlpipe.stream.events import (
     Item,
     dead_letter_record,
+    epoch_seconds,
     failed_sequence_numbers,
     kinesis_event,
+    position_key,
 )
 from mlpipe.stream.kinesis import StreamError, StreamInfo
 from mlpipe.stream.state import SHARD_END, LocalState
@@ -304,8 +305,7 @@ class Consumer:
         self.state.checkpoint(self.stream, shard.shard_id, record["SequenceNumber"], time.time())
 
     def _too_old(self, record: Mapping[str, Any]) -> bool:
-        arrived = record["ApproximateArrivalTimestamp"]
-        arrived = arrived.timestamp() if isinstance(arrived, datetime) else float(arrived)
+        arrived = epoch_seconds(record["ApproximateArrivalTimestamp"])
         return time.time() - arrived > self.settings.max_record_age_seconds
 
     def _give_up(
@@ -337,7 +337,7 @@ class Consumer:
                         shard_id=shard.shard_id,
                         partition_key=r["PartitionKey"],
                         data=r["Data"],
-                        key=f"{shard.shard_id}:{r['SequenceNumber']}",
+                        key=position_key(shard.shard_id, r["SequenceNumber"]),
                         reason=reason,
                     ),
                     now,

@@ -41,8 +41,13 @@ class Item:
     def as_poison(self, reason: str) -> Item:
         """This record, refused for ``reason``. Poison is keyed by shard and sequence number even
         when it has an id, so a corrected record sent again under that id is scored."""
-        key = f"{self.shard_id}:{self.sequence_number}"
+        key = position_key(self.shard_id, self.sequence_number)
         return replace(self, key=key, features=None, reason=reason)
+
+
+def position_key(shard_id: str, sequence_number: str) -> str:
+    """The idempotency key of a record without an id: where it sits in the stream."""
+    return f"{shard_id}:{sequence_number}"
 
 
 def shard_of(record: Mapping[str, Any]) -> str:
@@ -60,7 +65,7 @@ def decode(record: Mapping[str, Any]) -> Item:
         raise ValueError(f"a Kinesis record without a sequenceNumber: {record!r:.200}")
     shard_id = shard_of(record)
     sequence_number = str(sequence_number)
-    position = f"{shard_id}:{sequence_number}"
+    position = position_key(shard_id, sequence_number)
     partition_key = str(kinesis.get("partitionKey") or sequence_number)
     reason: str | None
     payload: dict[str, Any]
@@ -170,7 +175,7 @@ def kinesis_event(
                     "partitionKey": r["PartitionKey"],
                     "sequenceNumber": r["SequenceNumber"],
                     "data": base64.b64encode(r["Data"]).decode("ascii"),
-                    "approximateArrivalTimestamp": _epoch(r["ApproximateArrivalTimestamp"]),
+                    "approximateArrivalTimestamp": epoch_seconds(r["ApproximateArrivalTimestamp"]),
                 },
                 "eventSource": "aws:kinesis",
                 "eventVersion": "1.0",
@@ -185,7 +190,8 @@ def kinesis_event(
     }
 
 
-def _epoch(value: datetime | float) -> float:
+def epoch_seconds(value: datetime | float) -> float:
+    """A timestamp as boto3 returns it (a datetime) or as Lambda's events carry it (seconds)."""
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 

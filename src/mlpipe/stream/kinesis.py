@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from mlpipe.errors import UserError
+from mlpipe.stream.events import epoch_seconds
 
 MAX_PUT_RECORDS = 500
 MAX_PUT_BYTES = 5 * 1024 * 1024
@@ -68,7 +68,7 @@ def describe(kinesis: Any, stream: str) -> StreamInfo:
     return StreamInfo(
         summary["StreamName"],
         summary["StreamARN"],
-        created.timestamp() if isinstance(created, datetime) else float(created),
+        epoch_seconds(created),
     )
 
 

@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Test modules run on two processes (pytest-xdist, one module per process at a time): most of
+# an integration test is waiting for servers and subprocesses.
+PYTEST_ARGS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
-.PHONY: run test unit integration lint bench bench-serve bench-score bench-stream bench-scale lock clean
+.PHONY: run test unit integration lint system-deps bench bench-serve bench-score bench-stream bench-scale \
+	bench-db lock clean
 
 # --compile-bytecode: every command imports seconds faster, even where PYTHONDONTWRITEBYTECODE
 # keeps Python from caching bytecode itself (measured: mlpipe train's start 7.8 s -> 1.7 s).
@@ -20,13 +24,28 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)  ## tune the default spec on the bundled Boston data
 	$(BIN)/mlpipe train $(ARGS)
 
-test: $(STAMP)  ## the whole suite
+test: $(STAMP) system-deps  ## the whole suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian packages the tests run for real: PostgreSQL (database sources and sinks) and Chromium
+# (the drift report). Installed when missing and root; otherwise those tests skip (CI: fail).
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	else \
+		echo "missing Debian packages:$$missing (sudo apt-get install$$missing); their tests skip"; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -49,6 +68,9 @@ bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 
 
 bench-scale: $(STAMP)  ## the default search: one core vs 2 shards vs a 2-worker Dask cluster
 	$(BIN)/python benchmarks/scale.py $(ARGS)
+
+bench-db: $(STAMP) system-deps  ## pandas read_sql+to_sql vs mlpipe score, PostgreSQL to PostgreSQL
+	$(BIN)/python benchmarks/db_score.py $(ARGS)
 
 lock:  ## re-resolve requirements.lock (dev) and requirements-image.lock (the image: no dev tools)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

@@ -3,10 +3,13 @@ reference model (the default tuning's best RandomForest, registered as boston-rf
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 MODEL = "models:/boston-rf@champion"
@@ -29,3 +32,57 @@ def environment(folder: str, tracking_uri: str | None) -> dict[str, str]:
         subprocess.run([str(BIN / "mlpipe"), "train", "--quiet"], cwd=folder, env=env,
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return env
+
+
+def measure(command: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed with exit status {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def arguments(doc: str | None, rows: int) -> argparse.Namespace:
+    """The scoring benchmarks' options: --rows and --tracking-uri."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--tracking-uri", help="a store with boston-rf@champion (else: train)")
+    return parser.parse_args()
+
+
+def report(
+    rows: int,
+    results: dict[str, tuple[float, float]],
+    a: Any,
+    b: Any,
+    fixed: dict[str, float] | None = None,
+) -> None:
+    """Print both sides (seconds, rows/s, peak RSS; with ``fixed``, the peak RSS of the same
+    command on a tiny input), the ratios against the targets (>= 3x rows/s, <= 1/5 memory), and
+    whether the predictions ``a`` and ``b`` (frames of id, prediction) agree; exit 1 if not."""
+    import numpy as np
+
+    a, b = a.sort_values("id"), b.sort_values("id")
+    same_ids = len(a) == len(b) == rows and (a["id"].to_numpy() == b["id"].to_numpy()).all()
+    diff = float(np.max(np.abs(a["prediction"].to_numpy() - b["prediction"].to_numpy())))
+    print(f"\n{rows:,} rows, {os.cpu_count()} cores, whole process each (imports included)")
+    extra = f"{'of it, fixed':>14}" if fixed else ""
+    print(f"{'side':<30}{'seconds':>9}{'rows/s':>12}{'peak RSS MiB':>14}{extra}")
+    for name, (seconds, rss) in results.items():
+        extra = f"{fixed[name]:>14.0f}" if fixed else ""
+        print(f"{name:<30}{seconds:>9.1f}{rows / seconds:>12,.0f}{rss:>14.0f}{extra}")
+    (sa, ra), (sb, rb) = results.values()
+    print(f"rows/s ratio b/a: {sa / sb:.2f}  (target >= 3)")
+    print(f"peak memory ratio b/a: {rb / ra:.3f}  (target <= 0.2)")
+    if fixed:
+        fa, fb = fixed.values()
+        print(f"memory the rows cost (peak minus fixed), ratio b/a: {(rb - fb) / (ra - fa):.3f}")
+    print(f"same ids: {same_ids}; max |prediction difference|: {diff:.3g}")
+    if not same_ids or diff > 1e-9:
+        raise SystemExit("the two sides disagree")

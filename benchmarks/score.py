@@ -17,20 +17,16 @@ Usage: python benchmarks/score.py [--rows 5000000] [--tracking-uri URI]
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BIN, DATA, MODEL, environment
+from common import BIN, DATA, MODEL, arguments, environment, measure, report
 
 BASELINE = """
 import sys
@@ -61,25 +57,8 @@ def write_table(path: Path, rows: int, chunk: int = 500_000) -> None:
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
-def measure(command: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{command[:3]} failed with exit status {proc.returncode}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--tracking-uri", help="a store with boston-rf@champion (else: train)")
-    args = parser.parse_args()
+    args = arguments(__doc__, 5_000_000)
 
     folder = tempfile.mkdtemp(prefix="mlpipe-bench-score-")
     env = environment(folder, args.tracking_uri)
@@ -102,22 +81,10 @@ def main() -> None:
         print(f"{name} ...", flush=True)
         results[name] = measure(command, env, folder)
 
-    a = pd.read_parquet(out_a).sort_values("id")
-    b = pd.read_parquet(out_b, columns=["id", "prediction"]).sort_values("id")
-    same_ids = len(a) == len(b) == args.rows and (a["id"].to_numpy() == b["id"].to_numpy()).all()
-    diff = float(np.max(np.abs(a["prediction"].to_numpy() - b["prediction"].to_numpy())))
-
-    print(f"\n{args.rows:,} rows, {os.cpu_count()} cores, whole process each (imports included)")
-    print(f"{'side':<28}{'seconds':>9}{'rows/s':>12}{'peak RSS MiB':>14}")
-    for name, (seconds, rss) in results.items():
-        print(f"{name:<28}{seconds:>9.1f}{args.rows / seconds:>12,.0f}{rss:>14.0f}")
-    (sa, ra), (sb, rb) = results.values()
-    print(f"rows/s ratio b/a: {sa / sb:.2f}  (target >= 3)")
-    print(f"peak memory ratio b/a: {rb / ra:.3f}  (target <= 0.2)")
-    print(f"same ids: {same_ids}; max |prediction difference|: {diff:.3g}")
+    a = pd.read_parquet(out_a)
+    b = pd.read_parquet(out_b, columns=["id", "prediction"])
     shutil.rmtree(folder, ignore_errors=True)
-    if not same_ids or diff > 1e-9:
-        raise SystemExit("the two sides disagree")
+    report(args.rows, results, a, b)
 
 
 if __name__ == "__main__":

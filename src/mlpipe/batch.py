@@ -1,25 +1,30 @@
-"""Batch scoring: a CSV or Parquet file (or a folder of them) in, a Parquet file of predictions out.
+"""Batch scoring: a CSV or Parquet file (or a folder of them), or a database table or query, in;
+a Parquet file or a database table of predictions out.
 
-The input is read in record batches (``tables.Source``), each batch is checked against the
-model's input contract (the same rules as the online API), predicted with the fast predictor on
-a few threads and appended to the output, so memory stays bounded by a few batches whatever the
-input size.
+The input is read in record batches (``tables.Source``, ``sql.SqlSource``), each batch is checked
+against the model's input contract (the same rules as the online API), predicted with the fast
+predictor on a few threads and appended to the output, so memory stays bounded by a few batches
+whatever the input size.
 
-- Missing feature columns stop the run before anything is written; rows with bad values go to a
-  rejects file with their id and the reason, up to ``max_rejects``.
-- The output appears whole or not at all (``tables.AtomicParquet``); a rerun replaces it, never
-  appends, so scoring the same input twice gives the same rows.
+- Missing feature columns stop the run before anything is written; rows with bad values go to
+  the rejects (a file or a table) with their id and the reason, up to ``max_rejects``.
+- The output appears whole or not at all (``tables.AtomicParquet``; one database transaction per
+  partition, ``sql.SqlSink``); a rerun replaces it, never appends, so scoring the same input twice
+  gives the same rows.
+- With a ``monitor`` (``drift.Counts``), every scored row and its prediction are counted into the
+  training profile's bins, for the caller to compare.
 
 No Prefect and no MLflow here: the caller passes a loaded model (``predictor.LoadedModel``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,11 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlpipe.contract import InputContract
+from mlpipe.drift import Counts
 from mlpipe.errors import UserError
+from mlpipe.sql import SqlSink, SqlSource
 from mlpipe.tables import (
     AtomicParquet,
     Source,
     as_type,
+    check_columns,
     check_schema,
     clear_stale_temporaries,
     feature_values,
@@ -112,71 +120,134 @@ def rejects_path_for(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects.parquet")
 
 
+@dataclass(frozen=True)
+class SqlTarget:
+    """A database table to write predictions to; ``partition`` (KEY, VALUE) or the whole table."""
+
+    url: Any
+    table: str
+    partition: tuple[str, str] | None = None
+
+
+class Sink(Protocol):
+    """Where predictions and rejects go; nothing is visible before ``commit``."""
+
+    def write_predictions(self, rows: pa.Table) -> None: ...
+
+    def write_rejects(self, rows: pa.Table) -> None: ...
+
+    def commit(self) -> bool: ...  # True when rejects were kept
+
+    def discard(self) -> None: ...
+
+
+class ParquetSink:
+    """Predictions and rejects as Parquet files, each renamed into place on commit."""
+
+    def __init__(self, output: Path, rejects: Path, predictions: pa.Schema, rejected: pa.Schema):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_temporaries(output)
+        clear_stale_temporaries(rejects)
+        self.predictions = AtomicParquet(output, predictions)
+        self.rejects = AtomicParquet(rejects, rejected)
+
+    def write_predictions(self, rows: pa.Table) -> None:
+        self.predictions.write(rows)
+
+    def write_rejects(self, rows: pa.Table) -> None:
+        self.rejects.write(rows)
+
+    def commit(self) -> bool:
+        # rejects first: when the predictions appear, their rejects are already beside them
+        has_rejects = self.rejects.commit(keep_empty=False)
+        self.predictions.commit()
+        return has_rejects
+
+    def discard(self) -> None:
+        self.predictions.discard()
+        self.rejects.discard()
+
+
 def score(
     model: ScoringModel,
-    source: Path,
-    output: Path,
+    source: Path | SqlSource,
+    output: Path | SqlTarget,
     id_columns: Sequence[str] = (),
     max_rejects: int | None = 1000,
     batch_rows: int = BATCH_ROWS,
     on_progress: Callable[[int], None] | None = None,
     rejects: Path | None = None,
     workers: int | None = None,
+    monitor: Counts | None = None,
 ) -> ScoreSummary:
-    """Score every row of ``source`` into ``output`` (Parquet); see the module docstring."""
+    """Score every row of ``source`` into ``output``; see the module docstring."""
     started = time.perf_counter()
     contract = model.contract
     clash = {*id_columns} & {"prediction", "model_name", "model_version", "scored_at"}
     if clash:
         raise UserError(f"--id-column {', '.join(sorted(clash))}: that name is an output column")
-    files, fmt = input_files(source)
     ids = list(id_columns)
-    reader = Source(files, fmt, [*ids, *contract.names], contract.names if fmt == "csv" else ())
-    schema = check_schema(reader, contract, ids)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    rejects = rejects or rejects_path_for(output)
-    clear_stale_temporaries(output)
-    clear_stale_temporaries(rejects)
+    batches, schema, files = _open(source, contract, ids, batch_rows)
 
     id_fields = [schema.field(c) for c in ids] or [pa.field(ROW_COLUMN, pa.int64())]
+    id_fields = [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in id_fields]
     name, version = model.ref.name, model.version
     scored_at = datetime.now(UTC)
     meta = {"mlpipe": json.dumps({"model": model.ref.uri, "model_version": version})}
-    predictions = AtomicParquet(
-        output,
-        pa.schema(
-            [
-                *id_fields,
-                pa.field("prediction", pa.float64()),
-                pa.field("model_name", pa.string()),
-                pa.field("model_version", pa.string()),
-                pa.field("scored_at", pa.timestamp("us", tz="UTC")),
-            ],
-            metadata=meta,
-        ),
+    predictions_schema = pa.schema(
+        [
+            *id_fields,
+            pa.field("prediction", pa.float64()),
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+        ],
+        metadata=meta,
     )
-    rejected = AtomicParquet(rejects, pa.schema([*id_fields, pa.field("reason", pa.string())]))
+    rejects_schema = pa.schema([*id_fields, pa.field("reason", pa.string())])
+    sink: Sink
+    if isinstance(output, SqlTarget):
+        table = SqlSink(
+            output.url, output.table, output.partition, predictions_schema, rejects_schema
+        )
+        sink, shown_output, shown_rejects = table, table.describe(), table.describe(table.rejects)
+    else:
+        rejects = rejects or rejects_path_for(output)
+        sink = ParquetSink(output, rejects, predictions_schema, rejects_schema)
+        shown_output, shown_rejects = str(output), str(rejects)
     constants = [
         pa.scalar(name, pa.string()),
         pa.scalar(version, pa.string()),
         pa.scalar(scored_at, pa.timestamp("us", tz="UTC")),
     ]
+    scored = rejected = 0
 
-    def write(ids_of_rows: list[pa.Array], predicted: np.ndarray) -> None:
+    def write(ids_of_rows: list[pa.Array], matrix: np.ndarray, predicted: np.ndarray) -> None:
+        nonlocal scored
         n = len(predicted)
         columns = [*ids_of_rows, pa.array(predicted.astype(np.float64, copy=False))]
         columns += [pa.repeat(value, n) for value in constants]
-        predictions.write(pa.Table.from_arrays(columns, schema=predictions.schema))
+        sink.write_predictions(pa.Table.from_arrays(columns, schema=predictions_schema))
+        scored += n
+        if monitor is not None:
+            monitor.add(matrix, predicted)
 
     rows = 0
     first_rejects: list[str] = []
     # Batches are predicted on `workers` threads (onnxruntime and scikit-learn release the GIL)
-    # while this thread reads and checks the next ones; results are written in input order.
-    pending: deque[tuple[list[pa.Array], Future[np.ndarray]]] = deque()
+    # and written, in input order, by one writer thread (a database sink is used from that
+    # thread only), while this thread reads and checks the next ones.
     workers = workers or os.cpu_count() or 1
     pool = ThreadPoolExecutor(workers, thread_name_prefix="mlpipe-score")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="mlpipe-write")
+    writes: deque[Future[None]] = deque()
+
+    def predicted_then_written(ids: list[pa.Array], matrix: np.ndarray) -> Future[None]:
+        prediction = pool.submit(model.predict, matrix)
+        return writer.submit(lambda: write(ids, matrix, prediction.result()))
+
     try:
-        for batch in reader.batches(batch_rows):
+        for batch in batches:
             id_arrays = (
                 [as_type(batch.column(c), f.type) for c, f in zip(ids, id_fields, strict=True)]
                 if ids
@@ -186,52 +257,65 @@ def score(
             if reasons:
                 mask = pa.array(valid)
                 bad_ids = [pc.filter(a, pc.invert(mask)) for a in id_arrays]
-                rejected.write(
-                    pa.Table.from_arrays([*bad_ids, pa.array(reasons)], schema=rejected.schema)
-                )
+                bad = pa.Table.from_arrays([*bad_ids, pa.array(reasons)], schema=rejects_schema)
+                writes.append(writer.submit(sink.write_rejects, bad))
+                rejected += len(reasons)
                 first_rejects.extend(
                     f"{bad_ids[0][k].as_py()}: {r}" for k, r in enumerate(reasons[:5])
                 )
-                if max_rejects is not None and rejected.rows > max_rejects:
+                if max_rejects is not None and rejected > max_rejects:
                     raise RejectLimitError(
-                        f"{rejected.rows} rows rejected, more than --max-rejects {max_rejects}; "
+                        f"{rejected} rows rejected, more than --max-rejects {max_rejects}; "
                         f"nothing was written. First: {'; '.join(first_rejects[:3])}"
                     )
                 id_arrays = [pc.filter(a, mask) for a in id_arrays]
                 matrix = matrix[valid]
             if len(matrix):
-                pending.append((id_arrays, pool.submit(model.predict, matrix)))
-            while len(pending) > workers:
-                done_ids, future = pending.popleft()
-                write(done_ids, future.result())
+                writes.append(predicted_then_written(id_arrays, matrix))
+            while len(writes) > workers + 1:  # a few batches in flight, no more
+                writes.popleft().result()
             rows += batch.num_rows
             if on_progress is not None:
                 on_progress(batch.num_rows)
-        while pending:
-            done_ids, future = pending.popleft()
-            write(done_ids, future.result())
-        # rejects first: when the predictions appear, their rejects are already beside them
-        has_rejects = rejected.commit(keep_empty=False)
-        predictions.commit()
+        while writes:
+            writes.popleft().result()
+        has_rejects = sink.commit()
     except BaseException:
-        for _, future in pending:
+        for future in writes:
             future.cancel()
-        predictions.discard()
-        rejected.discard()
+        pool.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)  # the sink is idle from here on
+        sink.discard()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
     return ScoreSummary(
-        input=str(source),
-        output=str(output),
-        rejects=str(rejects) if has_rejects else None,
+        input=source.describe() if isinstance(source, SqlSource) else str(source),
+        output=shown_output,
+        rejects=shown_rejects if has_rejects else None,
         rows=rows,
-        scored=predictions.rows,
-        rejected=rejected.rows,
+        scored=scored,
+        rejected=rejected,
         seconds=time.perf_counter() - started,
         model_name=name,
         model_version=version,
         predictor=model.predictor.kind,
-        files=len(files),
+        files=files,
         first_rejects=first_rejects[:5],
     )
+
+
+def _open(
+    source: Path | SqlSource, contract: InputContract, ids: list[str], batch_rows: int
+) -> tuple[Iterator[pa.RecordBatch], pa.Schema, int]:
+    """The input's batches, the schema they share (checked) and its file count."""
+    if isinstance(source, SqlSource):
+        batches = source.batches(batch_rows)
+        first = next(batches)
+        schema = check_columns(first.schema, source.describe(), contract, ids)
+        return itertools.chain([first], batches), schema, 0
+    files, fmt = input_files(source)
+    reader = Source(files, fmt, [*ids, *contract.names], contract.names if fmt == "csv" else ())
+    schema = check_schema(reader, contract, ids)
+    return reader.batches(batch_rows), schema, len(files)

@@ -339,8 +339,16 @@ def serve(
         bool,
         typer.Option("--allow-pickle", help="load pickled models (runs their code: trust them)."),
     ] = False,
+    drift_window: Annotated[
+        int | None,
+        typer.Option(help="rows compared with the training profile; default: the spec's window."),
+    ] = None,
+    drift_seconds: Annotated[
+        float, typer.Option(help="seconds between drift checks (and /metrics scrapes).")
+    ] = 15.0,
 ) -> None:
-    """Serve a model over HTTP: /predict, MLflow's /invocations, /ready, /model, /metrics."""
+    """Serve a model over HTTP: /predict, MLflow's /invocations, /ready, /model, /metrics
+    (with the drift of the last N rows; mlpipe.drift.detected goes to PREFECT_API_URL if set)."""
     from mlpipe.predictor import parse_model_uri
     from mlpipe.serve.config import build_config
 
@@ -359,6 +367,9 @@ def serve(
             access_log=access_log,
             onnx=onnx,
             allow_pickle=allow_pickle,
+            drift_window=drift_window,
+            drift_seconds=drift_seconds,
+            drift_events=bool(os.environ.get("PREFECT_API_URL")),
         )
         ref = parse_model_uri(model)
         if ref.name is not None:
@@ -387,9 +398,38 @@ def score(
         ),
     ],
     input: Annotated[
-        Path, typer.Option("--input", "-i", help="a CSV or Parquet file, or a folder of them.")
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="a CSV or Parquet file or folder; or a database: postgresql://USER@HOST/DB, "
+            "sqlite:///FILE, env:VARIABLE or secret:PREFECT_SECRET (with --table or --query).",
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="the Parquet file to write.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="the Parquet file to write, or a database (with --output-table)."
+        ),
+    ],
+    table: Annotated[str | None, typer.Option(help="the input table (database input).")] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(help="the input query, with :name parameters (database input)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the query's :KEY (repeat).")
+    ] = None,
+    output_table: Annotated[
+        str | None, typer.Option(help="the table to write (database output).")
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            help="KEY=VALUE: the output partition a rerun replaces (column KEY); also bound as "
+            ":KEY in --query. Default: the whole table."
+        ),
+    ] = None,
     id_column: Annotated[
         list[str] | None,
         typer.Option(
@@ -404,32 +444,103 @@ def score(
         bool, typer.Option("--onnx/--no-onnx", help="use the ONNX fast path when it matches.")
     ] = True,
     workers: Annotated[int, typer.Option(help="batches predicted at once; 0: one per core.")] = 0,
+    drift_report: Annotated[
+        Path | None,
+        typer.Option(help="write the drift report (HTML) here; needs a model with a profile."),
+    ] = None,
     allow_pickle: Annotated[
         bool,
         typer.Option("--allow-pickle", help="load pickled models (runs their code: trust them)."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar.")] = False,
 ) -> None:
-    """Score a CSV/Parquet file or folder into Parquet in bounded memory; bad rows to rejects."""
-    from mlpipe import batch, tables
+    """Score a file, folder, table or query into Parquet or a table in bounded memory; bad rows
+    to rejects; the inputs' drift from the training data."""
+    from mlpipe import batch, drift, tables
     from mlpipe.predictor import open_model
 
     console = _console()
     try:
+        source, target = _score_ends(input, output, table, query, param, output_table, partition)
         loaded = open_model(model, _tracking_uri(), allow_pickle=allow_pickle, fast=onnx)
-        with _row_progress(console, tables.count_rows(input), enabled=not quiet) as advance:
+        total = tables.count_rows(source) if isinstance(source, Path) else None
+        monitor = drift.Counts(loaded.profile) if loaded.profile else None
+        with _row_progress(console, total, enabled=not quiet) as advance:
             summary = batch.score(
                 loaded,
-                input,
-                output,
+                source,
+                target,
                 id_columns=id_column or (),
                 max_rejects=None if max_rejects < 0 else max_rejects,
                 on_progress=advance,
                 workers=workers or None,
+                monitor=monitor,
             )
     except UserError as exc:
         raise _fail(str(exc)) from None
     _print_score_summary(summary, console)
+    if monitor is None:
+        console.print("drift: not checked (the model version has no training profile)")
+        return
+    result = drift.compare(monitor)
+    console.print(f"drift: {_drift_line(result)}")
+    if drift_report is not None:
+        title = f"Drift of {summary.input} from {summary.model_name} v{summary.model_version}"
+        drift_report.write_text(drift.html_report(result, monitor.profile, title))
+        console.print(f"drift report {drift_report}")
+
+
+def _drift_line(result: Any) -> str:
+    worst = max(result.features, key=lambda f: f.psi)
+    detail = f"max PSI {worst.psi:.3f} ({worst.name}), prediction PSI {result.prediction.psi:.3f}"
+    if result.drifted:
+        return (
+            f"[red]DRIFT[/] in {', '.join(result.drifted_features) or 'the predictions'}; {detail}"
+        )
+    return f"none past the thresholds; {detail}"
+
+
+def _score_ends(
+    input: str,
+    output: str,
+    table: str | None,
+    query: str | None,
+    params: list[str] | None,
+    output_table: str | None,
+    partition: str | None,
+) -> tuple[Any, Any]:
+    """The input (a path or ``SqlSource``) and output (a path or ``SqlTarget``) asked for."""
+    from mlpipe.batch import SqlTarget
+    from mlpipe.sql import SqlSource, is_database, parse_pairs, resolve_url
+
+    pairs = parse_pairs([partition] if partition else [], "--partition")
+    if is_database(input):
+        url = resolve_url(input, "--input", os.environ, _prefect_secret)
+        source: Any = SqlSource(url, table, query, pairs | parse_pairs(params or [], "--param"))
+    elif table or query or params:
+        raise UserError("--table, --query and --param are for a database --input")
+    else:
+        source = Path(input)
+    if is_database(output):
+        if not output_table:
+            raise UserError("--output is a database: name the table with --output-table")
+        url = resolve_url(output, "--output", os.environ, _prefect_secret)
+        return source, SqlTarget(url, output_table, next(iter(pairs.items()), None))
+    if output_table or (partition and not is_database(input)):
+        raise UserError("--output-table and --partition are for a database --output")
+    return source, Path(output)
+
+
+def _prefect_secret(name: str) -> str:
+    """The value of a Prefect Secret block (a database URL with its password)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block: Any = Secret.load(name)  # sync from a sync caller
+        value = block.get()
+    except ValueError as exc:
+        raise UserError(f"secret:{name}: no Prefect Secret block of that name ({exc})") from None
+    return str(value)
 
 
 def _print_score_summary(summary: Any, console: Console) -> None:
@@ -438,6 +549,7 @@ def _print_score_summary(summary: Any, console: Console) -> None:
         f"version {summary.model_version or '-'} ({summary.predictor}) in "
         f"{summary.seconds:.1f}s: {summary.rows_per_second:,.0f} rows/s"
     )
+    console.print(f"input {summary.input}")
     console.print(f"output {summary.output}")
     if summary.rejected:
         console.print(f"[yellow]{summary.rejected:,} rows rejected[/] -> {summary.rejects}")
@@ -566,6 +678,74 @@ def deploy_apply(
     )
 
 
+@deploy_app.command("triggers")
+def deploy_triggers(
+    model: ModelOption = "models:/boston-rf@champion",
+    input_root: InputRootOption = Path("data/incoming"),
+    output_root: OutputRootOption = Path("data/scored"),
+    config: SpecOption = None,
+    pool: Annotated[
+        str, typer.Option(help="the process work pool (created if missing).")
+    ] = "mlpipe-process",
+    working_dir: Annotated[
+        Path | None, typer.Option(help="where runs start; default: here.")
+    ] = None,
+    sensor_interval: Annotated[
+        float, typer.Option(help="seconds between two looks at INPUT_ROOT.")
+    ] = 60.0,
+    retrain_cron: Annotated[
+        str, typer.Option(help="tune/mlpipe's schedule (UTC); default Mondays 03:00.")
+    ] = "0 3 * * 1",
+    notify_webhook: Annotated[
+        str | None, typer.Option(help="call this URL on mlpipe.drift.detected.")
+    ] = None,
+    retrain_on_drift: Annotated[
+        bool, typer.Option(help="also run tune/mlpipe on mlpipe.drift.detected.")
+    ] = False,
+) -> None:
+    """Event-driven runs: a new partition is scored when it lands, a new champion re-scores the
+    latest partition, tune runs weekly, and drift calls a webhook (and can retrain)."""
+    from mlpipe.deploy import deployments, triggers
+    from mlpipe.predictor import parse_model_uri
+
+    try:
+        name = parse_model_uri(model).name
+        if name is None:
+            raise UserError(
+                f"--model {model}: triggers follow a registered model (models:/NAME@ALIAS)"
+            )
+        if retrain_on_drift and not notify_webhook:
+            raise UserError(
+                "--retrain-on-drift rides on the drift automation: give --notify-webhook"
+            )
+        settings = _deploy_settings(
+            list(deployments.FLOW_ENTRYPOINTS), [f"tune={retrain_cron}"],
+            [f"watch_incoming={sensor_interval}"], model, input_root, output_root, config,
+            pool=pool, working_dir=(working_dir or Path.cwd()).resolve(),
+        )  # fmt: skip
+        settings.triggers["batch_score"] = triggers.batch_score_triggers(name)
+        typer.echo(deployments.ensure_pool(pool, "process"))
+        created = dict(deployments.apply(settings))
+        for full_name, deployment_id in created.items():
+            typer.echo(f"deployment {full_name} ({deployment_id}) on pool {pool!r}")
+        typer.echo(
+            f"triggers: {triggers.DATA_ARRIVED} -> batch_score(partition); "
+            f"{triggers.MODEL_PROMOTED} of {name} -> batch_score(latest, new version); "
+            f"tune every '{retrain_cron}'; watch_incoming every {sensor_interval:g}s"
+        )
+        if notify_webhook:
+            retrain = created["tune/mlpipe"] if retrain_on_drift else None
+            automation_id = triggers.notify_on_drift(notify_webhook, retrain)
+            typer.echo(
+                f"automation {triggers.DRIFT_AUTOMATION!r} ({automation_id}): "
+                f"{triggers.DRIFT_DETECTED} calls {notify_webhook}"
+                + (" and runs tune/mlpipe" if retrain else "")
+            )
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"start a worker: prefect worker start --pool {pool} --type process")
+
+
 @deploy_app.command("serve")
 def deploy_serve(
     flows: FlowsOption = None,
@@ -648,11 +828,16 @@ def _deploy_settings(
     config: Path | None,
     **pool: Any,
 ) -> Any:
-    from mlpipe.deploy.deployments import FLOW_ENTRYPOINTS, DeploySettings, parse_schedules
+    from mlpipe.deploy.deployments import (
+        DEFAULT_FLOWS,
+        FLOW_ENTRYPOINTS,
+        DeploySettings,
+        parse_schedules,
+    )
     from mlpipe.predictor import parse_model_uri
     from mlpipe.spec import load_spec
 
-    chosen = tuple(flows or FLOW_ENTRYPOINTS)
+    chosen = tuple(flows or DEFAULT_FLOWS)
     unknown = [f for f in chosen if f not in FLOW_ENTRYPOINTS]
     if unknown:
         raise UserError(f"--flow {unknown[0]!r}: expected one of {', '.join(FLOW_ENTRYPOINTS)}")
@@ -668,6 +853,10 @@ def _deploy_settings(
         "tune": {
             "spec": load_spec(config, {}).model_dump(mode="json"),
             "tracking_uri": tracking_uri,
+        },
+        "watch_incoming": {
+            "input_root": str(input_root.resolve()),
+            "output_root": str(output_root.resolve()),
         },
     }
     return DeploySettings(

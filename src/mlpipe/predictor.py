@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mlpipe.contract import InputContract
+from mlpipe.drift import PROFILE_FILE, Profile
 from mlpipe.errors import UserError
 from mlpipe.onnx_export import ConversionError, to_onnx
 
@@ -178,6 +179,7 @@ class LoadedModel:
     fallback_reason: str | None
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
+    profile: Profile | None = None  # the training data's, when the version was logged with one
 
     @property
     def version(self) -> str | None:
@@ -272,10 +274,22 @@ def _load_folder(
         parity=parity,
         fallback_reason=reason,
         load_seconds=time.perf_counter() - started,
+        profile=_read_profile(path),
     )
     if reason:
         log.warning("model %s: serving with the native predictor: %s", ref.uri, reason)
     return loaded
+
+
+def _read_profile(path: Path) -> Profile | None:
+    file = path / PROFILE_FILE
+    if not file.is_file():
+        return None
+    try:
+        return Profile.from_json(file.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("model %s: ignoring its unreadable %s: %s", path, PROFILE_FILE, exc)
+        return None
 
 
 def _load_native(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> Any:

@@ -83,6 +83,24 @@ class RegistrySpec(_Strict):
     model_name: str | None = None  # None: same as the experiment
 
 
+class MonitoringSpec(_Strict):
+    """Drift thresholds, stored in the training data profile of every registered version: batch
+    runs and the server compare their inputs with that profile and flag what crosses them."""
+
+    psi_threshold: float | None = Field(0.2, gt=0, description="None: PSI flags nothing")
+    ks_threshold: float | None = Field(None, gt=0, le=1, description="None: KS flags nothing")
+    min_rows: int = Field(100, ge=1, description="fewer rows: figures only, no flag")
+    window: int = Field(1000, ge=10, description="the server's sliding window, in rows")
+
+    @model_validator(mode="after")
+    def _something_flags(self) -> MonitoringSpec:
+        if self.psi_threshold is None and self.ks_threshold is None:
+            raise ValueError(
+                "monitoring: psi_threshold and ks_threshold are both null; set one of them"
+            )
+        return self
+
+
 class Spec(_Strict):
     """A whole tuning run."""
 
@@ -92,6 +110,7 @@ class Spec(_Strict):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
     registry: RegistrySpec = RegistrySpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     artifacts_dir: Path = Path("artifacts")
     n_jobs: int = Field(-1, description="trials run at once; -1 = all cores")
     executor: str = Field(
@@ -177,6 +196,11 @@ tracking:
   experiment: boston-rf   # the store: MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)
 registry:
   model_name: boston-rf
+monitoring:               # drift of new inputs from the training data (batch runs, the server)
+  psi_threshold: 0.2      # population stability index per feature; null: off
+  ks_threshold: null      # Kolmogorov-Smirnov distance per feature (0-1); null: off
+  min_rows: 100           # fewer rows compared: figures only, nothing flagged
+  window: 1000            # the server compares its last N rows
 artifacts_dir: artifacts
 n_jobs: -1                # trials at once; -1 = all cores
 executor: process         # process | dask-local | dask://HOST:PORT (an existing Dask cluster)

@@ -108,26 +108,29 @@ class Source:
 def check_schema(source: Source, contract: InputContract, id_columns: Sequence[str]) -> pa.Schema:
     """Every file must have every feature and id column, features of a numeric or text type.
     Returns the first file's schema (the output takes its id columns' types)."""
-    first = None
-    for path in source.files:
-        schema = source.schema(path)
-        first = first or schema
-        try:
-            contract.require_columns(schema.names)
-        except InputError as exc:
-            raise InputError.single(f"{path}: {exc}", status=422) from None
-        missing_ids = [c for c in id_columns if c not in schema.names]
-        if missing_ids:
-            raise DataError(
-                f"{path}: no id column(s) {', '.join(missing_ids)}; "
-                f"it has {', '.join(schema.names)}"
-            )
-        for name in contract.names:
-            kind = schema.field(name).type
-            if not (_is_number(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                raise DataError(f"{path}: column {name!r} has type {kind}; the model takes numbers")
-    assert first is not None
-    return first
+    schemas = [check_columns(source.schema(p), str(p), contract, id_columns) for p in source.files]
+    return schemas[0]
+
+
+def check_columns(
+    schema: pa.Schema, where: str, contract: InputContract, id_columns: Sequence[str]
+) -> pa.Schema:
+    """One input's columns: every feature and id column there, features numbers or text."""
+    try:
+        contract.require_columns(schema.names)
+    except InputError as exc:
+        raise InputError.single(f"{where}: {exc}", status=422) from None
+    missing_ids = [c for c in id_columns if c not in schema.names]
+    if missing_ids:
+        raise DataError(
+            f"{where}: no id column(s) {', '.join(missing_ids)}; it has {', '.join(schema.names)}"
+        )
+    for name in contract.names:
+        kind = schema.field(name).type
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        if not (_is_number(kind) or text or pa.types.is_null(kind)):  # null: all values missing
+            raise DataError(f"{where}: column {name!r} has type {kind}; the model takes numbers")
+    return schema
 
 
 def _is_number(kind: pa.DataType) -> bool:

@@ -210,6 +210,26 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_scoring(
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        texts: Mapping[str, str],
+    ) -> str:
+        """One finished run for one batch scoring run: its figures and files (the drift
+        report); returns the run id."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={ROLE_TAG: "scoring", **tags}
+        )
+        run_id = str(run.info.run_id)
+        self._log(run_id, params=params, metrics=metrics)
+        for name, text in texts.items():
+            self.client.log_text(run_id, text, name)
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
     def end_search(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
@@ -232,9 +252,11 @@ class Tracker:
         signature: Any,
         model_name: str,
         held_out: Any = None,
+        files: Mapping[str, str] | None = None,
     ) -> tuple[str, str]:
-        """Log the model to the run, with its ONNX fast path and a held-out parity sample
-        beside it, and register it; returns (model uri, registered version)."""
+        """Log the model to the run, with its ONNX fast path, a held-out parity sample and
+        ``files`` (name -> text, e.g. the training data profile) beside it, and register it;
+        returns (model uri, registered version)."""
         import mlflow
 
         # The registry prints "Successfully registered model ..." straight to stderr; keep it
@@ -269,20 +291,25 @@ class Tracker:
                     pip_requirements=self.pip_requirements(family),
                 )
             # start_run(run_id=...) ends the run on exit; the caller decides its final status.
-        if held_out is not None:
-            self._log_fast_path(info.model_id, model, held_out)
+        self._log_model_files(info.model_id, model, held_out, files or {})
         if chatter.getvalue().strip():
             logging.getLogger("mlflow").info(chatter.getvalue().strip())
         self.client.update_run(run_id, status="RUNNING")
         return str(info.model_uri), str(info.registered_model_version)
 
-    def _log_fast_path(self, model_id: str, model: Any, held_out: Any) -> None:
+    def _log_model_files(
+        self, model_id: str, model: Any, held_out: Any, files: Mapping[str, str]
+    ) -> None:
         import tempfile
 
         from mlpipe.predictor import export_fast_path
 
-        with tempfile.TemporaryDirectory(prefix="mlpipe-onnx-") as tmp:
-            if export_fast_path(model, held_out.shape[1], held_out, Path(tmp)) is not None:
+        with tempfile.TemporaryDirectory(prefix="mlpipe-model-files-") as tmp:
+            for name, text in files.items():
+                Path(tmp, name).write_text(text)
+            if held_out is not None:
+                export_fast_path(model, held_out.shape[1], held_out, Path(tmp))
+            if any(Path(tmp).iterdir()):
                 self.client.log_model_artifacts(model_id, tmp)
 
     def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:

@@ -32,7 +32,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from mlpipe import artifacts
+from mlpipe import artifacts, drift, signals
 from mlpipe.data import Dataset, Split, load_dataset, split_dataset
 from mlpipe.errors import DataError, TuningError, UserError
 from mlpipe.models import get_family
@@ -289,6 +289,7 @@ def finish(
     from mlflow.models import infer_signature
 
     signature = infer_signature(split.X_test, predictions)
+    profile = training_profile(spec, model, split)
     model_uri, version = tracker.log_model(
         parent_run_id,
         family.name,
@@ -297,6 +298,7 @@ def finish(
         signature,
         spec.model_name,
         held_out=split.X_test,
+        files={drift.PROFILE_FILE: profile.to_json()},
     )
     tracker.tag_version(
         spec.model_name,
@@ -308,6 +310,8 @@ def finish(
         },
     )
     promotion = promote(tracker, spec.model_name, version, test_metrics["mse"], split)
+    if promotion.promoted:
+        signals.model_promoted(spec.model_name, promotion)
 
     out_dir = Path(spec.artifacts_dir) / plan.search_id
     artifacts.write_results(
@@ -348,6 +352,23 @@ def finish(
         promotion=promotion,
         reused=reused,
         timings=timings,
+    )
+
+
+def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
+    """The training split's features and the model's predictions on them, with the spec's
+    drift thresholds: what batch runs and the server compare new inputs with."""
+    monitoring = spec.monitoring
+    return drift.build_profile(
+        list(split.X_train.columns),
+        split.X_train.to_numpy(dtype=np.float64),
+        np.asarray(model.predict(split.X_train)).ravel(),
+        drift.Thresholds(
+            monitoring.psi_threshold,
+            monitoring.ks_threshold,
+            monitoring.min_rows,
+            monitoring.window,
+        ),
     )
 
 

@@ -5,11 +5,13 @@ ports. Whatever a fixture starts, it stops (by pid)."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +207,106 @@ def servers(tmp_path_factory):
             stop(proc)
         for log in logs:
             log.close()
+
+
+def api(project: dict, method: str, path: str, **kwargs) -> httpx.Response:
+    """A call to the Prefect server's API (``project["api"]``), raising on an error status."""
+    reply = httpx.request(method, project["api"] + path, timeout=10, **kwargs)
+    reply.raise_for_status()
+    return reply
+
+
+@contextlib.contextmanager
+def process_worker(pool: str, cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """`prefect worker start --pool POOL --type process`, as a user starts one, polling every
+    2 s; its output in cwd/worker.log; stopped by pid."""
+    with (cwd / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+            cwd=cwd,
+            env={**os.environ, **env, "PATH": f"{BIN}:{os.environ['PATH']}",
+                 "PREFECT_WORKER_QUERY_SECONDS": "2"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            stop(worker)
+
+
+class Receiver:
+    """A local webhook: records the bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    hook = Receiver()
+    yield hook
+    hook.server.shutdown()
+
+
+def system_tool(*candidates: str) -> str:
+    """The first of ``candidates`` (a command or a path) that exists. `make test` installs the
+    Debian packages (`make system-deps`); a run without them skips, except in CI, where the
+    test fails."""
+    import shutil
+
+    for candidate in candidates:
+        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+        if found:
+            return found
+    message = f"{candidates[0]} is not installed: run `make system-deps` (Debian packages)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def render_in_chromium(page: Path, screenshot: Path) -> str:
+    """Open ``page`` in headless Chromium; returns the DOM after its scripts ran, and writes a
+    screenshot of the rendered page."""
+    chromium = system_tool("chromium", "chromium-browser")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={screenshot.parent / 'chromium-profile'}", "--window-size=1200,900",
+    ]  # fmt: skip
+    url = page.resolve().as_uri()
+    shot = subprocess.run(
+        [chromium, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120
+    )
+    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr.decode()[-2000:]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server (Debian's package) on a free loopback port, in a temporary data
+    folder, with password authentication (``mlpipe.localdb``); stopped by pid after the module."""
+    from mlpipe.localdb import local_postgres, server_binaries
+
+    if server_binaries() is None:
+        system_tool("initdb")  # skips, or fails in CI, with the install hint
+    with local_postgres(password="s3cret-for-tests") as server:
+        yield {"url": server.url, "password": server.password, "port": server.port}

@@ -5,21 +5,18 @@ webhook; `mlpipe deploy serve`; and the repository's prefect.yaml deployed by `p
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, free_port, run_mlpipe, stop
+from conftest import BIN, api, process_worker, run_mlpipe, stop
 
 pytestmark = pytest.mark.integration
 
@@ -40,33 +37,6 @@ def project(servers, tmp_path_factory):
     return {"root": root, "env": env, "api": servers["PREFECT_API_URL"]}
 
 
-class Receiver:
-    """A local webhook: records the bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        bodies = self.bodies = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.HTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    hook = Receiver()
-    yield hook
-    hook.server.shutdown()
-
-
 @pytest.fixture(scope="module")
 def deployed(project, receiver):
     """`mlpipe deploy apply` (work pool, both deployments, the failure automation), then a
@@ -78,24 +48,8 @@ def deployed(project, receiver):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"created work pool {POOL!r} (process)" in result.stdout
-    log = open(project["root"] / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-        cwd=project["root"],
-        env={**os.environ, **project["env"], "PATH": f"{BIN}:{os.environ['PATH']}"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    yield {**project, "output": result.stdout}
-    stop(worker)
-    log.close()
-
-
-def api(project, method: str, path: str, **kwargs) -> httpx.Response:
-    reply = httpx.request(method, project["api"] + path, timeout=10, **kwargs)
-    reply.raise_for_status()
-    return reply
+    with process_worker(POOL, project["root"], project["env"]):
+        yield {**project, "output": result.stdout}
 
 
 def deployment(project, name: str = "batch_score/mlpipe") -> dict:

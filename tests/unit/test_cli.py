@@ -53,7 +53,8 @@ def test_every_command_and_option_the_readme_shows_exists():
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    blocks = "\n".join(re.findall(r"```(?:bash|console)?\n(.*?)```", readme, re.S))
+    fenced = re.findall(r"```([a-z]*)\n(.*?)```", readme, re.S)
+    blocks = "\n".join(text for lang, text in fenced if lang in ("", "bash", "console"))
     commands = [
         line.strip().removeprefix("$ ").removeprefix(".venv/bin/").removeprefix("mlpipe ")
         for line in blocks.replace("\\\n", " ").splitlines()
@@ -69,6 +70,24 @@ def test_every_command_and_option_the_readme_shows_exists():
         for option in re.findall(r"(?<!\S)(--[a-z-]+)", line):
             assert option in helptext.output, f"mlpipe {' '.join(command)} has no {option}"
         seen.add(" ".join(command))
-    expected = {"score", "deploy apply", "deploy k8s", "backfill", "up", "status", "down", "serve"}
+    expected = {"score", "deploy apply", "deploy k8s", "deploy triggers", "backfill", "up"}
+    expected |= {"status", "down", "serve"}
     expected |= {"stream", "train"}
     assert expected | {"stream put", "stream read"} <= seen
+
+
+def test_score_says_which_options_go_with_a_database(tmp_path):
+    cases = [
+        (["-i", "x.csv", "-o", "y.parquet", "--table", "houses"], "for a database --input"),
+        (["-i", "sqlite:///x.db", "--table", "h", "-o", "sqlite:///y.db"], "--output-table"),
+        (["-i", "x.csv", "-o", "y.parquet", "--partition", "day=1"], "for a database --output"),
+        (["-i", "sqlite:///x.db", "--table", "h", "--query", "SELECT 1", "-o", "y.parquet"],
+         "(one)"),
+        (["-i", "postgresql://u:pw@h/db", "--table", "h", "-o", "y.parquet"], "holds a password"),
+        (["-i", "sqlite:///x.db", "--table", "h", "-o", "sqlite:///y.db", "--output-table", "t",
+          "--partition", "2026-11-22"], "KEY=VALUE"),
+    ]  # fmt: skip
+    for args, words in cases:
+        result = runner.invoke(app, ["score", "-m", str(tmp_path / "no-model"), *args])
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
+        assert "Traceback" not in result.output and "u:pw" not in result.output

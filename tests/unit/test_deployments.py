@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlpipe.deploy import deployments, stack
+from mlpipe.deploy import deployments, stack, triggers
 from mlpipe.errors import UserError
 from mlpipe.processes import start_time
 from mlpipe.score_flow import batch_score, date_partitions, partition_paths
@@ -106,6 +106,11 @@ def test_prefect_yaml_declares_the_same_deployments_as_mlpipe_deploy():
     for d in by_entrypoint[deployments.FLOW_ENTRYPOINTS["batch_score"]]:
         for key, value in d["parameters"].items():
             assert defaults[key] == value, key
+    declared = by_entrypoint[deployments.FLOW_ENTRYPOINTS["batch_score"]][0]["triggers"]
+    created = triggers.batch_score_triggers("boston-rf")
+    assert [(t["name"], set(t["expect"]), t["match"], t["parameters"]) for t in declared] == [
+        (t.name, t.expect, t.match.model_dump(), t.parameters) for t in created
+    ]
     (k8s,) = [d for d in config["deployments"] if d["name"] == "mlpipe-k8s"]
     template = deployments.base_job_template("kubernetes")["variables"]["properties"]
     assert set(k8s["work_pool"]["job_variables"]) <= set(template)

@@ -13,3 +13,10 @@ def test_prefect_server_app_builds():
 
     app = create_app(ephemeral=True)
     assert "/api" in {getattr(route, "path", "") for route in app.routes}  # the API is mounted
+
+
+def test_sqlalchemy_is_below_the_version_that_breaks_prefects_scheduler():
+    major, minor = (int(p) for p in version("sqlalchemy").split(".")[:2])
+    # prefect 3.8's scheduler inserts runs with a bulk DML form SQLAlchemy 2.1 refuses, so no
+    # schedule fires; tests/integration/test_triggers.py runs a scheduled sensor for real.
+    assert (major, minor) < (2, 1), "prefect 3.8's scheduler fails with sqlalchemy>=2.1"

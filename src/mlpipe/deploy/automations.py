@@ -1,4 +1,5 @@
-"""A Prefect automation that calls a webhook when a run of an mlpipe deployment fails.
+"""Prefect automations that call a webhook: here, when a run of an mlpipe deployment fails
+(``triggers.notify_on_drift`` uses the same two helpers for drift).
 
 Prefect's own machinery, declared: a Webhook block holds the URL (a secret, not shown in the UI
 or logs), and an automation whose trigger is the ``prefect.flow-run.Failed`` (or ``Crashed``)
@@ -26,14 +27,10 @@ PAYLOAD = (
 
 def notify_on_failure(webhook_url: str, deployment_ids: list[str]) -> str:
     """Create (or replace) the webhook block and the automation; returns the automation id."""
-    from prefect.automations import Automation
-    from prefect.blocks.webhook import Webhook
     from prefect.events.actions import CallWebhook
     from prefect.events.schemas.automations import EventTrigger, Posture
 
-    block_id = Webhook(url=webhook_url).save(BLOCK_NAME, overwrite=True)
-    _delete_existing()
-    automation: Any = Automation(
+    return replace_automation(
         name=AUTOMATION_NAME,
         description="Calls the webhook block mlpipe-failure-webhook when an mlpipe run fails.",
         trigger=EventTrigger(
@@ -45,15 +42,29 @@ def notify_on_failure(webhook_url: str, deployment_ids: list[str]) -> str:
             posture=Posture.Reactive,
             threshold=1,
         ),
-        actions=[CallWebhook(block_document_id=block_id, payload=PAYLOAD)],
-    ).create()
-    return str(automation.id)
+        actions=[
+            CallWebhook(block_document_id=save_webhook(BLOCK_NAME, webhook_url), payload=PAYLOAD)
+        ],
+    )
 
 
-def _delete_existing() -> None:
-    """Remove earlier automations of this name, so a rerun replaces rather than duplicates."""
+def save_webhook(block_name: str, url: str) -> Any:
+    """A Webhook block holding ``url`` (a secret: not shown in the UI or logs); its id."""
+    from prefect.blocks.webhook import Webhook
+
+    return Webhook(url=url).save(block_name, overwrite=True)
+
+
+def replace_automation(name: str, description: str, trigger: Any, actions: list[Any]) -> str:
+    """Create the automation, first removing earlier ones of this name, so a rerun replaces
+    rather than duplicates; returns its id."""
+    from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        for automation in client.read_automations_by_name(AUTOMATION_NAME):
+        for automation in client.read_automations_by_name(name):
             client.delete_automation(automation.id)
+    created: Any = Automation(
+        name=name, description=description, trigger=trigger, actions=actions
+    ).create()
+    return str(created.id)

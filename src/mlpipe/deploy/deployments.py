@@ -1,4 +1,5 @@
-"""mlpipe's Prefect deployments: ``tune/mlpipe`` and ``batch_score/mlpipe``.
+"""mlpipe's Prefect deployments: ``tune/mlpipe``, ``batch_score/mlpipe`` and the sensor
+``watch_incoming/mlpipe`` (event-driven runs: ``triggers.py``).
 
 Two ways to run them, as Prefect has:
 - static (``serve``): one long-lived process polls the API and runs the flows itself;
@@ -25,7 +26,10 @@ POOL_TYPES = ("process", "kubernetes")
 FLOW_ENTRYPOINTS = {
     "tune": "mlpipe.tune.tune",
     "batch_score": "mlpipe.score_flow.batch_score",
+    "watch_incoming": "mlpipe.score_flow.watch_incoming",
 }
+DEFAULT_FLOWS = ("tune", "batch_score")  # `deploy apply`; `deploy triggers` adds the sensor
+CONCURRENCY = {"watch_incoming": 1}  # one sensor run at a time: each event is emitted once
 TAGS = ["mlpipe"]
 
 
@@ -73,6 +77,7 @@ class DeploySettings:
     pool: str = DEFAULT_POOL
     working_dir: Path | None = None  # process pools: where flow runs start
     kubernetes: KubernetesJob | None = None  # set for a kubernetes pool
+    triggers: dict[str, list[Any]] = field(default_factory=dict)  # per flow
 
     @property
     def pool_type(self) -> str:
@@ -137,6 +142,8 @@ def build(settings: DeploySettings, on_pool: bool) -> list[Any]:
                 parameters=settings.parameters.get(name, {}),
                 tags=TAGS,
                 description=f"mlpipe {name} ({FLOW_ENTRYPOINTS[name]})",
+                triggers=settings.triggers.get(name),
+                concurrency_limit=CONCURRENCY.get(name),
                 **(schedule.to_kwargs() if schedule else {}),
                 **options,
             )

@@ -27,6 +27,7 @@ from mlpipe.serve import protocol
 from mlpipe.serve.config import ServeConfig
 from mlpipe.serve.endpoints import PATHS, Predictions, Receive, Scope, Send
 from mlpipe.serve.metrics import CONTENT_TYPE, Metrics
+from mlpipe.serve.monitor import DriftWatch, Emit
 from mlpipe.serve.slot import Loader, ModelSlot, follow
 
 log = logging.getLogger("mlpipe.serve")
@@ -45,20 +46,32 @@ def create_app(
     client: Any,
     metrics: Metrics | None = None,
     on_startup: Callable[[], None] | None = None,
+    emit: Emit | None = None,
 ) -> FastAPI:
-    """The ASGI app; the model loads in the background once the app starts."""
+    """The ASGI app; the model loads in the background once the app starts. ``emit`` sends
+    ``mlpipe.drift.detected`` when the traffic first drifts (``monitor.py``)."""
     metrics = metrics or Metrics()
     slot = ModelSlot(ref, metrics)
+    watch = DriftWatch(metrics, config.drift_window)
+
+    async def watch_drift(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=config.drift_seconds)
+            watch.check(emit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if on_startup is not None:
             on_startup()
         stop = asyncio.Event()
-        task = asyncio.create_task(follow(slot, client, loader, config.poll_seconds, stop))
+        tasks = [
+            asyncio.create_task(follow(slot, client, loader, config.poll_seconds, stop)),
+            asyncio.create_task(watch_drift(stop)),
+        ]
         yield
         stop.set()
-        await task
+        await asyncio.gather(*tasks)
 
     app = FastAPI(
         title="mlpipe prediction API",
@@ -105,7 +118,8 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus() -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics (the drift window is evaluated first)."""
+        watch.evaluate()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     def openapi() -> dict[str, Any]:
@@ -132,7 +146,7 @@ def create_app(
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    predictions = Predictions(slot, config, metrics)
+    predictions = Predictions(slot, config, metrics, watch)
     return Observe(app, predictions, metrics, config.access_log)  # type: ignore[return-value]
 
 

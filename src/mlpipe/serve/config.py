@@ -37,6 +37,9 @@ class ServeConfig(BaseModel):
     onnx: bool = True
     drain_seconds: float = Field(0.0, ge=0, description="keep serving after SIGTERM, /ready 503")
     graceful_timeout_seconds: float = Field(30.0, gt=0)
+    drift_window: int | None = Field(None, ge=10, description="rows; None: the profile's")
+    drift_seconds: float = Field(15.0, gt=0, description="how often the window is checked")
+    drift_events: bool = Field(False, description="emit mlpipe.drift.detected to Prefect")
 
     def to_env(self) -> dict[str, str]:
         """The environment a worker process needs to rebuild this config."""

@@ -18,6 +18,7 @@ from mlpipe.predictor import LoadedModel
 from mlpipe.serve import protocol
 from mlpipe.serve.config import ServeConfig
 from mlpipe.serve.metrics import Metrics
+from mlpipe.serve.monitor import DriftWatch
 from mlpipe.serve.slot import ModelSlot
 
 Scope = MutableMapping[str, Any]
@@ -41,9 +42,12 @@ class Disconnected(Exception):
 class Predictions:
     """The ASGI app of the two prediction routes."""
 
-    def __init__(self, slot: ModelSlot, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, slot: ModelSlot, config: ServeConfig, metrics: Metrics, watch: DriftWatch
+    ) -> None:
         self.slot = slot
         self.metrics = metrics
+        self.watch = watch
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
         self.expected_auth = (
@@ -68,6 +72,7 @@ class Predictions:
                 self.max_rows,
             )  # fmt: skip
             predictions = model.predict(matrix)
+            self.watch.observe(model, matrix, predictions)
             status, payload = 200, render(model, predictions)
             self.metrics.predictions.labels(model.version or "local", model.predictor.kind).inc(
                 len(predictions)

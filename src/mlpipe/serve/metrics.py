@@ -55,6 +55,35 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        # Drift of the last N rows from the training profile (``monitor.py``); with several
+        # workers each has its own window and the exposition shows the largest figure.
+        self.drift_psi = Gauge(
+            "mlpipe_drift_psi",
+            "Population stability index of the serving window vs the training data, by column.",
+            ["column"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.drift_ks = Gauge(
+            "mlpipe_drift_ks",
+            "Kolmogorov-Smirnov distance (binned) of the serving window vs the training data.",
+            ["column"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.drift_rows = Gauge(
+            "mlpipe_drift_window_rows",
+            "Rows in the drift window.",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.drift_detected = Gauge(
+            "mlpipe_drift_detected",
+            "1 while a column of the window is past its drift threshold.",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+
     def render(self) -> bytes:
         """The exposition text, summed over worker processes in multiprocess mode."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -36,7 +36,15 @@ def build_app(config: ServeConfig) -> Any:
         default_loader(config.allow_pickle, config.onnx),
         client,
         on_startup=lambda: install_drain_handler(config.drain_seconds),
+        emit=emit_drift if config.drift_events else None,
     )
+
+
+def emit_drift(model: Any, result: Any) -> None:
+    """``mlpipe.drift.detected`` for the served version (sent by Prefect's events thread)."""
+    from mlpipe import signals
+
+    signals.drift_detected(model.ref.name, model.version, "serve", result)
 
 
 def app_from_env() -> Any:

@@ -1,0 +1,328 @@
+"""Data drift: a profile of the training data, and how far new inputs have moved from it.
+
+- ``build_profile`` (at training time) cuts every feature, and the model's predictions, into up to
+  ten bins at the training data's deciles and keeps each bin's share, the count, the missing
+  count and a few quantiles. The profile is a small JSON file stored beside the registered model.
+- ``Counts`` adds up new rows into the same bins (a batch run: every row; the server: a sliding
+  ``Window`` of the last N rows), and ``compare`` turns counts into a ``DriftResult``: per feature
+  the population stability index, ``PSI = sum((a - e) * ln(a / e))`` over the bins, and the
+  Kolmogorov-Smirnov distance of the binned distributions, ``max |A(x) - E(x)|`` at the cut points
+  (a lower bound of the exact KS statistic, exact at the cuts). A feature drifted when a figure
+  passes its threshold (``Thresholds``, from the spec's ``monitoring`` section).
+- ``html_report`` renders one result as a small self-contained HTML page (a table and an SVG bar
+  chart per feature), for MLflow's artifact view.
+
+Pure: numpy only; no Prefect, no MLflow.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+BINS = 10
+PREDICTION = "prediction"
+PROFILE_FILE = "profile.json"
+_EPSILON = 1e-4  # an empty bin's share, so that ln(a / e) stays finite
+_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a feature counts as drifted; None turns a figure's check off."""
+
+    psi: float | None = 0.2  # the usual reading: < 0.1 stable, 0.1-0.2 moderate, > 0.2 shifted
+    ks: float | None = None
+    min_rows: int = 100  # fewer rows than this: figures are reported, nothing is flagged
+    window: int = 1000  # the server's sliding window, in rows
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    """One column of the training data: bin cut points and each bin's share of the rows."""
+
+    name: str
+    cuts: list[float]  # bin k holds cuts[k-1] < x <= cuts[k]; len(cuts) + 1 bins
+    shares: list[float]
+    count: int
+    missing: int
+    mean: float
+    std: float
+    quantiles: dict[str, float]
+
+    def bins_of(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.cuts), values, side="left")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The training data's features and the model's predictions on it."""
+
+    features: list[FeatureProfile]
+    prediction: FeatureProfile
+    rows: int
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @property
+    def columns(self) -> list[FeatureProfile]:
+        """The features, then the prediction: the order of ``Counts``' rows."""
+        return [*self.features, self.prediction]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        raw = json.loads(text)
+        return cls(
+            features=[FeatureProfile(**f) for f in raw["features"]],
+            prediction=FeatureProfile(**raw["prediction"]),
+            rows=raw["rows"],
+            thresholds=Thresholds(**raw.get("thresholds", {})),
+        )
+
+    def with_thresholds(self, thresholds: Thresholds) -> Profile:
+        return Profile(self.features, self.prediction, self.rows, thresholds)
+
+
+def profile_column(name: str, values: np.ndarray) -> FeatureProfile:
+    """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins)."""
+    values = np.asarray(values, dtype=np.float64)
+    present = values[np.isfinite(values)]
+    if present.size == 0:
+        return FeatureProfile(name, [], [1.0], int(values.size), int(values.size), 0, 0, {})
+    cuts = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+    shares = np.bincount(np.searchsorted(cuts, present, side="left"), minlength=cuts.size + 1)
+    return FeatureProfile(
+        name=name,
+        cuts=[float(c) for c in cuts],
+        shares=[float(s) for s in shares / present.size],
+        count=int(values.size),
+        missing=int(values.size - present.size),
+        mean=float(present.mean()),
+        std=float(present.std()),
+        quantiles={f"p{round(q * 100):02d}": float(np.quantile(present, q)) for q in _QUANTILES},
+    )
+
+
+def build_profile(
+    names: Sequence[str],
+    matrix: np.ndarray,
+    predictions: np.ndarray,
+    thresholds: Thresholds | None = None,
+) -> Profile:
+    """The profile of a training matrix (rows x ``names``) and the model's predictions on it."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return Profile(
+        features=[profile_column(n, matrix[:, i]) for i, n in enumerate(names)],
+        prediction=profile_column(PREDICTION, np.asarray(predictions).ravel()),
+        rows=int(matrix.shape[0]),
+        thresholds=thresholds or Thresholds(),
+    )
+
+
+class Counts:
+    """Rows added up into the profile's bins, per feature and for the prediction."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        width = max(len(c.shares) for c in profile.columns)
+        self.table = np.zeros((len(profile.columns), width), dtype=np.int64)
+        self.rows = 0
+
+    def bins(self, matrix: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        """Each row's bin per column: rows x (features + 1)."""
+        columns = [*np.asarray(matrix, dtype=np.float64).T, np.asarray(predictions).ravel()]
+        return np.stack(
+            [c.bins_of(v) for c, v in zip(self.profile.columns, columns, strict=True)], axis=1
+        )
+
+    def add(self, matrix: np.ndarray, predictions: np.ndarray) -> None:
+        self.add_bins(self.bins(matrix, predictions), +1)
+
+    def add_bins(self, bins: np.ndarray, sign: int) -> None:
+        for column in range(bins.shape[1]):
+            self.table[column] += sign * np.bincount(bins[:, column], minlength=self.table.shape[1])
+        self.rows += sign * bins.shape[0]
+
+
+class Window(Counts):
+    """The last ``size`` rows only: what a server compares, so old traffic ages out."""
+
+    def __init__(self, profile: Profile, size: int) -> None:
+        super().__init__(profile)
+        self.size = size
+        self.ring = np.zeros((size, len(profile.columns)), dtype=np.int64)
+        self.next = 0
+
+    def add_bins(self, bins: np.ndarray, sign: int = 1) -> None:
+        bins = bins[-self.size :]
+        slots = (self.next + np.arange(len(bins))) % self.size
+        if self.rows + len(bins) > self.size:  # the oldest rows leave the window
+            # the first (size - rows) slots are still empty; the rest hold the oldest rows
+            super().add_bins(self.ring[slots[self.size - self.rows :]], -1)
+        self.ring[slots] = bins
+        super().add_bins(bins, +1)
+        self.next = int((self.next + len(bins)) % self.size)
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    name: str
+    psi: float
+    ks: float
+    drifted: bool
+    expected: list[float]
+    observed: list[float]
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """Every feature's figures, the prediction's, and whether any threshold was crossed."""
+
+    features: list[ColumnDrift]
+    prediction: ColumnDrift
+    rows: int
+    thresholds: Thresholds
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [f.name for f in self.features if f.drifted]
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.drifted_features) or self.prediction.drifted
+
+    def metrics(self) -> dict[str, float]:
+        """Flat figures for MLflow: ``drift_psi_<name>``, ``drift_ks_<name>``, counts."""
+        figures: dict[str, float] = {"drift_rows": self.rows}
+        for column in [*self.features, self.prediction]:
+            figures[f"drift_psi_{column.name}"] = column.psi
+            figures[f"drift_ks_{column.name}"] = column.ks
+        figures["drift_features"] = len(self.drifted_features)
+        return figures
+
+    def summary(self) -> dict[str, Any]:
+        """What an event or a webhook carries: the flags and the worst figures."""
+        worst = max(self.features, key=lambda f: f.psi, default=None)
+        return {
+            "rows": self.rows,
+            "drifted": self.drifted,
+            "drifted_features": self.drifted_features,
+            "prediction_drifted": self.prediction.drifted,
+            "max_psi": round(worst.psi, 4) if worst else None,
+            "max_psi_feature": worst.name if worst else None,
+            "prediction_psi": round(self.prediction.psi, 4),
+            "psi_threshold": self.thresholds.psi,
+            "ks_threshold": self.thresholds.ks,
+        }
+
+
+def psi(expected: np.ndarray, observed: np.ndarray) -> float:
+    e = np.clip(expected, _EPSILON, None)
+    a = np.clip(observed, _EPSILON, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def binned_ks(expected: np.ndarray, observed: np.ndarray) -> float:
+    return float(np.max(np.abs(np.cumsum(expected) - np.cumsum(observed)), initial=0.0))
+
+
+def compare(counts: Counts) -> DriftResult:
+    """The drift of the rows in ``counts`` from their profile."""
+    profile, rows = counts.profile, counts.rows
+    limits = profile.thresholds
+    flagged = rows >= limits.min_rows
+    columns = []
+    for k, column in enumerate(profile.columns):
+        expected = np.asarray(column.shares)
+        observed = counts.table[k, : expected.size] / max(rows, 1)
+        p, d = psi(expected, observed), binned_ks(expected, observed)
+        drifted = flagged and (
+            (limits.psi is not None and p > limits.psi) or (limits.ks is not None and d > limits.ks)
+        )
+        columns.append(
+            ColumnDrift(column.name, p, d, drifted, expected.tolist(), observed.tolist())
+        )
+    return DriftResult(columns[:-1], columns[-1], rows, limits)
+
+
+def html_report(result: DriftResult, profile: Profile, title: str) -> str:
+    """A self-contained page: the drift table, then expected-vs-observed bars per column."""
+    limits = result.thresholds
+    rows = []
+    for column in [*result.features, result.prediction]:
+        mark = "drifted" if column.drifted else "ok"
+        rows.append(
+            f'<tr class="{mark}"><td>{html.escape(column.name)}</td>'
+            f"<td>{column.psi:.4f}</td><td>{column.ks:.4f}</td><td>{mark}</td></tr>"
+        )
+    charts = "".join(
+        _chart(column, profile_column)
+        for column, profile_column in zip(
+            [*result.features, result.prediction], profile.columns, strict=True
+        )
+    )
+    verdict = (
+        f"drift in {', '.join(result.drifted_features) or 'the predictions'}"
+        if result.drifted
+        else "no drift"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body{{font:14px system-ui,sans-serif;margin:24px;color:#222}}
+table{{border-collapse:collapse}}
+td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}}
+td:first-child,th:first-child{{text-align:left}} tr.drifted td{{background:#fde2e1;font-weight:600}}
+.charts{{display:flex;flex-wrap:wrap;gap:12px}} figure{{margin:0}} figcaption{{font-size:12px}}
+.legend span{{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}}
+</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p id="verdict">{html.escape(verdict)}: {result.rows:,} rows compared with {profile.rows:,} training
+rows; PSI threshold {_limit(limits.psi)}, KS threshold {_limit(limits.ks)}, flagged from
+{limits.min_rows} rows.</p>
+<table id="drift"><thead><tr><th>column</th><th>PSI</th><th>KS</th><th>status</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<p class="legend"><span style="background:#9bb7d4"></span>training
+<span style="background:#e07b39"></span>this run (share of rows per training decile)</p>
+<div class="charts">{charts}</div>
+<script>
+document.body.dataset.rendered = String(document.querySelectorAll("svg.chart rect").length);
+</script>
+</body></html>
+"""
+
+
+def _limit(value: float | None) -> str:
+    return "off" if value is None else f"{value:g}"
+
+
+def _chart(column: ColumnDrift, profile_column: FeatureProfile) -> str:
+    width, height, pad = 220, 90, 14
+    n = len(column.expected)
+    top = max([*column.expected, *column.observed, 1e-9])
+    step = (width - 2) / n
+    bars = []
+    for k, (e, a) in enumerate(zip(column.expected, column.observed, strict=True)):
+        x = 1 + k * step
+        for offset, share, colour in ((0.0, e, "#9bb7d4"), (step / 2, a, "#e07b39")):
+            h = (height - pad) * share / top
+            bars.append(
+                f'<rect x="{x + offset:.1f}" y="{height - h:.1f}" width="{step / 2 - 1:.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{share:.3f}</title></rect>'
+            )
+    cuts = profile_column.cuts
+    span = f"{cuts[0]:.3g} .. {cuts[-1]:.3g}" if cuts else "no cuts"
+    return (
+        f'<figure><svg class="chart" width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(column.name)}">{"".join(bars)}</svg>'
+        f"<figcaption>{html.escape(column.name)}: PSI {column.psi:.3f} ({span})"
+        "</figcaption></figure>"
+    )

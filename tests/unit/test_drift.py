@@ -1,0 +1,141 @@
+"""The training profile, PSI and KS, the sliding window, the server's watch and the report."""
+
+from __future__ import annotations
+
+import html.parser
+
+import numpy as np
+import pytest
+
+from mlpipe import drift
+from mlpipe.errors import SpecError
+from mlpipe.serve.metrics import Metrics
+from mlpipe.serve.monitor import DriftWatch
+from mlpipe.spec import load_spec
+
+NAMES = ["a", "b", "flag"]
+
+
+def sample(rng: np.random.Generator, rows: int, shift: float = 0.0) -> np.ndarray:
+    matrix = rng.normal(size=(rows, 3))
+    matrix[:, 0] += shift
+    matrix[:, 2] = rng.integers(0, 2, rows)  # a 0/1 column
+    return matrix
+
+
+@pytest.fixture(scope="module")
+def profile():
+    matrix = sample(np.random.default_rng(0), 5000)
+    return drift.build_profile(NAMES, matrix, matrix[:, 0] * 2 + matrix[:, 1])
+
+
+def counts_of(profile, matrix) -> drift.Counts:
+    counts = drift.Counts(profile)
+    counts.add(matrix, matrix[:, 0] * 2 + matrix[:, 1])
+    return counts
+
+
+def test_the_profile_cuts_at_deciles_and_merges_repeated_cuts(profile):
+    a, _, flag = profile.features
+    assert len(a.cuts) == 9 and np.allclose(a.shares, 0.1, atol=0.002)
+    assert flag.cuts == [0.0, 1.0] and flag.shares[2] == 0  # repeated deciles merged
+    assert a.count == 5000 and a.missing == 0 and abs(a.quantiles["p50"]) < 0.1
+    assert profile.prediction.name == "prediction" and len(profile.prediction.cuts) == 9
+    assert drift.Profile.from_json(profile.to_json()) == profile
+
+
+def test_missing_values_are_counted_not_binned():
+    column = drift.profile_column("x", np.array([1.0, 2.0, np.nan, 4.0]))
+    assert column.count == 4 and column.missing == 1 and sum(column.shares) == pytest.approx(1)
+
+
+def test_same_distribution_is_quiet_and_a_shifted_mean_is_flagged(profile):
+    rng = np.random.default_rng(1)
+    calm = drift.compare(counts_of(profile, sample(rng, 2000)))
+    assert not calm.drifted and max(f.psi for f in calm.features) < 0.05
+    moved = drift.compare(counts_of(profile, sample(rng, 2000, shift=1.0)))
+    assert moved.drifted_features == ["a"] and moved.prediction.drifted
+    assert moved.features[0].psi > 0.5 and 0.3 < moved.features[0].ks < 0.5
+    summary = moved.summary()
+    assert summary["max_psi_feature"] == "a" and summary["drifted"] is True
+    assert moved.metrics()["drift_psi_a"] == moved.features[0].psi
+
+
+def test_psi_and_ks_match_their_definitions():
+    expected, observed = np.array([0.5, 0.5]), np.array([0.8, 0.2])
+    psi = 0.3 * np.log(0.8 / 0.5) + (-0.3) * np.log(0.2 / 0.5)
+    assert drift.psi(expected, observed) == pytest.approx(psi)
+    assert drift.binned_ks(expected, observed) == pytest.approx(0.3)
+    assert drift.psi(np.array([1.0, 0.0]), np.array([1.0, 0.0])) == 0  # empty bins are finite
+
+
+def test_thresholds_and_min_rows_decide_the_flag(profile):
+    moved = sample(np.random.default_rng(2), 2000, shift=1.0)
+    few = profile.with_thresholds(drift.Thresholds(min_rows=5000))
+    assert not drift.compare(counts_of(few, moved)).drifted  # figures only below min_rows
+    ks_only = profile.with_thresholds(drift.Thresholds(psi=None, ks=0.9))
+    assert not drift.compare(counts_of(ks_only, moved)).drifted
+    ks_low = profile.with_thresholds(drift.Thresholds(psi=None, ks=0.2))
+    assert drift.compare(counts_of(ks_low, moved)).drifted_features == ["a"]
+
+
+def test_the_window_holds_only_the_last_rows(profile):
+    rng = np.random.default_rng(3)
+    rows = [sample(rng, 70, shift=k % 2) for k in range(9)]
+    window = drift.Window(profile, 200)
+    for matrix in rows:
+        window.add(matrix, matrix[:, 0])
+    last = np.concatenate(rows)[-200:]
+    reference = drift.Counts(profile)
+    reference.add(last, last[:, 0])
+    assert window.rows == 200 and (window.table == reference.table).all()
+
+
+def test_the_server_watch_queues_requests_and_flags_a_crossing_once(profile):
+    class Model:
+        def __init__(self, profile):
+            self.profile = profile
+
+    watch, sent = DriftWatch(Metrics(), window_rows=300), []
+    model = Model(profile)
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        rows = sample(rng, 50)
+        watch.observe(model, rows, rows[:, 0] * 2 + rows[:, 1])
+    assert watch.queued <= 300 + 50  # requests older than the window are dropped unbinned
+    assert not watch.check(lambda m, r: sent.append(r)).drifted and not sent
+    for _ in range(10):
+        rows = sample(rng, 50, shift=1.5)
+        watch.observe(model, rows, rows[:, 0] * 2 + rows[:, 1])
+    watch.check(lambda m, r: sent.append(r))
+    watch.check(lambda m, r: sent.append(r))
+    assert len(sent) == 1 and sent[0].drifted_features == ["a"]  # once per crossing
+    watch.observe(Model(None), rows, rows[:, 0])  # a version without a profile: ignored
+    assert watch.window is not None and watch.window.rows == 300
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags.append(tag)
+
+
+def test_the_report_is_a_page_with_a_table_row_and_a_chart_per_column(profile):
+    result = drift.compare(counts_of(profile, sample(np.random.default_rng(5), 500, 1.0)))
+    page = drift.html_report(result, profile, "Drift of <today>")
+    parser = _Page()
+    parser.feed(page)
+    assert parser.tags.count("tr") == 1 + 4 and parser.tags.count("svg") == 4
+    assert "Drift of &lt;today&gt;" in page and '<tr class="drifted"><td>a</td>' in page
+
+
+def test_the_spec_carries_monitoring_thresholds(tmp_path):
+    spec = load_spec(None, {"monitoring.psi_threshold": 0.3, "monitoring.window": 500})
+    assert spec.monitoring.psi_threshold == 0.3 and spec.monitoring.window == 500
+    path = tmp_path / "spec.yaml"
+    path.write_text("monitoring:\n  psi_threshold: null\n  ks_threshold: null\n")
+    with pytest.raises(SpecError, match="set one of them"):
+        load_spec(path)

@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-# Test modules run on two processes (pytest-xdist, one module per process at a time): most of
-# an integration test is waiting for servers and subprocesses.
-PYTEST_ARGS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
+# One process by default. On a machine with cores to spare, test modules can run side by side
+# (pytest-xdist): make test PYTEST_ARGS="--numprocesses=4 --dist=loadfile". On 2 cores that
+# was 20 min instead of 25, with servers timing out under the load: not the default.
+PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint system-deps bench bench-serve bench-score bench-stream bench-scale \
 	bench-db lock clean

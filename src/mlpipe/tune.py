@@ -418,6 +418,11 @@ def run_tuning(
     prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
+    if not os.environ.get("PREFECT_API_URL"):
+        # Both threads below touch SQLAlchemy's global mapper registry: MLflow's store runs
+        # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
+        # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
+        import prefect.server.database.orm_models  # noqa: F401
     with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
         prefect_ready = pool.submit(start_prefect_backend)
         mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)

@@ -211,7 +211,7 @@ def servers(tmp_path_factory):
 
 def api(project: dict, method: str, path: str, **kwargs) -> httpx.Response:
     """A call to the Prefect server's API (``project["api"]``), raising on an error status."""
-    reply = httpx.request(method, project["api"] + path, timeout=10, **kwargs)
+    reply = httpx.request(method, project["api"] + path, timeout=30, **kwargs)
     reply.raise_for_status()
     return reply
 

@@ -77,7 +77,10 @@ def runs_of(project, flow: str, state: str | None = None) -> list[dict]:
 def wait_for(what: str, check, seconds: float = 180):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        found = check()
+        try:
+            found = check()
+        except httpx.TransportError:  # a busy server answering late: ask again
+            found = None
         if found:
             return found
         time.sleep(1)

@@ -64,11 +64,18 @@ class Tracker:
         self.client = client
         try:
             experiment = client.get_experiment_by_name(experiment_name)
-            self.experiment_id = (
-                experiment.experiment_id
-                if experiment is not None
-                else client.create_experiment(experiment_name)
-            )
+            if experiment is not None:
+                self.experiment_id = experiment.experiment_id
+            else:
+                try:
+                    self.experiment_id = client.create_experiment(experiment_name)
+                except MlflowException as exc:
+                    # shards starting together race to create it: the loser takes the winner's
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    self.experiment_id = client.get_experiment_by_name(
+                        experiment_name
+                    ).experiment_id
         except MlflowException as exc:
             raise UserError(
                 f"MLflow store {client.tracking_uri}: cannot open experiment "

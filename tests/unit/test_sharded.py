@@ -31,3 +31,25 @@ def test_each_missing_shard_is_named_with_what_it_last_reported():
 def test_no_shard_started_says_what_to_run():
     error = str(_not_ready(TRACKER, "abc", [], {}))
     assert "no shard has started" in error and "--shard I/N" in error
+
+
+def test_shards_racing_to_create_the_experiment_share_the_winners():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    from mlpipe.tracking import Tracker
+
+    class Client:  # another shard creates the experiment between our read and our create
+        tracking_uri = "http://mlflow"
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def get_experiment_by_name(self, name):
+            self.reads += 1
+            return None if self.reads == 1 else type("E", (), {"experiment_id": "7"})()
+
+        def create_experiment(self, name):
+            raise MlflowException("already exists", error_code=RESOURCE_ALREADY_EXISTS)
+
+    assert Tracker(Client(), "sharded").experiment_id == "7"

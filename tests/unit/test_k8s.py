@@ -23,11 +23,38 @@ from mlpipe.tune import prepare
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
-K8S_VERSION = "1.37.0"
+# Every minor version a cluster may run today, from the oldest still served by managed offerings
+# (GKE, EKS) to the newest kubernetes-validate ships: older APIs require fields newer ones default
+# (podFailurePolicy's onPodConditions[].status, required up to 1.34).
+OLDEST_K8S = (1, 30)
+K8S_VERSIONS = sorted(
+    {
+        v
+        for v in kubernetes_validate.utils.all_versions()
+        if tuple(map(int, v.split(".")[:2])) >= OLDEST_K8S
+    },
+    key=lambda v: tuple(map(int, v.split("."))),
+)
 
 
 def validate(doc: dict) -> None:
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    """Strictly valid on every version in K8S_VERSIONS."""
+    refused = {}
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            refused[version] = exc
+    if refused:  # the first refusal, its .version naming every version that refused
+        error = next(iter(refused.values()))
+        error.version = ", ".join(refused)
+        raise error
+
+
+def test_the_versions_run_from_1_30_to_the_newest_schema():
+    minors = [int(v.split(".")[1]) for v in K8S_VERSIONS]
+    assert minors[0] == 30 and minors[-1] >= 37
+    assert minors == list(range(30, minors[-1] + 1))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +142,27 @@ def test_the_validation_is_strict():
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(job)
+
+
+def test_a_field_older_apis_require_is_caught():
+    rule = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "x"},
+        "spec": {
+            "podFailurePolicy": {"rules": [rule]},
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}
+            },
+        },
+    }
+    kubernetes_validate.validate(job, "1.35.0", strict=True)  # optional from 1.35 on
+    with pytest.raises(kubernetes_validate.ValidationError, match="'status' is a required") as e:
+        validate(job)
+    assert e.value.version == "1.30.0, 1.31.0, 1.32.0, 1.33.0, 1.34.0"
+    rule["onPodConditions"][0]["status"] = "True"
+    validate(job)
 
 
 def test_sharded_tuning_is_an_indexed_job_then_finalize(rendered, default_search_id):

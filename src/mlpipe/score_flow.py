@@ -127,10 +127,10 @@ def score_partition(
         logger.warning("version %s has no training profile: drift not checked", loaded.version)
         return outcome
     result = drift.compare(monitor)
-    run_id = log_drift(tracking_uri, paths.partition, loaded, summary.to_dict(), result)
+    run_id = log_drift(tracking_uri, paths.partition, loaded, outcome["summary"], result)
     outcome["drift"] = result.summary() | {"mlflow_run_id": run_id}
     if result.drifted:
-        logger.warning("drift in %s: %s", paths.partition, result.summary())
+        logger.warning("drift in %s: %s", paths.partition, outcome["drift"])
         signals.drift_detected(
             loaded.ref.name,
             loaded.version,
@@ -172,26 +172,27 @@ def latest_partition(input_root: str) -> str:
     found = input_partitions(input_root)
     if not found:
         raise DataError(f"{input_root}: no partition folder with .csv or .parquet files")
-    return found[-1]
+    return max(found)
 
 
-def input_partitions(input_root: str) -> list[str]:
-    """Folders directly under ``input_root`` holding data files, sorted by name. Hidden and
-    ``_``-prefixed names are skipped: land files under such a name and rename them when whole."""
+def input_partitions(input_root: str) -> dict[str, int]:
+    """Folders directly under ``input_root`` holding data files, with their file counts, in name
+    order. Hidden and ``_``-prefixed names are skipped: land files under such a name and rename
+    them when whole."""
     from mlpipe.tables import input_files
 
     root = Path(input_root)
     if not root.is_dir():
-        return []
-    found = []
+        return {}
+    found = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name.startswith((".", "_")) or not _PARTITION_PART.match(folder.name):
             continue
         try:
-            input_files(folder)
+            files, _ = input_files(folder)
         except DataError:
             continue
-        found.append(folder.name)
+        found[folder.name] = len(files)
     return found
 
 
@@ -254,21 +255,19 @@ def watch_incoming(
     from prefect.variables import Variable
 
     from mlpipe import signals
-    from mlpipe.tables import input_files
 
-    waiting = [
-        p
-        for p in input_partitions(input_root)
+    waiting = {
+        p: files
+        for p, files in input_partitions(input_root).items()
         if not partition_paths(p, input_root, output_root).output.exists()
-    ]
+    }
     # What earlier runs announced and is still waiting; kept in a Prefect variable, so the
     # sensor holds no state of its own. Deployed with a concurrency limit of 1.
     name = f"mlpipe_announced_{zlib.crc32(str(Path(input_root).resolve()).encode()):08x}"
     announced: set[str] = set(Variable.get(name, default=[]) or [])
     new = [p for p in waiting if p not in announced]
     for partition in new:
-        files, _ = input_files(Path(input_root) / partition)
-        signals.data_arrived(partition, input_root, len(files))
+        signals.data_arrived(partition, input_root, waiting[partition])
     Variable.set(name, sorted(announced.intersection(waiting) | set(new)), overwrite=True)
     get_run_logger().info("%d partition(s) waiting, announced %s", len(waiting), new or "none")
     return new

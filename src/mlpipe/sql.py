@@ -214,13 +214,14 @@ def _copy_out(
     cursor = connection.connection.driver_connection.cursor()
     try:
         cursor.execute(f"SELECT * FROM ({query}) AS mlpipe_query LIMIT 0", values)
-        names = [c.name for c in cursor.description]
-        types = {}
-        for column in cursor.description:
-            typname = cursor.execute(
-                "SELECT typname FROM pg_type WHERE oid = %s", (column.type_code,)
-            ).fetchone()
-            types[column.name] = _PG_TYPES.get(typname[0] if typname else "", pa.string())
+        columns = [(c.name, c.type_code) for c in cursor.description]
+        names = [name for name, _ in columns]
+        typnames = dict(
+            cursor.execute(
+                "SELECT oid, typname FROM pg_type WHERE oid = ANY(%s)", ([o for _, o in columns],)
+            )
+        )
+        types = {name: _PG_TYPES.get(typnames.get(oid, ""), pa.string()) for name, oid in columns}
         with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)", values) as copy:
             reader = pacsv.open_csv(
                 io.BufferedReader(_CopyStream(copy), 1 << 20),
@@ -320,8 +321,10 @@ class SqlSink:
         self.metadata = sa.MetaData(schema=schema or None)
         try:
             self._lock(table)
-            self.predictions = self._prepare(name, predictions, create=True)
-            self.rejects = self._prepare(f"{name}_rejects", rejects, create=False)
+            self.predictions, _ = self._prepare(name, predictions, create=True)
+            self.rejects, self.rejects_exist = self._prepare(
+                f"{name}_rejects", rejects, create=False
+            )
         except sa.exc.SQLAlchemyError as exc:
             self.discard()
             raise _database_error(url, exc) from exc
@@ -350,9 +353,9 @@ class SqlSink:
             columns.insert(0, sa.Column(self.partition[0], sa.Text(), index=True))
         return columns
 
-    def _prepare(self, name: str, schema: pa.Schema, create: bool) -> Any:
-        """The table object; created when missing (if ``create``), this partition's old rows
-        deleted when it exists."""
+    def _prepare(self, name: str, schema: pa.Schema, create: bool) -> tuple[Any, bool]:
+        """The table object and whether it exists now; created when missing (if ``create``),
+        this partition's old rows deleted when it exists."""
         import sqlalchemy as sa
 
         table = sa.Table(name, self.metadata, *self._columns(schema))
@@ -360,20 +363,21 @@ class SqlSink:
         if not exists:
             if create:
                 table.create(self.connection)
-            return table
+            return table, create
         delete = table.delete()
         if self.partition is not None:
             delete = delete.where(table.c[self.partition[0]] == self.partition[1])
         self.connection.execute(delete)
-        return table
+        return table, True
 
     def write_predictions(self, rows: pa.Table) -> None:
         self._insert(self.predictions, rows)
         self.scored += rows.num_rows
 
     def write_rejects(self, rows: pa.Table) -> None:
-        if self.rejected == 0 and not sa_has_table(self.connection, self.rejects):
+        if not self.rejects_exist:
             self.rejects.create(self.connection)
+            self.rejects_exist = True
         self._insert(self.rejects, rows)
         self.rejected += rows.num_rows
 
@@ -425,9 +429,3 @@ class SqlSink:
         finally:
             self.connection.close()
             self.engine.dispose()
-
-
-def sa_has_table(connection: Any, table: Any) -> bool:
-    import sqlalchemy as sa
-
-    return bool(sa.inspect(connection).has_table(table.name, schema=table.schema))

@@ -28,13 +28,15 @@ run: $(STAMP)  ## tune the default spec on the bundled Boston data
 test: $(STAMP) system-deps  ## the whole suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Debian packages the tests run for real: PostgreSQL (database sources and sinks) and Chromium
-# (the drift report). Installed when missing and root; otherwise those tests skip (CI: fail).
+# Debian packages the tests run for real: PostgreSQL (database sources and sinks), Chromium
+# (the drift report) and curl (a client of the prediction API). Installed when missing and root;
+# otherwise those tests skip (CI: fail).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "installing Debian packages:$$missing"; \

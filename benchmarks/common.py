@@ -34,6 +34,19 @@ def environment(folder: str, tracking_uri: str | None) -> dict[str, str]:
     return env
 
 
+def jittered_boston(rng: Any, rows: int) -> Any:
+    """``rows`` Boston rows drawn at random, the float columns scaled by U(0.95, 1.05) and the
+    integer ones (CHAS, RAD, TAX) kept as they are: the table's own types, as the model's
+    signature declares them."""
+    import pandas as pd
+
+    boston = pd.read_csv(DATA).drop(columns=["MEDV"])
+    sample = boston.iloc[rng.integers(0, len(boston), rows)].reset_index(drop=True)
+    floats = [c for c in sample.columns if sample[c].dtype.kind == "f"]
+    sample[floats] = sample[floats] * rng.uniform(0.95, 1.05, (rows, len(floats)))
+    return sample
+
+
 def measure(command: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one process."""
     started = time.perf_counter()

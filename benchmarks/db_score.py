@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 import psycopg
-from common import BIN, DATA, MODEL, arguments, environment, measure, report
+from common import BIN, MODEL, arguments, environment, jittered_boston, measure, report
 
 from mlpipe.localdb import local_postgres
 
@@ -51,17 +51,18 @@ pd.DataFrame({"id": frame["id"], "prediction": predictions}).to_sql(
 
 
 def load_table(dsn: str, password: str, rows: int, chunk: int = 200_000) -> None:
-    """``rows`` jittered Boston rows (float8 features) plus a bigint id, through COPY."""
-    boston = pd.read_csv(DATA).drop(columns=["MEDV"]).astype("float64")
+    """``rows`` jittered Boston rows (float8 and bigint features, as the table has them) plus a
+    bigint id, through COPY."""
     rng = np.random.default_rng(0)
-    columns = ", ".join(f'"{c}" float8' for c in boston.columns)
+    boston = jittered_boston(rng, 1)
+    columns = ", ".join(
+        f'"{c}" {"bigint" if boston[c].dtype.kind == "i" else "float8"}' for c in boston.columns
+    )
     with psycopg.connect(dsn, password=password, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE houses (id bigint, {columns})")
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            sample = boston.to_numpy()[rng.integers(0, len(boston), n)]
-            sample = sample * rng.uniform(0.95, 1.05, sample.shape)
-            frame = pd.DataFrame(sample, columns=boston.columns)
+            frame = jittered_boston(rng, n)
             frame.insert(0, "id", np.arange(start, start + n))
             buffer = io.StringIO()
             frame.to_csv(buffer, index=False, header=False)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BIN, DATA, MODEL, arguments, environment, measure, report
+from common import BIN, MODEL, arguments, environment, jittered_boston, measure, report
 
 BASELINE = """
 import sys
@@ -41,20 +41,20 @@ pd.DataFrame({"id": frame["id"], "prediction": predictions}).to_parquet(sys.argv
 
 
 def write_table(path: Path, rows: int, chunk: int = 500_000) -> None:
-    """``rows`` jittered Boston rows (float64 features) plus an int64 id, in chunks."""
-    boston = pd.read_csv(DATA).drop(columns=["MEDV"]).astype("float64")
+    """``rows`` jittered Boston rows (the table's own column types) plus an int64 id, in chunks."""
     rng = np.random.default_rng(0)
-    schema = pa.schema(
-        [pa.field("id", pa.int64()), *(pa.field(c, pa.float64()) for c in boston.columns)]
-    )
-    with pq.ParquetWriter(path, schema) as writer:
+    writer = None
+    try:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            sample = boston.to_numpy()[rng.integers(0, len(boston), n)]
-            sample = sample * rng.uniform(0.95, 1.05, sample.shape)
-            columns = [pa.array(np.arange(start, start + n, dtype=np.int64))]
-            columns += [pa.array(sample[:, j]) for j in range(sample.shape[1])]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            frame = jittered_boston(rng, n)
+            frame.insert(0, "id", np.arange(start, start + n, dtype=np.int64))
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="mlpipe-bench-serve-")
     env = environment(folder, args.tracking_uri)
 
-    frame = pd.read_csv(DATA).drop(columns=["MEDV"]).astype("float64")
+    frame = pd.read_csv(DATA).drop(columns=["MEDV"])  # as pandas reads it: RAD, TAX integers
     body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})
     servers = {
         "mlflow models serve": (

@@ -4,7 +4,8 @@ One contract for online, batch and stream scoring. It turns records (``{feature:
 columns (``{feature: [values]}``) or a header plus rows into a float64 matrix in the signature's
 column order, or raises ``InputError`` listing each problem with its row and field. Only finite
 numbers pass: no strings, booleans, nulls, NaN or Infinity (as literals or strings), no missing
-and no unknown features.
+and no unknown features. An integer column (``long``, ``integer``) takes integers and integral
+floats (``3`` or ``3.0``, as a CSV cell or a float64 column holds them), not ``3.5``.
 
 The common case (every value a plain number) is checked with set and type tests and one numpy
 conversion; the detailed walk runs only to explain a rejection. Batch scoring checks whole
@@ -25,13 +26,11 @@ import numpy as np
 
 from mlpipe.errors import UserError
 
-# MLflow column types a numeric model can take, and the Python values each accepts.
-NUMERIC_TYPES: dict[str, tuple[type, ...]] = {
-    "double": (float, int),
-    "float": (float, int),
-    "long": (int,),
-    "integer": (int,),
-}
+# MLflow column types a numeric model can take; every one takes Python ints and floats (an
+# integer column only integral ones).
+NUMERIC_TYPES = ("double", "float", "long", "integer")
+INTEGER_TYPES = frozenset({"long", "integer"})
+_NUMBERS = frozenset({int, float})
 MAX_PROBLEMS = 20  # a 10,000-row batch of bad rows gets a readable error, not a 10,000-line one
 _NONFINITE_WORDS = frozenset({"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
@@ -88,9 +87,8 @@ class InputContract:
                 f"models whose inputs are all numeric ({', '.join(NUMERIC_TYPES)})"
             )
         object.__setattr__(self, "_name_set", frozenset(self.names))
-        # the Python types any column takes, for the one-pass check of the common case
-        accepted = frozenset(t for name in self.types for t in NUMERIC_TYPES[name])
-        object.__setattr__(self, "_accepted", accepted)
+        integers = [j for j, kind in enumerate(self.types) if kind in INTEGER_TYPES]
+        object.__setattr__(self, "_integer_columns", np.array(integers, dtype=np.intp))
 
     @classmethod
     def from_signature_inputs(cls, inputs: Sequence[Mapping[str, Any]]) -> InputContract:
@@ -171,7 +169,7 @@ class InputContract:
             values = columns.values[j]
             matrix[:, j] = values
             column_bad = ~np.isfinite(values)
-            if kind not in ("double", "float"):
+            if kind in INTEGER_TYPES:
                 column_bad |= np.isfinite(values) & (values != np.round(values))
             bad |= column_bad
         valid = ~bad
@@ -188,10 +186,9 @@ class InputContract:
         return matrix, valid, reasons
 
     def _to_matrix(self, rows: list[list[Any]]) -> np.ndarray | None:
-        accepted = self._accepted  # type: ignore[attr-defined]
         for row in rows:
             for value in row:
-                if type(value) not in accepted:  # type(), not isinstance: bool is an int
+                if type(value) not in _NUMBERS:  # type(), not isinstance: bool is an int
                     return None
         try:
             matrix = np.array(rows, dtype=np.float64)
@@ -199,13 +196,12 @@ class InputContract:
             return None
         if not np.isfinite(matrix).all():
             return None
-        if len(set(self.types)) > 1 or self.types[0] not in ("double", "float"):
-            # integer columns: only JSON integers (checked per value in the slow path)
-            for row in rows:
-                for value, kind in zip(row, self.types, strict=True):
-                    if type(value) not in NUMERIC_TYPES[kind]:
-                        return None
-        return matrix.reshape(len(rows), len(self.names))
+        matrix = matrix.reshape(len(rows), len(self.names))
+        columns: np.ndarray = self._integer_columns  # type: ignore[attr-defined]
+        integers = matrix[:, columns]
+        if integers.size and (integers != np.round(integers)).any():
+            return None  # 3.5 for an integer column: the slow path names it
+        return matrix
 
     def _record_problems(self, records: Sequence[Any]) -> list[Problem]:
         problems: list[Problem] = []
@@ -256,7 +252,7 @@ class ColumnValues:
             return "is NaN; NaN and Infinity are not accepted"
         if math.isinf(value):
             return f"is {value}; NaN and Infinity are not accepted"
-        if kind not in ("double", "float") and value != round(value):
+        if kind in INTEGER_TYPES and value != round(value):
             return f"is {value}; an integer is required"
         return None
 
@@ -285,7 +281,9 @@ def _value_problem(value: Any, kind: str) -> str | None:
             return "is an integer too large for a float64"
         return None
     if isinstance(value, float):
-        return None if kind in ("double", "float") else f"is {value}; an integer is required"
+        if kind in INTEGER_TYPES and value != round(value):
+            return f"is {value}; an integer is required"
+        return None
     return f"is {_kind(value)}; a number is required"
 
 

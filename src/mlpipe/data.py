@@ -7,10 +7,11 @@ be checked against ``GridSearchCV``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,14 +21,30 @@ from mlpipe.spec import DataSpec
 
 FILE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
+# Integer features stay integers in the model's signature (MLflow's `long`), so `mlflow.pyfunc`
+# takes the table as pandas reads it; MLflow refuses an int64 column where the signature says
+# double. Every width is declared as the widest (long, double): pyfunc takes an int32 Parquet
+# column and the same file's CSV (int64) alike. uint64 (beyond long), booleans and nullable
+# extension types are declared double, as every feature was before.
+_SIGNATURE_DTYPE = {
+    **dict.fromkeys(["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"], "int64"),
+    **dict.fromkeys(["float16", "float32", "float64"], "float64"),
+}
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features and target of one table."""
+    """Features (as float64) and target of one table, with the feature types as loaded."""
 
     name: str
     X: pd.DataFrame
     y: pd.Series
+    dtypes: dict[Any, str] = field(default_factory=dict)  # column -> int64 or float64
+
+    def as_loaded(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` (rows of ``X``) with the columns' types as the table had them: what the
+        signature and the input example describe. Exact: integer values were integers."""
+        return frame.astype({c: self.dtypes.get(c, "float64") for c in frame.columns})
 
     @cached_property
     def fingerprint(self) -> str:
@@ -80,9 +97,10 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
         raise DataError(
             f"data.target: column {target!r} has {int(y.isna().sum())} missing value(s)"
         )
-    # Integers become float64 once, here: the model signature then accepts any number, and a
-    # missing value at serving time cannot break an integer column's schema.
-    return Dataset(name=spec.name, X=X.astype("float64"), y=y.astype("float64"))
+    # The search computes on float64 (as GridSearchCV's input validation would); the types as
+    # loaded are kept for the signature and the input example.
+    dtypes = {c: _SIGNATURE_DTYPE.get(str(X[c].dtype), "float64") for c in X}
+    return Dataset(name=spec.name, X=X.astype("float64"), y=y.astype("float64"), dtypes=dtypes)
 
 
 def _read_source(spec: DataSpec, seed: int) -> pd.DataFrame:

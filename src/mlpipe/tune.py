@@ -49,7 +49,14 @@ from mlpipe.search import (
 )
 from mlpipe.spec import Spec
 from mlpipe.terminal import NullObserver, Observer
-from mlpipe.tracking import CHALLENGER, CHAMPION, Promotion, Tracker, resolve_tracking_uri
+from mlpipe.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    Promotion,
+    Tracker,
+    infer_signature,
+    resolve_tracking_uri,
+)
 from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
 
 if TYPE_CHECKING:
@@ -286,15 +293,15 @@ def finish(
     )
     timings["refit"] = time.perf_counter() - started
 
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(split.X_test, predictions)
+    # The signature and the example describe the table as the user holds it (integer columns
+    # stay integers), so mlflow.pyfunc takes the table as pandas reads it.
+    signature = infer_signature(plan.dataset.as_loaded(split.X_test), predictions)
     profile = training_profile(spec, model, split)
     model_uri, version = tracker.log_model(
         parent_run_id,
         family.name,
         model,
-        split.X_train.head(5),
+        plan.dataset.as_loaded(split.X_train.head(5)),
         signature,
         spec.model_name,
         held_out=split.X_test,
@@ -376,14 +383,14 @@ def promote(
     tracker: Tracker, model_name: str, version: str, test_mse: float, split: Split
 ) -> Promotion:
     """Move ``champion`` to ``version`` only if it beats the current champion on this test split."""
-    from mlpipe.tracking import load_model
+    from mlpipe.tracking import load_model, predict_frame
 
     current = tracker.champion_version(model_name)
     champion_mse: float | None = None
     if current is not None and current != version:
         champion = load_model(f"models:/{model_name}/{current}")
         champion_mse = regression_metrics(
-            split.y_test.to_numpy(), np.asarray(champion.predict(split.X_test)).ravel()
+            split.y_test.to_numpy(), predict_frame(champion, split.X_test)
         )["mse"]
     alias = CHAMPION if champion_mse is None or test_mse < champion_mse else CHALLENGER
     tracker.set_alias(model_name, alias, version)

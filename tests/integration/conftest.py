@@ -92,7 +92,7 @@ def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[None]:
+def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[subprocess.Popen]:
     """Run a server in its own session, its output in ``log``, from when ``ready_url`` answers
     200 until the block ends; then stop it."""
     with log.open("wb") as out:
@@ -101,7 +101,7 @@ def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[
         )
         try:
             wait_http(ready_url, proc)
-            yield
+            yield proc
         finally:
             stop(proc)
 

@@ -43,7 +43,7 @@ def score(store, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_scores_a_csv_like_mlflow_and_rejects_bad_rows(store, pyfunc, tmp_path):
-    frame = pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64")
+    frame = pd.read_csv(BOSTON).drop(columns=["MEDV"])
     text = frame.astype(str).assign(house=[f"h{i}" for i in range(len(frame))])
     text.loc[5, "RM"] = "six"
     text.loc[8, "NOX"] = "NaN"
@@ -83,15 +83,14 @@ def test_too_many_rejects_stop_with_the_first_reasons(store, tmp_path):
 
 
 def test_a_scorer_killed_halfway_leaves_no_output_and_a_rerun_gives_the_same_rows(store, tmp_path):
-    boston = pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64").to_numpy()
+    boston = pd.read_csv(BOSTON).drop(columns=["MEDV"])
     rng = np.random.default_rng(0)
     rows = 1_000_000
-    sample = boston[rng.integers(0, len(boston), rows)] * rng.uniform(0.95, 1.05, (rows, 13))
-    names = pd.read_csv(BOSTON, nrows=0).columns[:13]
-    pq.write_table(
-        pa.table({"id": np.arange(rows), **{n: sample[:, j] for j, n in enumerate(names)}}),
-        tmp_path / "big.parquet",
-    )
+    sample = boston.iloc[rng.integers(0, len(boston), rows)].reset_index(drop=True)
+    floats = [c for c in sample if sample[c].dtype.kind == "f"]  # integer columns stay integers
+    sample[floats] *= rng.uniform(0.95, 1.05, (rows, len(floats)))
+    sample.insert(0, "id", np.arange(rows))
+    pq.write_table(pa.Table.from_pandas(sample, preserve_index=False), tmp_path / "big.parquet")
     args = [str(BIN / "mlpipe"), "score", "--model", MODEL, "-i", "big.parquet",
             "-o", "scored/p.parquet", "--id-column", "id", "--quiet"]  # fmt: skip
     env = {**os.environ, **store["env"]}

@@ -125,7 +125,7 @@ def test_boston_search_is_tracked_registered_and_equals_grid_search(train, workd
     assert type(model).__name__ == "RandomForestRegressor"
     pyfunc = mlflow.pyfunc.load_model("models:/boston-rf/1")
     assert pyfunc.metadata.signature is not None
-    prediction = pyfunc.predict(X.head(3).astype("float64"))
+    prediction = pyfunc.predict(boston()[0].head(3))  # the table as pandas reads it
     assert np.all(np.isfinite(prediction)) and len(prediction) == 3
     mlmodel = (folder / "model" / "MLmodel").read_text()
     assert "serialization_format: skops" in mlmodel and "sklearn.tree._tree.Tree" in mlmodel

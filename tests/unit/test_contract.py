@@ -87,11 +87,18 @@ def test_problems_are_capped():
     assert "more" in str(error)
 
 
-def test_integer_columns_take_only_integers():
-    contract = InputContract(("n",), ("long",))
-    assert contract.matrix_from_records([{"n": 3}]).tolist() == [[3.0]]
-    found, _ = problems(contract.matrix_from_records, [{"n": 2.5}])
-    assert "an integer is required" in found[0][2]
+@pytest.mark.parametrize("kind", ["long", "integer"])
+def test_integer_columns_take_integers_and_integral_floats(kind):
+    contract = InputContract(("x", "n"), ("double", kind))
+    assert contract.matrix_from_records([{"x": 0.5, "n": 3}]).tolist() == [[0.5, 3.0]]
+    # 3.0 is what a CSV cell or a float64 column holds: the same row, the same matrix
+    assert contract.matrix_from_records([{"x": 0.5, "n": 3.0}]).tolist() == [[0.5, 3.0]]
+    assert contract.matrix_from_rows(["x", "n"], [[0.5, 3.0], [1, -2]]).tolist() == [
+        [0.5, 3.0],
+        [1.0, -2.0],
+    ]
+    found, _ = problems(contract.matrix_from_records, [{"x": 0.5, "n": 3.0}, {"x": 1, "n": 2.5}])
+    assert found == [(1, "n", "is 2.5; an integer is required")]
 
 
 def test_non_numeric_signatures_are_refused():

@@ -48,6 +48,32 @@ def test_files_load(tmp_path, suffix):
     assert list(ds.X.columns) == ["a", "b"]
     assert ds.X.dtypes.eq(np.float64).all()
     assert ds.name == "t"
+    assert ds.dtypes == {"a": "float64", "b": "int64"}
+
+
+def test_the_feature_types_as_loaded_are_kept_for_the_signature(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "i32": np.array([1, 2, 3], dtype="int32"),
+            "u8": np.array([1, 2, 3], dtype="uint8"),
+            "f32": np.array([0.5, 1.5, 2.5], dtype="float32"),
+            "u64": np.array([1, 2, 3], dtype="uint64"),
+            "flag": [True, False, True],
+            "y": [1, 2, 3],  # an integer target
+        }
+    )
+    frame.to_parquet(tmp_path / "t.parquet")
+    ds = load_dataset(DataSpec(source=str(tmp_path / "t.parquet"), target="y"), seed=0)
+    assert ds.X.dtypes.eq(np.float64).all() and ds.y.dtype == np.float64
+    # integers as long, floats as double (the widest: pyfunc takes narrower columns too);
+    # what MLflow cannot type as a number is declared double, as before
+    assert ds.dtypes == {"i32": "int64", "u8": "int64", "f32": "float64", "u64": "float64",
+                         "flag": "float64"}  # fmt: skip
+    loaded = ds.as_loaded(ds.X.iloc[:2])
+    assert loaded.dtypes.astype(str).tolist() == ["int64", "int64", "float64", "float64", "float64"]
+    assert loaded["i32"].tolist() == [1, 2] and loaded["f32"].tolist() == [0.5, 1.5]
+    boston = load_dataset(DataSpec(source="boston"), seed=0)
+    assert [c for c, kind in boston.dtypes.items() if kind == "int64"] == ["CHAS", "RAD", "TAX"]
 
 
 def test_bad_data_files(tmp_path):

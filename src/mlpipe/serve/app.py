@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from mlpipe.predictor import LoadedModel, ModelRef
 from mlpipe.serve import protocol
@@ -36,7 +36,16 @@ access_log = logging.getLogger("mlpipe.access")
 # Set by the server on SIGTERM (signals are per process): /ready answers 503 from then on.
 SHUTTING_DOWN = threading.Event()
 
-ROUTES = ("/predict", "/invocations", "/health", "/ping", "/ready", "/model", "/metrics")
+ROUTES = (
+    "/predict",
+    "/invocations",
+    "/health",
+    "/ping",
+    "/version",
+    "/ready",
+    "/model",
+    "/metrics",
+)
 
 
 def create_app(
@@ -76,7 +85,7 @@ def create_app(
     app = FastAPI(
         title="mlpipe prediction API",
         summary=f"Predictions from {ref.uri}",
-        version=_mlpipe_version(),
+        version=_version("mlpipe"),
         lifespan=lifespan,
     )
     app.state.slot = slot
@@ -87,6 +96,15 @@ def create_app(
     async def health() -> dict[str, str]:
         """The process is alive (it may still be loading the model)."""
         return {"status": "ok"}
+
+    mlflow_version = _version("mlflow")
+
+    @app.get("/version", tags=["operations"], response_class=PlainTextResponse)
+    async def version() -> PlainTextResponse:
+        """The MLflow version whose scoring protocol this server speaks, as `mlflow models
+        serve` answers it (MLflow's scoring-server client reads it); the model's version is in
+        /model."""
+        return PlainTextResponse(mlflow_version)
 
     @app.get("/ready", tags=["operations"])
     async def ready() -> JSONResponse:
@@ -303,10 +321,10 @@ class Observe:
                 )
 
 
-def _mlpipe_version() -> str:
+def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("mlpipe")
+        return version(package)
     except PackageNotFoundError:
         return "0"

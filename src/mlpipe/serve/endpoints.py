@@ -8,12 +8,13 @@ request reads ``slot.current`` once, so it is answered by exactly one model vers
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from mlpipe.contract import InputError
+from mlpipe.contract import InputError, Problem
 from mlpipe.predictor import LoadedModel
 from mlpipe.serve import protocol
 from mlpipe.serve.config import ServeConfig
@@ -26,6 +27,14 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 PATHS = ("/predict", "/invocations")
 
+# A body over the limit is read and thrown away before the 413 goes out, so that a client still
+# sending it (urllib, requests, most SDKs send the whole body before reading) reads the answer
+# instead of a connection reset; nginx's lingering close does the same. Past these bounds the
+# server answers and closes. A client that asks with `Expect: 100-continue` (curl) gets the 413
+# at once and sends nothing.
+DISCARD_BYTES = 128 * 2**20
+DISCARD_SECONDS = 30.0  # nginx's lingering_time
+
 
 class Unauthorized(Exception):
     """Missing or wrong bearer token."""
@@ -37,6 +46,22 @@ class Unavailable(Exception):
 
 class Disconnected(Exception):
     """The client went away before sending the whole body."""
+
+
+class TooLarge(InputError):
+    """The body is over the limit; ``close`` when the rest of it was not read."""
+
+    def __init__(self, size: int, limit: int, close: bool) -> None:
+        super().__init__(
+            [
+                Problem(
+                    f"the body has {size} bytes or more; at most {limit} are accepted "
+                    "(--max-body-bytes)"
+                )
+            ],
+            status=413,
+        )
+        self.close = close
 
 
 class Predictions:
@@ -65,7 +90,7 @@ class Predictions:
         try:
             model = self._model(headers)
             scope.setdefault("state", {})["model_version"] = model.version
-            body = await self._body(receive, headers.get(b"content-length"))
+            body = await self._body(receive, headers)
             content_type = headers.get(b"content-type")
             matrix = parse(
                 body, content_type.decode("latin-1") if content_type else None, model.contract,
@@ -79,6 +104,8 @@ class Predictions:
             )
         except InputError as exc:
             status, payload = exc.status, json.dumps(error_body(exc)).encode()
+            if isinstance(exc, TooLarge) and exc.close:
+                extra.append((b"connection", b"close"))
         except Unauthorized:
             status, payload = 401, _error(401, "missing or wrong bearer token")
             extra.append((b"www-authenticate", b"Bearer"))
@@ -110,11 +137,16 @@ class Predictions:
             raise Unavailable
         return model
 
-    async def _body(self, receive: Receive, declared: bytes | None) -> bytes:
-        """The body, refused with 413 as soon as it passes the limit."""
+    async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        """The body; over the limit, a 413 (``TooLarge``) once the rest is thrown away."""
         limit = self.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            size = int(declared)
+            waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+            if waiting or size > DISCARD_BYTES:  # not sent yet (no 100 Continue), or too much
+                raise TooLarge(size, limit, close=True)
+            raise TooLarge(size, limit, close=not await _discard(receive, 0))
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -122,18 +154,30 @@ class Predictions:
                 raise Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > limit:
-                raise _too_large(size, limit)
+                drained = not more or await _discard(receive, size)
+                raise TooLarge(size, limit, close=not drained)
             chunks.append(chunk)
-            if not message.get("more_body"):
+            if not more:
                 return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> InputError:
-    return InputError.single(
-        f"the body has {size} bytes or more; at most {limit} are accepted (--max-body-bytes)",
-        status=413,
-    )
+async def _discard(receive: Receive, size: int) -> bool:
+    """Read the rest of a body and drop it, a chunk at a time (the server reads the socket only
+    as fast as this takes, so memory stays flat). True if it ended within the bounds."""
+    try:
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while size <= DISCARD_BYTES:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Disconnected
+                size += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    return True
+    except TimeoutError:
+        pass
+    return False
 
 
 def _error(status: int, message: str) -> bytes:

@@ -101,8 +101,10 @@ class ModelSlot:
 
 
 def incompatibility(old: LoadedModel, new: LoadedModel) -> str | None:
-    """Why ``new`` cannot replace ``old`` for the same clients, or None."""
-    if old.contract == new.contract:
+    """Why ``new`` cannot replace ``old`` for the same clients, or None. The features must be
+    the same; their numeric types may differ (versions registered before mlpipe kept the table's
+    integer columns declare every column double: the clients' rows fit both)."""
+    if old.contract.names == new.contract.names:
         return None
     return (
         f"its inputs {list(new.contract.names)} ({', '.join(new.contract.types)}) differ from "

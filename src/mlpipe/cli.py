@@ -27,8 +27,8 @@ from mlpipe.stream.commands import stream_app  # noqa: E402
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlpipe.sharded import ShardOutcome
-    from mlpipe.tune import TuneOutcome
+    from mlpipe.tune.sharded import ShardOutcome
+    from mlpipe.tune.steps import TuneOutcome
 
 app = typer.Typer(
     help="mlpipe: tune, register, serve and batch-score models, with Prefect and MLflow.",
@@ -146,7 +146,7 @@ def train(
         ) from None
     except TuningError as exc:
         raise _fail(str(exc), code=1) from None
-    from mlpipe.sharded import ShardOutcome
+    from mlpipe.tune.sharded import ShardOutcome
 
     if isinstance(outcome, ShardOutcome):
         _print_shard_summary(outcome, _console(), tracking_uri=_tracking_uri())
@@ -208,8 +208,8 @@ def _run(
 ) -> TuneOutcome | ShardOutcome:
     # A fresh PREFECT_HOME took up to 26 s to start here; Prefect's default wait is shorter.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from mlpipe.terminal import NullObserver, PlainObserver, RichObserver
-    from mlpipe.tune import run_tuning
+    from mlpipe.tune.progress import NullObserver, PlainObserver, RichObserver
+    from mlpipe.tune.runtime import run_tuning
 
     observer: Any
     if quiet:
@@ -456,17 +456,19 @@ def score(
 ) -> None:
     """Score a file, folder, table or query into Parquet or a table in bounded memory; bad rows
     to rejects; the inputs' drift from the training data."""
-    from mlpipe import batch, drift, tables
+    from mlpipe import drift
+    from mlpipe.batch import files
+    from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
 
     console = _console()
     try:
         source, target = _score_ends(input, output, table, query, param, output_table, partition)
         loaded = open_model(model, _tracking_uri(), allow_pickle=allow_pickle, fast=onnx)
-        total = tables.count_rows(source) if isinstance(source, Path) else None
+        total = files.count_rows(source) if isinstance(source, Path) else None
         monitor = drift.Counts(loaded.profile) if loaded.profile else None
         with _row_progress(console, total, enabled=not quiet) as advance:
-            summary = batch.score(
+            summary = scoring.score(
                 loaded,
                 source,
                 target,
@@ -510,8 +512,8 @@ def _score_ends(
     partition: str | None,
 ) -> tuple[Any, Any]:
     """The input (a path or ``SqlSource``) and output (a path or ``SqlTarget``) asked for."""
-    from mlpipe.batch import SqlTarget
-    from mlpipe.sql import SqlSource, is_database, parse_pairs, resolve_url
+    from mlpipe.batch.score import SqlTarget
+    from mlpipe.batch.sql import SqlSource, is_database, parse_pairs, resolve_url
 
     pairs = parse_pairs([partition] if partition else [], "--partition")
     if is_database(input):
@@ -794,7 +796,7 @@ def deploy_k8s(
     serving API, the sharded tuning Jobs) for an overlay, image, spec and shard count."""
     from mlpipe.deploy import k8s
     from mlpipe.spec import load_spec
-    from mlpipe.tune import prepare
+    from mlpipe.tune.steps import prepare
 
     try:
         spec = load_spec(config)
@@ -897,8 +899,8 @@ def backfill(
     """One batch_score run per date partition (date=YYYY-MM-DD) whose output is missing."""
     from rich.table import Table
 
+    from mlpipe.batch.flow import date_partitions
     from mlpipe.deploy.backfill import backfill as run_backfill
-    from mlpipe.score_flow import date_partitions
 
     try:
         if flow != "batch_score":

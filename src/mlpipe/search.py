@@ -2,7 +2,7 @@
 of work, and pick the best result. Pure: no Prefect, no MLflow.
 
 Roles, as in Ray Tune: ``expand`` decides what to try, ``trial.run_unit`` runs it, ``select_best``
-judges. Only ``tune.py`` knows how units are fanned out.
+judges. Only ``tune/steps.py`` knows how units are fanned out.
 """
 
 from __future__ import annotations

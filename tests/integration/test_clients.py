@@ -125,7 +125,7 @@ def test_pyfunc_mlflow_models_serve_and_mlpipe_serve_agree_on_the_table(pyfunc, 
 def test_score_and_stream_answer_as_pyfunc_for_integers_and_integral_floats(
     pyfunc, store, tmp_path, client, new_streams
 ):
-    from mlpipe import batch
+    from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
     from mlpipe.stream.handler import StreamHandler
     from mlpipe.stream.kinesis import read
@@ -146,7 +146,7 @@ def test_score_and_stream_answer_as_pyfunc_for_integers_and_integral_floats(
         if write is not None:
             write(tmp_path / name)
         out = tmp_path / f"{name}.scored.parquet"
-        summary = batch.score(model, tmp_path / name, out)
+        summary = scoring.score(model, tmp_path / name, out)
         assert summary.scored == len(X) and summary.rejected == 0, name
         np.testing.assert_array_equal(pd.read_parquet(out)["prediction"], expected, err_msg=name)
 
@@ -194,7 +194,7 @@ def aws_kinesis_record(n: int, payload: dict) -> dict:
 
 
 def test_a_file_with_integer_features_and_an_integer_target_round_trips(store, tmp_path):
-    from mlpipe import batch
+    from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
 
     table = pd.read_csv(BOSTON).assign(MEDV=lambda t: t["MEDV"].round().astype("int64"))
@@ -222,7 +222,7 @@ def test_a_file_with_integer_features_and_an_integer_target_round_trips(store, t
         ours = open_model("models:/houses-int@champion", store["uri"])
         suffix = read.__name__.removeprefix("read_")
         out = tmp_path / f"scored-{suffix}.parquet"
-        batch.score(ours, tmp_path / f"houses.{suffix}", out)
+        scoring.score(ours, tmp_path / f"houses.{suffix}", out)
         np.testing.assert_array_equal(pd.read_parquet(out)["prediction"], expected)
 
 

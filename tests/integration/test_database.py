@@ -122,7 +122,7 @@ def test_a_read_streams_in_batches_while_the_query_runs(pg):
     COPY is still running on the server, and the rows come in many batches."""
     from sqlalchemy.engine import make_url
 
-    from mlpipe.sql import SqlSource
+    from mlpipe.batch.sql import SqlSource
 
     with pg["connect"]() as conn:
         conn.execute("CREATE TABLE many AS SELECT h.* FROM houses h, generate_series(1, 200)")

@@ -77,12 +77,12 @@ def test_deploy_apply_registers_both_flows_on_the_pool(deployed):
     root = deployed["root"]
     score = deployment(deployed)
     assert score["work_pool_name"] == POOL
-    assert score["entrypoint"] == "mlpipe.score_flow.batch_score"
+    assert score["entrypoint"] == "mlpipe.batch.flow.batch_score"
     assert score["job_variables"] == {"working_dir": str(root)}
     assert score["parameters"]["input_root"] == str(root / "data/incoming")
     assert [s["schedule"]["cron"] for s in score["schedules"]] == ["0 6 * * *"]
     tune = deployment(deployed, "tune/mlpipe")
-    assert tune["entrypoint"] == "mlpipe.tune.tune" and not tune["schedules"]
+    assert tune["entrypoint"] == "mlpipe.tune.flows.tune" and not tune["schedules"]
     assert tune["parameters"]["spec"]["model"]["family"] == "random_forest"  # the built-in spec
 
 

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlpipe import batch, tables
+from mlpipe.batch import files
+from mlpipe.batch import score as scoring
 from mlpipe.contract import ColumnValues, InputContract, InputError
 from mlpipe.errors import DataError, UserError
 
@@ -26,7 +27,7 @@ def with_ids(frame: pd.DataFrame) -> pd.DataFrame:
 def test_parquet_scores_every_row_like_the_native_model(tmp_path, frame, model):
     source = tmp_path / "in.parquet"
     with_ids(frame).to_parquet(source)
-    summary = batch.score(model, source, tmp_path / "out.parquet", id_columns=["house"])
+    summary = scoring.score(model, source, tmp_path / "out.parquet", id_columns=["house"])
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out.columns) == ["house", "prediction", "model_name", "model_version", "scored_at"]
     assert out["house"].tolist() == with_ids(frame)["house"].tolist()
@@ -39,7 +40,7 @@ def test_parquet_scores_every_row_like_the_native_model(tmp_path, frame, model):
 
 def test_without_id_columns_the_row_number_is_the_id(tmp_path, frame, model):
     frame.to_csv(tmp_path / "in.csv", index=False)
-    batch.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", batch_rows=100)
+    scoring.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", batch_rows=100)
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert out["row"].tolist() == list(range(506))  # across batches of 100
 
@@ -51,7 +52,7 @@ def test_bad_values_go_to_the_rejects_file_with_row_id_and_reason(tmp_path, fram
     text.loc[9, "RM"] = "inf"
     text.loc[11, "TAX"] = "1e999"
     text.to_csv(tmp_path / "in.csv", index=False)
-    summary = batch.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["house"])
+    summary = scoring.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["house"])
     rejects = pd.read_parquet(tmp_path / "out.rejects.parquet")
     assert rejects["house"].tolist() == ["h3", "h7", "h9", "h11"]
     reasons = rejects["reason"].tolist()
@@ -72,7 +73,7 @@ def test_nulls_and_nan_in_parquet_are_rejected(tmp_path, frame, model):
         column[row] = value  # pa.array keeps a NaN a NaN (from_pandas would make it null)
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(column))
     pq.write_table(table, tmp_path / "in.parquet")
-    batch.score(model, tmp_path / "in.parquet", tmp_path / "out.parquet", ["house"])
+    scoring.score(model, tmp_path / "in.parquet", tmp_path / "out.parquet", ["house"])
     rejects = pd.read_parquet(tmp_path / "out.rejects.parquet")
     assert rejects["house"].tolist() == ["h0", "h1"]
     assert "NaN" in rejects["reason"][0] and "null" in rejects["reason"][1]
@@ -82,15 +83,15 @@ def test_too_many_rejects_stop_the_run_and_write_nothing(tmp_path, frame, model)
     text = frame.astype(str)
     text.loc[:5, "AGE"] = "old"
     text.to_csv(tmp_path / "in.csv", index=False)
-    with pytest.raises(batch.RejectLimitError, match="6 rows rejected, more than --max-rejects 5"):
-        batch.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", max_rejects=5)
+    with pytest.raises(scoring.RejectLimitError, match="6 rows rejected, more than --max-rej"):
+        scoring.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", max_rejects=5)
     assert sorted(os.listdir(tmp_path)) == ["in.csv"]  # no output, no rejects, no temporary
 
 
 def test_a_missing_column_stops_before_any_output(tmp_path, frame, model):
     frame.drop(columns=["RM", "AGE"]).to_csv(tmp_path / "in.csv", index=False)
     with pytest.raises(InputError, match=r"lacks the model's feature column\(s\) RM, AGE"):
-        batch.score(model, tmp_path / "in.csv", tmp_path / "out" / "p.parquet")
+        scoring.score(model, tmp_path / "in.csv", tmp_path / "out" / "p.parquet")
     assert not (tmp_path / "out").exists()
 
 
@@ -101,12 +102,12 @@ def test_a_folder_is_read_file_by_file_and_must_have_one_format(tmp_path, frame,
     frame.iloc[300:].to_parquet(folder / "part-1.parquet")
     (folder / "_SUCCESS").write_text("")
     (folder / ".part-2.parquet.crc").write_text("")
-    summary = batch.score(model, folder, tmp_path / "out.parquet")
+    summary = scoring.score(model, folder, tmp_path / "out.parquet")
     assert (summary.rows, summary.files) == (506, 2)
-    assert tables.count_rows(folder) == 506
+    assert files.count_rows(folder) == 506
     frame.iloc[:3].to_csv(folder / "extra.csv", index=False)
     with pytest.raises(DataError, match="mixes CSV and Parquet"):
-        batch.score(model, folder, tmp_path / "out.parquet")
+        scoring.score(model, folder, tmp_path / "out.parquet")
 
 
 def test_a_file_missing_a_column_is_named(tmp_path, frame, model):
@@ -115,23 +116,23 @@ def test_a_file_missing_a_column_is_named(tmp_path, frame, model):
     frame.to_parquet(folder / "a.parquet")
     frame.drop(columns=["B"]).to_parquet(folder / "b.parquet")
     with pytest.raises(InputError, match=r"b\.parquet: the input lacks .* B"):
-        batch.score(model, folder, tmp_path / "out.parquet")
+        scoring.score(model, folder, tmp_path / "out.parquet")
 
 
 def test_other_bad_inputs(tmp_path, frame, model):
     with pytest.raises(DataError, match="no such file or folder"):
-        batch.score(model, tmp_path / "nope.csv", tmp_path / "out.parquet")
+        scoring.score(model, tmp_path / "nope.csv", tmp_path / "out.parquet")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.csv or \.parquet files"):
-        batch.score(model, tmp_path / "empty", tmp_path / "out.parquet")
+        scoring.score(model, tmp_path / "empty", tmp_path / "out.parquet")
     frame.to_csv(tmp_path / "in.csv", index=False)
     with pytest.raises(DataError, match="no id column"):
-        batch.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["house"])
+        scoring.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["house"])
     with pytest.raises(UserError, match="that name is an output column"):
-        batch.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["prediction"])
+        scoring.score(model, tmp_path / "in.csv", tmp_path / "out.parquet", ["prediction"])
     frame.assign(CHAS=frame["CHAS"] > 0).to_parquet(tmp_path / "bool.parquet")
     with pytest.raises(DataError, match="'CHAS' has type bool"):
-        batch.score(model, tmp_path / "bool.parquet", tmp_path / "out.parquet")
+        scoring.score(model, tmp_path / "bool.parquet", tmp_path / "out.parquet")
 
 
 def test_rescoring_replaces_the_output_and_its_rejects(tmp_path, frame, model):
@@ -139,25 +140,25 @@ def test_rescoring_replaces_the_output_and_its_rejects(tmp_path, frame, model):
     text.loc[0, "ZN"] = "x"
     text.to_csv(tmp_path / "in.csv", index=False)
     out = tmp_path / "out.parquet"
-    batch.score(model, tmp_path / "in.csv", out)
+    scoring.score(model, tmp_path / "in.csv", out)
     first = pd.read_parquet(out).drop(columns=["scored_at"])
-    assert batch.rejects_path_for(out).exists()
-    batch.score(model, tmp_path / "in.csv", out)
+    assert scoring.rejects_path_for(out).exists()
+    scoring.score(model, tmp_path / "in.csv", out)
     pd.testing.assert_frame_equal(pd.read_parquet(out).drop(columns=["scored_at"]), first)
     frame.to_csv(tmp_path / "in.csv", index=False)  # fixed upstream: the old rejects go
-    batch.score(model, tmp_path / "in.csv", out)
-    assert len(pd.read_parquet(out)) == 506 and not batch.rejects_path_for(out).exists()
+    scoring.score(model, tmp_path / "in.csv", out)
+    assert len(pd.read_parquet(out)) == 506 and not scoring.rejects_path_for(out).exists()
 
 
 def test_temporaries_of_dead_runs_are_cleared_and_live_ones_kept(tmp_path):
     out = tmp_path / "out.parquet"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    stale = tmp_path / f".out.parquet{tables.TMP_MARK}{dead.stdout.strip()}"
-    live = tmp_path / f".out.parquet{tables.TMP_MARK}{os.getppid()}"
+    stale = tmp_path / f".out.parquet{files.TMP_MARK}{dead.stdout.strip()}"
+    live = tmp_path / f".out.parquet{files.TMP_MARK}{os.getppid()}"
     stale.write_text("partial")
     live.write_text("another scorer is writing")
-    tables.clear_stale_temporaries(out)
+    files.clear_stale_temporaries(out)
     assert not stale.exists() and live.exists()
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlpipe.batch.flow import batch_score, date_partitions, partition_paths
 from mlpipe.deploy import deployments, stack, triggers
 from mlpipe.errors import UserError
 from mlpipe.processes import start_time
-from mlpipe.score_flow import batch_score, date_partitions, partition_paths
 
 PREFECT_YAML = Path(__file__).parents[2] / "prefect.yaml"
 
@@ -51,8 +51,8 @@ def test_deployments_reference_installed_modules_and_carry_pool_settings(tmp_pat
     )
     tune, score = deployments.build(settings, on_pool=True)
     assert (score.entrypoint, tune.entrypoint) == (
-        "mlpipe.score_flow.batch_score",
-        "mlpipe.tune.tune",
+        "mlpipe.batch.flow.batch_score",
+        "mlpipe.tune.flows.tune",
     )
     assert score.work_pool_name == "mlpipe-process"
     assert score.job_variables == {"working_dir": str(tmp_path)}
@@ -165,3 +165,20 @@ def test_the_state_folder_defaults_to_the_home_folder():
     assert stack.state_dir({}) == Path.home() / ".mlpipe"
     assert stack.state_dir({"MLPIPE_HOME": "/srv/mlpipe"}) == Path("/srv/mlpipe")
     assert os.environ["MLPIPE_HOME"] != str(Path.home() / ".mlpipe")  # tests never touch it
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("mlpipe.tune.tune", "mlpipe.tune.flows.tune"),
+        ("mlpipe.tune.finalize_search", "mlpipe.tune.flows.finalize_search"),
+        ("mlpipe.score_flow.batch_score", "mlpipe.batch.flow.batch_score"),
+        ("mlpipe.score_flow.watch_incoming", "mlpipe.batch.flow.watch_incoming"),
+    ],
+)
+def test_entrypoints_of_deployments_registered_by_earlier_versions_still_load(old, new):
+    from prefect.flows import load_flow_from_entrypoint
+
+    flow = load_flow_from_entrypoint(old, use_placeholder_flow=False)
+    assert flow is load_flow_from_entrypoint(new, use_placeholder_flow=False)
+    assert new in {*deployments.FLOW_ENTRYPOINTS.values(), "mlpipe.tune.flows.finalize_search"}

@@ -4,8 +4,8 @@ tests/integration/test_scale.py)."""
 from types import SimpleNamespace
 
 from mlpipe.search import TrialConfig
-from mlpipe.sharded import SHARD_TAG, _not_ready
 from mlpipe.tracking import SHARDS_TAG
+from mlpipe.tune.sharded import SHARD_TAG, _not_ready
 
 
 def run(tags: dict) -> SimpleNamespace:

@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mlpipe import batch
-from mlpipe.batch import SqlTarget
+from mlpipe.batch import score as scoring
+from mlpipe.batch.score import SqlTarget
+from mlpipe.batch.sql import SqlSink, SqlSource, is_database, parse_pairs, resolve_url, shown
 from mlpipe.errors import DataError, UserError
-from mlpipe.sql import SqlSink, SqlSource, is_database, parse_pairs, resolve_url, shown
 
 BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
 
@@ -130,7 +130,7 @@ def test_a_partition_column_must_not_clash(tmp_path):
 
 def test_one_sqlite_file_as_input_and_output_says_what_to_do(shop, model):
     with pytest.raises(DataError, match="WAL"):
-        batch.score(model, SqlSource(shop["url"], table="houses"),
+        scoring.score(model, SqlSource(shop["url"], table="houses"),
                     SqlTarget(shop["url"], "scores"), batch_rows=100)  # fmt: skip
 
 
@@ -139,7 +139,7 @@ def test_score_from_a_table_into_a_table_equals_scoring_the_file(shop, model, tm
     target = SqlTarget(resolve_url(f"sqlite:///{out}", "-o", {}), "scores", ("day", "2026-11-22"))
     source = SqlSource(shop["url"], query="SELECT * FROM houses WHERE day = :day",
                        params={"day": "2026-11-22"})  # fmt: skip
-    summary = batch.score(model, source, target, id_columns=["house_id"], batch_rows=128)
+    summary = scoring.score(model, source, target, id_columns=["house_id"], batch_rows=128)
     assert summary.rows == summary.scored == 506 and summary.files == 0
     assert summary.output.endswith("table scores where day = '2026-11-22'")
     with sqlite3.connect(out) as conn:
@@ -156,7 +156,7 @@ def test_bad_rows_go_to_the_rejects_table_in_the_same_transaction(shop, model, t
         conn.execute("UPDATE houses SET RM = 'lots' WHERE house_id IN (3, 7)")
     out = tmp_path / "out.db"
     target = SqlTarget(resolve_url(f"sqlite:///{out}", "-o", {}), "scores")
-    summary = batch.score(model, SqlSource(shop["url"], table="houses"), target,
+    summary = scoring.score(model, SqlSource(shop["url"], table="houses"), target,
                           id_columns=["house_id"])  # fmt: skip
     assert summary.rejected == 2 and summary.scored == 1010
     with sqlite3.connect(out) as conn:

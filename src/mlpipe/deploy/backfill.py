@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlpipe.batch.flow import partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
-from mlpipe.score_flow import partition_paths
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 

@@ -6,7 +6,7 @@ Two ways to run them, as Prefect has:
 - dynamic (``apply``): the deployments are registered on a work pool, and any worker of that pool
   (``prefect worker start --pool mlpipe-process``, or a Kubernetes worker) runs them.
 
-The flows are referenced by module path (``mlpipe.score_flow.batch_score``), so a worker needs
+The flows are referenced by module path (``mlpipe.batch.flow.batch_score``), so a worker needs
 mlpipe installed (the project's venv, or its image) but no copy of the source tree. The same
 definitions are written declaratively in the repository's ``prefect.yaml`` for ``prefect deploy
 --all``; a unit test keeps the two in step.
@@ -24,9 +24,9 @@ DEPLOYMENT_NAME = "mlpipe"
 DEFAULT_POOL = "mlpipe-process"
 POOL_TYPES = ("process", "kubernetes")
 FLOW_ENTRYPOINTS = {
-    "tune": "mlpipe.tune.tune",
-    "batch_score": "mlpipe.score_flow.batch_score",
-    "watch_incoming": "mlpipe.score_flow.watch_incoming",
+    "tune": "mlpipe.tune.flows.tune",
+    "batch_score": "mlpipe.batch.flow.batch_score",
+    "watch_incoming": "mlpipe.batch.flow.watch_incoming",
 }
 DEFAULT_FLOWS = ("tune", "batch_score")  # `deploy apply`; `deploy triggers` adds the sensor
 CONCURRENCY = {"watch_incoming": 1}  # one sensor run at a time: each event is emitted once

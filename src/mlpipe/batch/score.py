@@ -1,14 +1,14 @@
 """Batch scoring: a CSV or Parquet file (or a folder of them), or a database table or query, in;
 a Parquet file or a database table of predictions out.
 
-The input is read in record batches (``tables.Source``, ``sql.SqlSource``), each batch is checked
+The input is read in record batches (``files.Source``, ``sql.SqlSource``), each batch is checked
 against the model's input contract (the same rules as the online API), predicted with the fast
 predictor on a few threads and appended to the output, so memory stays bounded by a few batches
 whatever the input size.
 
 - Missing feature columns stop the run before anything is written; rows with bad values go to
   the rejects (a file or a table) with their id and the reason, up to ``max_rejects``.
-- The output appears whole or not at all (``tables.AtomicParquet``; one database transaction per
+- The output appears whole or not at all (``files.AtomicParquet``; one database transaction per
   partition, ``sql.SqlSink``); a rerun replaces it, never appends, so scoring the same input twice
   gives the same rows.
 - With a ``monitor`` (``drift.Counts``), every scored row and its prediction are counted into the
@@ -35,11 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlpipe.contract import InputContract
-from mlpipe.drift import Counts
-from mlpipe.errors import UserError
-from mlpipe.sql import SqlSink, SqlSource
-from mlpipe.tables import (
+from mlpipe.batch.files import (
     AtomicParquet,
     Source,
     as_type,
@@ -49,6 +45,10 @@ from mlpipe.tables import (
     feature_values,
     input_files,
 )
+from mlpipe.batch.sql import SqlSink, SqlSource
+from mlpipe.contract import InputContract
+from mlpipe.drift import Counts
+from mlpipe.errors import UserError
 
 
 class ScoringModel(Protocol):

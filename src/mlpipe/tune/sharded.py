@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpipe import artifacts
 from mlpipe.errors import TuningError, UserError
 from mlpipe.search import Shard, TrialConfig, Unit
 from mlpipe.spec import Spec
-from mlpipe.terminal import NullObserver
 from mlpipe.tracking import SHARDS_TAG, Tracker
 from mlpipe.trial import TrialResult
-from mlpipe.tune import TuneOutcome, finish, observer_var, prepare, run_trials
+from mlpipe.tune import artifacts
+from mlpipe.tune.progress import NullObserver
+from mlpipe.tune.steps import TuneOutcome, finish, observer_var, prepare, run_trials
 
 SHARD_TAG = "mlpipe.shard.{index}"  # on the parent: "running", "completed: ...", "failed: ..."
 POLL_SECONDS = 2.0

@@ -1,43 +1,29 @@
-"""The ``tune`` Prefect flow: fan the trials out, track each in MLflow, refit, register, promote.
+"""The steps of a search: prepare it, cross-validate its units as Prefect tasks, then refit,
+register and promote the best (``finish``). The flows (``flows.py``) and the sharded search
+(``sharded.py``) are made of these.
 
-The only module that knows about Prefect's fan-out. The ML work is in ``search``/``trial``; MLflow
-calls go through ``tracking.Tracker``. The flow takes only JSON-able parameters (the spec and the
-tracking URI), so it runs the same from the CLI, a deployment or a worker.
-
-Task runner, chosen by measurement (2 cores, the reference grid, same 27 units): a process pool
-took 8.6 s, a thread pool 14.9 s. RandomForest fits hold the GIL for a good share of their
-time on small tables, so threads serialise; processes do not. Hence ProcessPoolTaskRunner, except
-with one worker (a thread: no process to start) and on Dask (``executor``, see ``task_runner``).
-A search split across machines (``tune(shard=...)``, then ``finalize_search``) is in
-``sharded``; it reuses ``prepare``, ``run_trials`` and ``finish`` from here.
+The ML work is in ``search``/``trial``; MLflow calls go through ``tracking.Tracker``. Prefect
+appears here only as tasks and their fan-out; the task runner is chosen in ``runtime.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from mlpipe import artifacts, drift, signals
+from mlpipe import drift, signals
 from mlpipe.data import Dataset, Split, load_dataset, split_dataset
 from mlpipe.errors import DataError, TuningError, UserError
 from mlpipe.models import get_family
 from mlpipe.search import (
-    Shard,
     TrialConfig,
     Unit,
     assign_shards,
@@ -48,19 +34,16 @@ from mlpipe.search import (
     select_best,
 )
 from mlpipe.spec import Spec
-from mlpipe.terminal import NullObserver, Observer
 from mlpipe.tracking import (
     CHALLENGER,
     CHAMPION,
     Promotion,
     Tracker,
     infer_signature,
-    resolve_tracking_uri,
 )
 from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
-
-if TYPE_CHECKING:
-    from mlpipe.sharded import ShardOutcome
+from mlpipe.tune import artifacts
+from mlpipe.tune.progress import NullObserver, Observer
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
 observer_var: ContextVar[Observer | None] = ContextVar("mlpipe_observer", default=None)
@@ -104,41 +87,6 @@ def unit_label(unit: Unit) -> str:
     fixed = {k: v for k, v in unit.trials[0].params.items() if k != unit.size_param}
     sizes = "/".join(map(str, unit.sizes))
     return ",".join([f"{unit.size_param}={sizes}", *(f"{k}={v}" for k, v in sorted(fixed.items()))])
-
-
-@flow(name="tune", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
-def tune(
-    spec: dict[str, Any] | None = None,
-    tracking_uri: str | None = None,
-    fresh: bool = False,
-    shard: str | None = None,
-) -> TuneOutcome | ShardOutcome:
-    """Tune, track, refit, register and promote the spec's search (default: the built-in spec;
-    tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db). With ``shard`` ("I/N"): run
-    only that shard's trials under the search's shared parent run; ``finalize`` does the rest."""
-    parsed = Spec.model_validate(spec or {})
-    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
-    if shard is not None:
-        from mlpipe.sharded import run_shard
-
-        return run_shard(parsed, tracker, Shard.parse(shard))
-    return run_search(parsed, tracker, fresh)
-
-
-@flow(name="tune-finalize", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
-def finalize_search(
-    search_id: str,
-    spec: dict[str, Any] | None = None,
-    tracking_uri: str | None = None,
-    wait_seconds: float = 0.0,
-) -> TuneOutcome:
-    """Gather every shard's trials of a sharded search from MLflow (waiting up to
-    ``wait_seconds`` for the missing ones), then refit, register and promote the best."""
-    from mlpipe.sharded import run_finalize
-
-    parsed = Spec.model_validate(spec or {})
-    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
-    return run_finalize(parsed, tracker, search_id, wait_seconds)
 
 
 @dataclass(frozen=True)
@@ -339,7 +287,8 @@ def finish(
             "alias": promotion.alias,
         },
     )
-    from mlpipe import report, tracking
+    from mlpipe import tracking
+    from mlpipe.tune import report
 
     report.write_report(out_dir / "report", results, split, predictions, model, family.name)
     tracking.download_model(model_uri, out_dir / "model")
@@ -395,194 +344,3 @@ def promote(
     alias = CHAMPION if champion_mse is None or test_mse < champion_mse else CHALLENGER
     tracker.set_alias(model_name, alias, version)
     return Promotion(version, alias, test_mse, current, champion_mse)
-
-
-def run_tuning(
-    spec: Spec,
-    tracking_uri: str,
-    observer: Observer,
-    log_dir: Path,
-    fresh: bool = False,
-    verbose: bool = False,
-    process_started: float | None = None,
-    shard: Shard | None = None,
-    finalize: str | None = None,
-    wait_seconds: float = 0.0,
-) -> TuneOutcome | ShardOutcome:
-    """Run the ``tune`` flow (the whole search, or one ``shard``) or, with ``finalize`` (a
-    search id), the ``tune-finalize`` flow from a CLI: start the backends in parallel, then the
-    flow on the spec's executor.
-
-    The Prefect ephemeral server (10-26 s here) and the MLflow store's schema set-up are started
-    side by side, with their output sent to ``log_dir`` so a user's terminal shows progress only.
-    """
-    started = time.perf_counter()
-    if spec.executor.startswith("dask://") and not os.environ.get("PREFECT_API_URL"):
-        raise UserError(
-            f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
-            "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
-        )
-    prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
-    log_dir.mkdir(parents=True, exist_ok=True)
-    backends_log = log_dir / "backends.log"
-    if not os.environ.get("PREFECT_API_URL"):
-        # Both threads below touch SQLAlchemy's global mapper registry: MLflow's store runs
-        # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
-        # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
-        import prefect.server.database.orm_models  # noqa: F401
-    with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
-        prefect_ready = pool.submit(start_prefect_backend)
-        mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
-        mlflow_ready.result()
-        api_url = prefect_ready.result()
-    cold_start = time.perf_counter() - started
-    if not verbose:  # after mlflow's import, which installs its own stderr handler
-        _route_logs_to(log_dir / "mlpipe.log")
-    token = observer_var.set(observer)
-    try:
-        logs = None if verbose else backends_log
-        with task_runner(spec, api_url, logs, finalize is not None) as runner:
-            # return_state keeps our own exceptions (UserError, TuningError) as they are
-            state: Any
-            if finalize is not None:
-                state = finalize_search.with_options(task_runner=runner)(
-                    search_id=finalize,
-                    spec=spec.model_dump(mode="json"),
-                    tracking_uri=tracking_uri,
-                    wait_seconds=wait_seconds,
-                    return_state=True,
-                )
-            else:
-                state = tune.with_options(task_runner=runner)(
-                    spec=spec.model_dump(mode="json"),
-                    tracking_uri=tracking_uri,
-                    fresh=fresh,
-                    shard=None if shard is None else str(shard),
-                    return_state=True,
-                )
-    finally:
-        observer_var.reset(token)
-    outcome: TuneOutcome | ShardOutcome = state.result()  # re-raises the flow's exception
-    first = started if process_started is None else process_started
-    outcome.timings = {
-        "process_start": started - first,
-        "cold_start": cold_start,
-        **outcome.timings,
-        "total": time.perf_counter() - first,
-    }
-    return outcome
-
-
-@contextlib.contextmanager
-def task_runner(
-    spec: Spec, api_url: str, log_path: Path | None, finalize: bool = False
-) -> Iterator[Any]:
-    """The Prefect task runner of ``spec.executor``, with its workers reporting to ``api_url``
-    and (unless ``log_path`` is None) writing their output there, not to the terminal:
-
-    - ``process``: a pool of ``n_jobs`` processes on this machine (the default; one worker runs
-      in this process);
-    - ``dask-local``: a Dask LocalCluster of ``n_jobs`` single-threaded worker processes;
-    - ``dask://HOST:PORT``: an existing Dask cluster's scheduler (workers need mlpipe installed
-      and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).
-    """
-    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
-    logs = None if log_path is None else str(log_path)
-    if spec.executor == "process" and (workers == 1 or finalize):
-        # One trial at a time (or finalize's one refit) gains nothing from another process, and
-        # starting one (spawn and imports) cost 3-4 s of a shard's 15 s here: use a thread.
-        yield ThreadPoolTaskRunner(max_workers=1)
-        return
-    if spec.executor == "process":
-        yield ProcessPoolTaskRunner(
-            max_workers=workers, initializer=init_worker, initargs=(api_url, logs)
-        )
-        return
-    from prefect_dask import DaskTaskRunner
-
-    if spec.executor.startswith("dask://"):
-        yield DaskTaskRunner(address="tcp://" + spec.executor.removeprefix("dask://"))
-        return
-    from distributed import Client, LocalCluster
-
-    # Worker processes inherit the environment and the output file descriptors at start.
-    os.environ["PREFECT_API_URL"] = api_url
-    with _output_to(log_path) if log_path else contextlib.nullcontext():
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        )
-    try:
-        with Client(cluster) as client:
-            client.run(warm_worker)  # imports once per worker now, not inside the first trials
-        # by address: a runner holding the live cluster object cannot be pickled with the flow
-        yield DaskTaskRunner(address=cluster.scheduler_address)
-    finally:
-        cluster.close()
-
-
-def warm_worker() -> None:
-    """Import what a trial needs (a Dask worker runs this once, before the first trial)."""
-    import sklearn.ensemble  # noqa: F401
-
-    import mlpipe.tune  # noqa: F401
-
-
-def start_prefect_backend() -> str:
-    """Start Prefect's ephemeral API server unless PREFECT_API_URL names one; returns its URL."""
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if url:
-        return str(url)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
-
-
-def init_worker(api_url: str, log_path: str | None) -> None:
-    """Set up a task-runner process: talk to the flow's API server (a spawned worker would
-    otherwise start an ephemeral server of its own) and keep its output in the log file."""
-    os.environ["PREFECT_API_URL"] = api_url
-    if log_path is not None:
-        with open(log_path, "ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-
-
-def _route_logs_to(path: Path) -> None:
-    """Keep Prefect's and MLflow's INFO chatter (run names, state changes, registry notes) in a
-    file; the flow's logs still reach the Prefect API and UI. --verbose skips this."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("prefect", "mlflow"):
-        logger = logging.getLogger(name)
-        logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)]
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout/stderr file descriptors (and children started meanwhile) to
-    ``path``: the ephemeral server inherits them and logs there for the rest of its life."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])

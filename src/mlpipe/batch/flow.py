@@ -1,0 +1,274 @@
+"""The ``batch_score`` Prefect flow: score one partition of the incoming data.
+
+A partition is a folder name under the input root, such as ``date=2026-11-22``:
+``INPUT_ROOT/date=2026-11-22/`` (CSV or Parquet files) is scored into
+``OUTPUT_ROOT/date=2026-11-22/predictions.parquet`` (and ``rejects.parquet`` beside it when rows
+were rejected). The flow takes only JSON-able parameters, so a deployment, a schedule or a
+backfill can start it. The scoring itself is ``score.score``; this module adds retries, logging
+and a summary artifact in the Prefect UI, and monitoring: the inputs and predictions are compared
+with the model version's training profile (``drift.py``), the figures and an HTML report are
+logged to an MLflow run (experiment ``<model>-scoring``), and ``mlpipe.drift.detected`` is emitted
+when a threshold is crossed. ``partition="latest"`` scores the newest partition folder (what the
+promotion trigger asks for).
+
+``watch_incoming`` is the sensor: a small scheduled flow that emits ``mlpipe.data.arrived`` once
+for each partition folder that has input files and no predictions yet; a deployment trigger on
+that event starts ``batch_score`` for the partition (``deploy/triggers.py``).
+
+Retries are for what may pass on a second try (the tracking server briefly away, a file system
+hiccup); an input that breaks the contract fails at once with the reason as the state message.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from mlpipe.errors import DataError, UserError
+
+PREDICTIONS_FILE = "predictions.parquet"
+REJECTS_FILE = "rejects.parquet"
+DEFAULT_MODEL = "models:/boston-rf@champion"
+LATEST = "latest"
+REPORT_FILE = "drift_report.html"
+_PARTITION_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
+
+
+@dataclass(frozen=True)
+class PartitionPaths:
+    """Where one partition is read from and written to."""
+
+    partition: str
+    input: Path
+    output: Path
+    rejects: Path
+
+
+def partition_paths(partition: str, input_root: str, output_root: str) -> PartitionPaths:
+    """The input folder and output files of ``partition`` (a relative folder name)."""
+    parts = PurePosixPath(partition).parts
+    if not parts or not all(_PARTITION_PART.match(p) for p in parts):
+        raise UserError(
+            f"partition {partition!r}: expected a relative folder name such as date=2026-11-22 "
+            "(letters, digits, '_', '-', '.', '='; no '..' or absolute paths)"
+        )
+    folder = Path(output_root, *parts)
+    return PartitionPaths(
+        partition, Path(input_root, *parts), folder / PREDICTIONS_FILE, folder / REJECTS_FILE
+    )
+
+
+def date_partitions(start: date, end: date, key: str = "date") -> list[str]:
+    """``key=YYYY-MM-DD`` for every day from ``start`` to ``end``, both included."""
+    if end < start:
+        raise UserError(f"--end {end} is before --start {start}")
+    return [f"{key}={start + timedelta(days=i)}" for i in range((end - start).days + 1)]
+
+
+def _not_a_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry unless the input itself is wrong (retrying cannot fix that)."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:  # anything else may be transient: let Prefect retry it
+        return True
+    return True
+
+
+@task(
+    name="score-partition",
+    cache_policy=NONE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_not_a_user_error,
+)
+def score_partition(
+    paths: PartitionPaths,
+    model: str,
+    tracking_uri: str,
+    id_columns: list[str],
+    max_rejects: int | None,
+) -> dict[str, Any]:
+    """Load the model (an alias resolves to its version now), score one partition, and
+    compare its inputs and predictions with the version's training profile."""
+    from mlpipe import drift, signals
+    from mlpipe.batch import score as scoring
+    from mlpipe.predictor import open_model
+
+    logger = get_run_logger()
+    loaded = open_model(model, tracking_uri)
+    logger.info(
+        "scoring %s with %s version %s (%s predictor)",
+        paths.input,
+        loaded.ref.name or loaded.ref.uri,
+        loaded.version,
+        loaded.predictor.kind,
+    )
+    monitor = drift.Counts(loaded.profile) if loaded.profile else None
+    summary = scoring.score(
+        loaded,
+        paths.input,
+        paths.output,
+        id_columns=id_columns,
+        max_rejects=max_rejects,
+        rejects=paths.rejects,
+        monitor=monitor,
+    )
+    outcome: dict[str, Any] = {"summary": summary.to_dict(), "drift": None}
+    if monitor is None:
+        logger.warning("version %s has no training profile: drift not checked", loaded.version)
+        return outcome
+    result = drift.compare(monitor)
+    run_id = log_drift(tracking_uri, paths.partition, loaded, outcome["summary"], result)
+    outcome["drift"] = result.summary() | {"mlflow_run_id": run_id}
+    if result.drifted:
+        logger.warning("drift in %s: %s", paths.partition, outcome["drift"])
+        signals.drift_detected(
+            loaded.ref.name,
+            loaded.version,
+            f"batch:{paths.partition}",
+            result,
+            partition=paths.partition,
+            mlflow_run_id=run_id,
+        )
+    return outcome
+
+
+def log_drift(
+    tracking_uri: str, partition: str, loaded: Any, summary: dict[str, Any], result: Any
+) -> str:
+    """An MLflow run of this scoring run: the drift figures and the HTML report."""
+    from mlpipe import drift
+    from mlpipe.tracking import Tracker
+
+    name = loaded.ref.name or "local"
+    tracker = Tracker.connect(tracking_uri, f"{name}-scoring")
+    title = f"Drift of {partition} from {name} version {loaded.version}"
+    return tracker.log_scoring(
+        run_name=f"score-{partition}",
+        params={"partition": partition, "model_version": loaded.version, "input": summary["input"]},
+        metrics=result.metrics()
+        | {k: float(summary[k]) for k in ("rows", "scored", "rejected", "seconds")},
+        tags={
+            "mlpipe.partition": partition,
+            "mlpipe.model_name": name,
+            "mlpipe.model_version": str(loaded.version),
+            "mlpipe.drifted": str(result.drifted).lower(),
+        },
+        texts={REPORT_FILE: drift.html_report(result, loaded.profile, title)},
+    )
+
+
+def latest_partition(input_root: str) -> str:
+    """The newest partition folder (by name: date=YYYY-MM-DD sorts by day) that has input."""
+    found = input_partitions(input_root)
+    if not found:
+        raise DataError(f"{input_root}: no partition folder with .csv or .parquet files")
+    return max(found)
+
+
+def input_partitions(input_root: str) -> dict[str, int]:
+    """Folders directly under ``input_root`` holding data files, with their file counts, in name
+    order. Hidden and ``_``-prefixed names are skipped: land files under such a name and rename
+    them when whole."""
+    from mlpipe.batch.files import input_files
+
+    root = Path(input_root)
+    if not root.is_dir():
+        return {}
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name.startswith((".", "_")) or not _PARTITION_PART.match(folder.name):
+            continue
+        try:
+            files, _ = input_files(folder)
+        except DataError:
+            continue
+        found[folder.name] = len(files)
+    return found
+
+
+def scheduled_partition(lag_days: int) -> str:
+    """``date=...`` of this run's scheduled day minus ``lag_days`` (a run scheduled for
+    2026-11-23 06:00 with lag 1 scores date=2026-11-22, the day that has just ended)."""
+    from prefect.runtime import flow_run
+
+    return f"date={flow_run.scheduled_start_time.date() - timedelta(days=lag_days)}"
+
+
+@flow(name="batch_score", log_prints=False)
+def batch_score(
+    partition: str | None = None,
+    lag_days: int = 1,
+    model: str = DEFAULT_MODEL,
+    input_root: str = "data/incoming",
+    output_root: str = "data/scored",
+    id_columns: list[str] | None = None,
+    max_rejects: int | None = 1000,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Score ``input_root/partition/`` into ``output_root/partition/predictions.parquet``;
+    without a partition (scheduled runs), the scheduled day minus ``lag_days``."""
+    from mlpipe.tracking import resolve_tracking_uri
+
+    if partition == LATEST:
+        partition = latest_partition(input_root)
+    partition = partition or scheduled_partition(lag_days)
+    paths = partition_paths(partition, input_root, output_root)
+    outcome = score_partition(
+        paths, model, tracking_uri or resolve_tracking_uri(), id_columns or [], max_rejects
+    )
+    summary, found = outcome["summary"], outcome["drift"]
+    get_run_logger().info(
+        "%s: %d rows, %d scored, %d rejected, %.0f rows/s -> %s",
+        partition,
+        summary["rows"],
+        summary["scored"],
+        summary["rejected"],
+        summary["rows_per_second"],
+        summary["output"],
+    )
+    lines = [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += [f"| drift: {k} | {v} |" for k, v in (found or {"checked": False}).items()]
+    create_markdown_artifact(
+        key="batch-score-summary",
+        markdown="\n".join(["| | |", "|---|---|", *lines]),
+        description=f"batch_score {partition}",
+    )
+    return summary | {"partition": partition, "drift": found}
+
+
+@flow(name="watch_incoming", log_prints=False)
+def watch_incoming(
+    input_root: str = "data/incoming", output_root: str = "data/scored"
+) -> list[str]:
+    """Emit ``mlpipe.data.arrived`` once for each partition under ``input_root`` that has input
+    files and no predictions yet; returns the partitions announced by this run."""
+    from prefect.variables import Variable
+
+    from mlpipe import signals
+
+    waiting = {
+        p: files
+        for p, files in input_partitions(input_root).items()
+        if not partition_paths(p, input_root, output_root).output.exists()
+    }
+    # What earlier runs announced and is still waiting; kept in a Prefect variable, so the
+    # sensor holds no state of its own. Deployed with a concurrency limit of 1.
+    name = f"mlpipe_announced_{zlib.crc32(str(Path(input_root).resolve()).encode()):08x}"
+    announced: set[str] = set(Variable.get(name, default=[]) or [])
+    new = [p for p in waiting if p not in announced]
+    for partition in new:
+        signals.data_arrived(partition, input_root, waiting[partition])
+    Variable.set(name, sorted(announced.intersection(waiting) | set(new)), overwrite=True)
+    get_run_logger().info("%d partition(s) waiting, announced %s", len(waiting), new or "none")
+    return new

@@ -1,0 +1,218 @@
+"""Running a tune flow from a command: the backends (Prefect's ephemeral server, the MLflow
+store) started side by side, the task runner of the spec's executor, and the processes' output
+and logs routed to files so a user's terminal shows progress only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from mlpipe.errors import UserError
+from mlpipe.search import Shard
+from mlpipe.spec import Spec
+from mlpipe.tracking import Tracker
+from mlpipe.tune.flows import finalize_search, tune
+from mlpipe.tune.progress import Observer
+from mlpipe.tune.sharded import ShardOutcome
+from mlpipe.tune.steps import TuneOutcome, observer_var, prepare
+
+
+def run_tuning(
+    spec: Spec,
+    tracking_uri: str,
+    observer: Observer,
+    log_dir: Path,
+    fresh: bool = False,
+    verbose: bool = False,
+    process_started: float | None = None,
+    shard: Shard | None = None,
+    finalize: str | None = None,
+    wait_seconds: float = 0.0,
+) -> TuneOutcome | ShardOutcome:
+    """Run the ``tune`` flow (the whole search, or one ``shard``) or, with ``finalize`` (a
+    search id), the ``tune-finalize`` flow from a CLI: start the backends in parallel, then the
+    flow on the spec's executor.
+
+    The Prefect ephemeral server (10-26 s here) and the MLflow store's schema set-up are started
+    side by side, with their output sent to ``log_dir`` so a user's terminal shows progress only.
+    """
+    started = time.perf_counter()
+    if spec.executor.startswith("dask://") and not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
+            "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
+        )
+    prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
+    log_dir.mkdir(parents=True, exist_ok=True)
+    backends_log = log_dir / "backends.log"
+    if not os.environ.get("PREFECT_API_URL"):
+        # Both threads below touch SQLAlchemy's global mapper registry: MLflow's store runs
+        # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
+        # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
+        import prefect.server.database.orm_models  # noqa: F401
+    with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
+        prefect_ready = pool.submit(start_prefect_backend)
+        mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
+        mlflow_ready.result()
+        api_url = prefect_ready.result()
+    cold_start = time.perf_counter() - started
+    if not verbose:  # after mlflow's import, which installs its own stderr handler
+        _route_logs_to(log_dir / "mlpipe.log")
+    token = observer_var.set(observer)
+    try:
+        logs = None if verbose else backends_log
+        with task_runner(spec, api_url, logs, finalize is not None) as runner:
+            # return_state keeps our own exceptions (UserError, TuningError) as they are
+            state: Any
+            if finalize is not None:
+                state = finalize_search.with_options(task_runner=runner)(
+                    search_id=finalize,
+                    spec=spec.model_dump(mode="json"),
+                    tracking_uri=tracking_uri,
+                    wait_seconds=wait_seconds,
+                    return_state=True,
+                )
+            else:
+                state = tune.with_options(task_runner=runner)(
+                    spec=spec.model_dump(mode="json"),
+                    tracking_uri=tracking_uri,
+                    fresh=fresh,
+                    shard=None if shard is None else str(shard),
+                    return_state=True,
+                )
+    finally:
+        observer_var.reset(token)
+    outcome: TuneOutcome | ShardOutcome = state.result()  # re-raises the flow's exception
+    first = started if process_started is None else process_started
+    outcome.timings = {
+        "process_start": started - first,
+        "cold_start": cold_start,
+        **outcome.timings,
+        "total": time.perf_counter() - first,
+    }
+    return outcome
+
+
+@contextlib.contextmanager
+def task_runner(
+    spec: Spec, api_url: str, log_path: Path | None, finalize: bool = False
+) -> Iterator[Any]:
+    """The Prefect task runner of ``spec.executor``, with its workers reporting to ``api_url``
+    and (unless ``log_path`` is None) writing their output there, not to the terminal:
+
+    - ``process``: a pool of ``n_jobs`` processes on this machine (the default; one worker runs
+      in this process);
+    - ``dask-local``: a Dask LocalCluster of ``n_jobs`` single-threaded worker processes;
+    - ``dask://HOST:PORT``: an existing Dask cluster's scheduler (workers need mlpipe installed
+      and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).
+    """
+    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
+    logs = None if log_path is None else str(log_path)
+    if spec.executor == "process" and (workers == 1 or finalize):
+        # One trial at a time (or finalize's one refit) gains nothing from another process, and
+        # starting one (spawn and imports) cost 3-4 s of a shard's 15 s here: use a thread.
+        yield ThreadPoolTaskRunner(max_workers=1)
+        return
+    if spec.executor == "process":
+        yield ProcessPoolTaskRunner(
+            max_workers=workers, initializer=init_worker, initargs=(api_url, logs)
+        )
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if spec.executor.startswith("dask://"):
+        yield DaskTaskRunner(address="tcp://" + spec.executor.removeprefix("dask://"))
+        return
+    from distributed import Client, LocalCluster
+
+    # Worker processes inherit the environment and the output file descriptors at start.
+    os.environ["PREFECT_API_URL"] = api_url
+    with _output_to(log_path) if log_path else contextlib.nullcontext():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+    try:
+        with Client(cluster) as client:
+            client.run(warm_worker)  # imports once per worker now, not inside the first trials
+        # by address: a runner holding the live cluster object cannot be pickled with the flow
+        yield DaskTaskRunner(address=cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+
+def warm_worker() -> None:
+    """Import what a trial needs (a Dask worker runs this once, before the first trial)."""
+    import sklearn.ensemble  # noqa: F401
+
+    import mlpipe.tune.steps  # noqa: F401
+
+
+def start_prefect_backend() -> str:
+    """Start Prefect's ephemeral API server unless PREFECT_API_URL names one; returns its URL."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return str(url)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
+def init_worker(api_url: str, log_path: str | None) -> None:
+    """Set up a task-runner process: talk to the flow's API server (a spawned worker would
+    otherwise start an ephemeral server of its own) and keep its output in the log file."""
+    os.environ["PREFECT_API_URL"] = api_url
+    if log_path is not None:
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+
+
+def _route_logs_to(path: Path) -> None:
+    """Keep Prefect's and MLflow's INFO chatter (run names, state changes, registry notes) in a
+    file; the flow's logs still reach the Prefect API and UI. --verbose skips this."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("prefect", "mlflow"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr file descriptors (and children started meanwhile) to
+    ``path``: the ephemeral server inherits them and logs there for the rest of its life."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

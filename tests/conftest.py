@@ -42,8 +42,9 @@ def model(frame):
     from sklearn.ensemble import RandomForestRegressor
 
     from mlpipe.contract import InputContract
+    from mlpipe.fastpath import NativePredictor, OnnxPredictor
     from mlpipe.onnx_export import to_onnx
-    from mlpipe.predictor import LoadedModel, ModelRef, NativePredictor, OnnxPredictor
+    from mlpipe.predictor import LoadedModel, ModelRef
 
     forest = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0, n_jobs=1)
     forest.fit(frame, pd.read_csv(BOSTON)["MEDV"])

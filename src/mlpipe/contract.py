@@ -24,52 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from mlpipe.errors import UserError
+from mlpipe.errors import MAX_PROBLEMS, InputError, Problem, UserError
 
 # MLflow column types a numeric model can take; every one takes Python ints and floats (an
 # integer column only integral ones).
 NUMERIC_TYPES = ("double", "float", "long", "integer")
 INTEGER_TYPES = frozenset({"long", "integer"})
 _NUMBERS = frozenset({int, float})
-MAX_PROBLEMS = 20  # a 10,000-row batch of bad rows gets a readable error, not a 10,000-line one
 _NONFINITE_WORDS = frozenset({"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason an input was refused: where (row, field) and what is wrong."""
-
-    message: str
-    field: str | None = None
-    row: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "field": self.field, "message": self.message}
-
-    def __str__(self) -> str:
-        where = " ".join(
-            part
-            for part in (
-                f"row {self.row}" if self.row is not None else "",
-                f"field {self.field!r}" if self.field is not None else "",
-            )
-            if part
-        )
-        return f"{where}: {self.message}" if where else self.message
-
-
-class InputError(UserError):
-    """The input breaks the contract. ``status`` is the HTTP status a server should answer."""
-
-    def __init__(self, problems: Sequence[Problem], status: int = 422) -> None:
-        self.problems = list(problems)[:MAX_PROBLEMS]
-        self.status = status
-        text = "; ".join(str(p) for p in self.problems)
-        super().__init__(text + ("; and more" if len(problems) > MAX_PROBLEMS else ""))
-
-    @classmethod
-    def single(cls, message: str, status: int = 400, field: str | None = None) -> InputError:
-        return cls([Problem(message, field=field)], status=status)
 
 
 @dataclass(frozen=True)

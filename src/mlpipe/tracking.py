@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import UserError
+from mlpipe.settings import Settings
 from mlpipe.trial import TrialResult
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 ROLE_TAG = "mlpipe.role"  # "search" (a parent run) or "trial"
 SHARDS_TAG = "mlpipe.shards"  # on a sharded search's parent: how many shards
@@ -37,7 +37,7 @@ SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 def resolve_tracking_uri(environ: Mapping[str, str] = os.environ) -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite store in the working directory."""
-    return environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return Settings.from_env(environ).tracking_uri
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ class Tracker:
     ) -> None:
         import tempfile
 
-        from mlpipe.predictor import export_fast_path
+        from mlpipe.fastpath import export_fast_path
 
         with tempfile.TemporaryDirectory(prefix="mlpipe-model-files-") as tmp:
             for name, text in files.items():
@@ -387,8 +387,9 @@ def infer_signature(features: Any, predictions: Any) -> Any:
         return infer(features, predictions)
 
 
-def load_model(model_uri: str) -> Any:
-    """Load a registered or logged model as an MLflow pyfunc model."""
+def load_pyfunc(model_uri: str) -> Any:
+    """Load a registered or logged model as an MLflow pyfunc model (``predictor.load_model``
+    is mlpipe's own loading, with the fast path)."""
     import mlflow.pyfunc
 
     return mlflow.pyfunc.load_model(model_uri)

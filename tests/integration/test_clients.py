@@ -324,15 +324,15 @@ def test_a_version_logged_before_integer_columns_kept_their_type_serves(server, 
     np.testing.assert_array_equal(loaded.predict(X.to_numpy(np.float64)), expected)
 
     # the champion/challenger gate scores a champion of either kind on the float64 split
-    from mlpipe.tracking import load_model, predict_frame
+    from mlpipe.tracking import load_pyfunc, predict_frame
 
     floats = X.astype("float64")
     np.testing.assert_array_equal(
-        predict_frame(load_model("models:/boston-rf/2"), floats), expected
+        predict_frame(load_pyfunc("models:/boston-rf/2"), floats), expected
     )
     current = mlflow.pyfunc.load_model("models:/boston-rf/1")
     np.testing.assert_array_equal(
-        predict_frame(load_model("models:/boston-rf/1"), floats), current.predict(X)
+        predict_frame(load_pyfunc("models:/boston-rf/1"), floats), current.predict(X)
     )
 
     tracker = store["tracker"]

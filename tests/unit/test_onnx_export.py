@@ -10,8 +10,8 @@ from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeRegressor
 from xgboost import XGBRegressor
 
+from mlpipe.fastpath import PARITY_TOLERANCE, OnnxPredictor
 from mlpipe.onnx_export import ConversionError, to_onnx
-from mlpipe.predictor import PARITY_TOLERANCE, OnnxPredictor
 
 
 @pytest.fixture(scope="module")

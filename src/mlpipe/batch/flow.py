@@ -33,10 +33,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from mlpipe.errors import DataError, UserError
+from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT
 
 PREDICTIONS_FILE = "predictions.parquet"
 REJECTS_FILE = "rejects.parquet"
-DEFAULT_MODEL = "models:/boston-rf@champion"
 LATEST = "latest"
 REPORT_FILE = "drift_report.html"
 _PARTITION_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
@@ -209,9 +209,9 @@ def scheduled_partition(lag_days: int) -> str:
 def batch_score(
     partition: str | None = None,
     lag_days: int = 1,
-    model: str = DEFAULT_MODEL,
-    input_root: str = "data/incoming",
-    output_root: str = "data/scored",
+    model: str = DEFAULT_MODEL_URI,
+    input_root: str = str(DEFAULT_INPUT_ROOT),
+    output_root: str = str(DEFAULT_OUTPUT_ROOT),
     id_columns: list[str] | None = None,
     max_rejects: int | None = 1000,
     tracking_uri: str | None = None,
@@ -249,7 +249,7 @@ def batch_score(
 
 @flow(name="watch_incoming", log_prints=False)
 def watch_incoming(
-    input_root: str = "data/incoming", output_root: str = "data/scored"
+    input_root: str = str(DEFAULT_INPUT_ROOT), output_root: str = str(DEFAULT_OUTPUT_ROOT)
 ) -> list[str]:
     """Emit ``mlpipe.data.arrived`` once for each partition under ``input_root`` that has input
     files and no predictions yet; returns the partitions announced by this run."""

@@ -16,6 +16,7 @@ from typing import Any
 from mlpipe.batch.flow import partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
+from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_OUTPUT_ROOT
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -36,8 +37,8 @@ def plan(
     partitions: list[str], parameters: dict[str, Any], force: bool, base: Path
 ) -> list[PartitionStatus]:
     """What to do with each partition, from the deployment's input and output roots."""
-    input_root = str(base / parameters.get("input_root", "data/incoming"))
-    output_root = str(base / parameters.get("output_root", "data/scored"))
+    input_root = str(base / parameters.get("input_root", DEFAULT_INPUT_ROOT))
+    output_root = str(base / parameters.get("output_root", DEFAULT_OUTPUT_ROOT))
     statuses = []
     for partition in partitions:
         paths = partition_paths(partition, input_root, output_root)

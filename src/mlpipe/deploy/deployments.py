@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import UserError
+from mlpipe.settings import DEFAULT_POOL
 
 DEPLOYMENT_NAME = "mlpipe"
-DEFAULT_POOL = "mlpipe-process"
 POOL_TYPES = ("process", "kubernetes")
 FLOW_ENTRYPOINTS = {
     "tune": "mlpipe.tune.flows.tune",

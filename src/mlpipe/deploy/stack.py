@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlpipe.deploy.deployments import DEFAULT_POOL
 from mlpipe.errors import UserError
 from mlpipe.processes import alive, start_time
+from mlpipe.settings import DEFAULT_POOL, Settings
 
 STATE_FILE = "stack.json"
 HOST = "127.0.0.1"
@@ -35,7 +35,7 @@ WORKER_NAME = "mlpipe-stack"
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """``$MLPIPE_HOME`` or ``~/.mlpipe``."""
-    return Path(environ.get("MLPIPE_HOME") or Path.home() / ".mlpipe").expanduser()
+    return Settings.from_env(environ).home
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Annotated, Any
 import typer
 
 from mlpipe.errors import UserError
+from mlpipe.settings import DEFAULT_MODEL_URI
 
-DEFAULT_MODEL = "models:/boston-rf@champion"
 LOCAL_STREAMS = ("mlpipe-input", "mlpipe-output", "mlpipe-dead-letter")
 
 stream_app = typer.Typer(
@@ -65,7 +65,7 @@ def consume(
     model: Annotated[
         str,
         typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder."),
-    ] = DEFAULT_MODEL,
+    ] = DEFAULT_MODEL_URI,
     batch_size: Annotated[int, typer.Option(help="records per handler call (BatchSize).")] = 100,
     max_retries: Annotated[
         int, typer.Option(help="retries of a failing batch (MaximumRetryAttempts).")

@@ -13,16 +13,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe.errors import UserError
+from mlpipe.errors import StreamError
 from mlpipe.stream.events import epoch_seconds
 
 MAX_PUT_RECORDS = 500
 MAX_PUT_BYTES = 5 * 1024 * 1024
 DEFAULT_REGION = "us-east-1"
-
-
-class StreamError(UserError):
-    """A stream is missing or cannot be reached."""
 
 
 @dataclass(frozen=True)

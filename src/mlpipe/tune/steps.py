@@ -332,12 +332,12 @@ def promote(
     tracker: Tracker, model_name: str, version: str, test_mse: float, split: Split
 ) -> Promotion:
     """Move ``champion`` to ``version`` only if it beats the current champion on this test split."""
-    from mlpipe.tracking import load_model, predict_frame
+    from mlpipe.tracking import load_pyfunc, predict_frame
 
     current = tracker.champion_version(model_name)
     champion_mse: float | None = None
     if current is not None and current != version:
-        champion = load_model(f"models:/{model_name}/{current}")
+        champion = load_pyfunc(f"models:/{model_name}/{current}")
         champion_mse = regression_metrics(
             split.y_test.to_numpy(), predict_frame(champion, split.X_test)
         )["mse"]

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,11 +26,7 @@ import httpx
 import pandas as pd
 from common import BIN, DATA, MODEL, environment
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from mlpipe.processes import free_port, stop_group
 
 
 def start(args: list[str], env: dict[str, str], cwd: str, ready_path: str) -> tuple:
@@ -62,12 +55,8 @@ def start(args: list[str], env: dict[str, str], cwd: str, ready_path: str) -> tu
 
 
 def stop(proc: subprocess.Popen, log) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc.pid, grace=30)
+    proc.wait()
     log.close()
 
 

@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,7 @@ import numpy as np
 import pandas as pd
 from common import BIN, DATA, MODEL, environment
 
+from mlpipe.processes import free_port, stop_group
 from mlpipe.stream import kinesis
 from mlpipe.stream.local import LOCAL_CREDENTIALS, create_streams
 
@@ -66,12 +65,6 @@ consumer = Consumer(client, kinesis.describe(client, source), relay, LocalState(
 print("consuming", file=sys.stderr, flush=True)
 consumer.run(stop)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_endpoint(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -159,8 +152,8 @@ def run_side(name, command, client, env, folder, n, paced, rate) -> dict:
         tail.wait_for(n + paced, proc)
         delays = np.array([tail.arrivals[key] - put_at[key] for key in put_at]) * 1000
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_group(proc.pid, grace=60)
+        proc.wait()
         log.close()
     return {
         "records/s": throughput,
@@ -204,8 +197,8 @@ def main() -> None:
                 name, command, client, env, folder, args.records, args.paced, args.rate
             )
     finally:
-        os.killpg(endpoint_proc.pid, signal.SIGTERM)
-        endpoint_proc.wait(timeout=30)
+        stop_group(endpoint_proc.pid, grace=30)
+        endpoint_proc.wait()
 
     print(
         f"\n{args.records:,} records (throughput), then {args.paced:,} at {args.rate:.0f}/s "

@@ -14,7 +14,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import UserError
+from mlpipe.processes import free_port, stop_group
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def local_postgres(user: str = "mlpipe", password: str = "mlpipe-local") -> Iter
              "-E", "UTF8", "--auth=scram-sha-256", f"--pwfile={root / 'pw'}"],
             check=True, capture_output=True,
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         with (root / "server.log").open("wb") as log:
             server = subprocess.Popen(
                 [*as_user, str(binaries / "postgres"), "-D", str(root / "data"), "-p", str(port),
@@ -90,12 +90,6 @@ def local_postgres(user: str = "mlpipe", password: str = "mlpipe-local") -> Iter
         yield found
     finally:
         if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)  # fast shutdown: SIGTERM waits for clients
-            server.wait(timeout=30)
+            stop_group(server.pid, 30, signal.SIGINT)  # fast shutdown: SIGTERM waits for clients
+            server.wait()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -1,40 +1,58 @@
-"""Is a process running, and is it still the one we started? For pid files and temporaries.
+"""Processes mlpipe starts and stops: is one still ours, a free port for it, stopping its group.
 
-``alive`` treats a zombie (exited, not yet reaped by its parent) as gone. ``start_time`` is the
-kernel's start time of a pid (Linux ``/proc``), recorded beside a pid so that a pid the system
-has since reused for another program is never mistaken for ours.
+``alive`` treats a zombie (exited, not yet reaped) as gone. ``start_time`` is the kernel's start
+time of a pid, recorded beside a pid so that a pid the system has since reused for another
+program is never mistaken for ours. ``stop_group`` is the terminate-then-kill every supervisor
+does: SIGTERM to the process group, SIGKILL to what is left after a grace period.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
+import signal
+import socket
+import time
+
+import psutil
 
 
 def alive(pid: int) -> bool:
-    """True while ``pid`` runs."""
+    """True while ``pid`` runs (our own exited child is reaped on the way)."""
     with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own exited child: reap it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # someone else's process: it exists
+    except psutil.AccessDenied:  # someone else's process: it exists
         return True
-    with contextlib.suppress(OSError, IndexError):
-        return _stat_fields(pid)[0] != "Z"
-    return True
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid``; None where /proc does not exist."""
-    with contextlib.suppress(OSError, IndexError):
-        return _stat_fields(pid)[19]
-    return None
+    """The kernel's start time of ``pid`` (seconds since the epoch, as text); None if gone."""
+    try:
+        return repr(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_group(pid: int, grace: float = 20.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to the process group led by ``pid``; SIGKILL it if it still runs after
+    ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

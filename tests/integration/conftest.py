@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +20,9 @@ import yaml
 from typer.testing import CliRunner
 
 from mlpipe.cli import app
+from mlpipe.processes import free_port, stop_group
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -109,12 +102,8 @@ def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server and its children (it was started in its own process group)."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc.pid, grace=15)
+    proc.wait()
 
 
 @pytest.fixture(scope="module")

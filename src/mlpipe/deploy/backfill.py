@@ -8,17 +8,15 @@ API (a worker or ``mlpipe deploy serve`` executes them) and watched until each i
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from mlpipe.batch.flow import partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_OUTPUT_ROOT
-
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @dataclass
@@ -93,16 +91,26 @@ def backfill(
 
 
 def _wait(client: Any, statuses: list[PartitionStatus], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(statuses)
-    while pending and time.monotonic() < deadline:
-        for status in list(pending):
-            run = client.read_flow_run(status.flow_run_id)
-            status.state = run.state.name if run.state else None
-            if run.state is not None and run.state.type.value in FINAL:
-                status.message = None if run.state.is_completed() else run.state.message
-                pending.remove(status)
-        if pending:
-            time.sleep(1.0)
-    for status in pending:
-        status.message = f"still {status.state} after {timeout:.0f}s; is a worker running?"
+    """Wait for the runs with Prefect's own ``wait_for_flow_run`` (it follows their state
+    events), all at once; a run not finished within ``timeout`` says so."""
+    import asyncio
+
+    from prefect.exceptions import FlowRunWaitTimeout
+    from prefect.flow_runs import wait_for_flow_run
+
+    async def follow(status: PartitionStatus) -> None:
+        try:
+            run: Any = await wait_for_flow_run(UUID(status.flow_run_id), timeout=int(timeout))
+        except FlowRunWaitTimeout:
+            state = client.read_flow_run(status.flow_run_id).state
+            status.state = state.name if state else None
+            status.message = f"still {status.state} after {timeout:.0f}s; is a worker running?"
+            return
+        status.state = run.state.name if run.state else None
+        if run.state is not None and not run.state.is_completed():
+            status.message = run.state.message
+
+    async def follow_all() -> None:
+        await asyncio.gather(*(follow(status) for status in statuses))
+
+    asyncio.run(follow_all())

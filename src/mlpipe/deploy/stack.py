@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlpipe.errors import UserError
-from mlpipe.processes import alive, start_time
+from mlpipe.processes import alive, start_time, stop_group
 from mlpipe.settings import DEFAULT_POOL, Settings
 
 STATE_FILE = "stack.json"
@@ -265,14 +264,7 @@ def down(stack: Stack, grace: float = 20.0) -> list[str]:
     for service in reversed(stack.services):
         if not service.running():
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while alive(service.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if alive(service.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pid, signal.SIGKILL)
+        stop_group(service.pid, grace)
         stopped.append(f"{service.name} (pid {service.pid})")
     (Path(stack.folder) / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -14,6 +14,7 @@ definitions are written declaratively in the repository's ``prefect.yaml`` for `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,57 @@ def serve(settings: DeploySettings, limit: int | None = None) -> None:
     from prefect import serve as prefect_serve
 
     prefect_serve(*build(settings, on_pool=False), limit=limit)
+
+
+def deploy_settings(
+    flows: Sequence[str] | None,
+    cron: list[str],
+    interval: list[str],
+    model: str,
+    input_root: Path,
+    output_root: Path,
+    config: Path | None,
+    tracking_uri: str,
+    **pool: Any,
+) -> DeploySettings:
+    """What ``mlpipe deploy`` creates: the chosen flows with their parameters (absolute paths:
+    runs start in other folders), schedules and pool settings."""
+    from mlpipe.predictor import parse_model_uri
+    from mlpipe.spec import load_spec
+
+    chosen = tuple(flows or DEFAULT_FLOWS)
+    unknown = [f for f in chosen if f not in FLOW_ENTRYPOINTS]
+    if unknown:
+        raise UserError(f"--flow {unknown[0]!r}: expected one of {', '.join(FLOW_ENTRYPOINTS)}")
+    parse_model_uri(model)
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    parameters: dict[str, dict[str, Any]] = {
+        "batch_score": {
+            "model": model,
+            "input_root": str(input_root.resolve()),
+            "output_root": str(output_root.resolve()),
+            "tracking_uri": tracking_uri,
+        },
+        "tune": {
+            "spec": load_spec(config, {}).model_dump(mode="json"),
+            "tracking_uri": tracking_uri,
+        },
+        "watch_incoming": {
+            "input_root": str(input_root.resolve()),
+            "output_root": str(output_root.resolve()),
+        },
+    }
+    return DeploySettings(
+        flows=chosen,
+        parameters=parameters,
+        schedules=parse_schedules(cron, interval),
+        **pool,
+    )
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative SQLite path made absolute: runs start in other working directories."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri

@@ -1,4 +1,4 @@
-"""The ``mlpipe stream`` commands: the consumer, and ``put`` / ``read`` for a stream's records.
+"""``mlpipe stream``: the consumer, and ``put`` / ``read`` for a stream's records.
 
 Parse, call, print; heavy imports inside the commands. Environment variables (AWS_ENDPOINT_URL,
 AWS_REGION, MLFLOW_TRACKING_URI, MLPIPE_HOME) are read here, through the options.
@@ -21,12 +21,13 @@ from typing import Annotated, Any
 
 import typer
 
+from mlpipe.cli.common import Verbose, fail, user_errors
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_MODEL_URI
 
 LOCAL_STREAMS = ("mlpipe-input", "mlpipe-output", "mlpipe-dead-letter")
 
-stream_app = typer.Typer(
+app = typer.Typer(
     help="Streaming inference from Kinesis, as the Lambda function runs it.",
     invoke_without_command=True,
 )
@@ -44,12 +45,8 @@ RegionOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=code)
-
-
-@stream_app.callback()
+@app.callback()
+@user_errors
 def consume(
     ctx: typer.Context,
     input: Annotated[
@@ -93,33 +90,31 @@ def consume(
         int, typer.Option(help="the local endpoint's port (0: any free).")
     ] = 4567,
     shards: Annotated[int, typer.Option(help="shards of each stream --local creates.")] = 2,
+    verbose: Verbose = False,
 ) -> None:
     """Consume a Kinesis stream: score each record, put predictions on the output stream."""
     if ctx.invoked_subcommand is not None:
         return
     from mlpipe.stream.consumer import ConsumerSettings
 
-    try:
-        settings = ConsumerSettings(
-            batch_size=batch_size,
-            max_retries=max_retries,
-            max_record_age_seconds=max_record_age,
-            starting_position=starting_position.upper(),
-            poll_seconds=poll_seconds,
-        )
-        with contextlib.ExitStack() as stack:
-            if local:
-                endpoint_url = _start_local(stack, local_port, shards, region, LOCAL_STREAMS)
-                input, output = input or LOCAL_STREAMS[0], output or LOCAL_STREAMS[1]
-                dead_letter = dead_letter or LOCAL_STREAMS[2]
-                if state is None:  # the records die with this process: so do the checkpoints
-                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-"))
-                    state = Path(folder) / "stream.db"
-            if not input or not output:
-                raise UserError("--input and --output are required (or --local)")
-            _consume(model, input, output, dead_letter, settings, state, endpoint_url, region)
-    except UserError as exc:
-        raise _fail(str(exc)) from None
+    settings = ConsumerSettings(
+        batch_size=batch_size,
+        max_retries=max_retries,
+        max_record_age_seconds=max_record_age,
+        starting_position=starting_position.upper(),
+        poll_seconds=poll_seconds,
+    )
+    with contextlib.ExitStack() as stack:
+        if local:
+            endpoint_url = _start_local(stack, local_port, shards, region, LOCAL_STREAMS)
+            input, output = input or LOCAL_STREAMS[0], output or LOCAL_STREAMS[1]
+            dead_letter = dead_letter or LOCAL_STREAMS[2]
+            if state is None:  # the records die with this process: so do the checkpoints
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-"))
+                state = Path(folder) / "stream.db"
+        if not input or not output:
+            raise UserError("--input and --output are required (or --local)")
+        _consume(model, input, output, dead_letter, settings, state, endpoint_url, region)
 
 
 def _start_local(
@@ -144,7 +139,8 @@ def _start_local(
     return url
 
 
-@stream_app.command()
+@app.command()
+@user_errors
 def endpoint(
     port: Annotated[int, typer.Option(help="the port to listen on (0: any free).")] = 4567,
     stream: Annotated[
@@ -152,6 +148,7 @@ def endpoint(
     ] = None,
     shards: Annotated[int, typer.Option(help="shards of each stream.")] = 2,
     region: RegionOption = "us-east-1",
+    verbose: Verbose = False,
 ) -> None:
     """Run only the local Kinesis endpoint (moto, in memory) until Ctrl-C, with the streams."""
     stop = _stop_on_signals()
@@ -159,7 +156,7 @@ def endpoint(
         try:
             _start_local(stack, port, shards, region, stream or LOCAL_STREAMS)
         except OSError as exc:
-            raise _fail(f"cannot listen on port {port}: {exc.strerror}") from None
+            raise fail(f"cannot listen on port {port}: {exc.strerror}") from None
         while not stop.wait(1.0):
             pass
 
@@ -241,7 +238,8 @@ def _summary(consumer: Any, handler: Any) -> str:
     )
 
 
-@stream_app.command()
+@app.command()
+@user_errors
 def put(
     stream: Annotated[str, typer.Option("--stream", "-s", help="the stream to put records on.")],
     file: Annotated[
@@ -249,34 +247,32 @@ def put(
     ],
     endpoint_url: EndpointOption = None,
     region: RegionOption = "us-east-1",
+    verbose: Verbose = False,
 ) -> None:
     """Put each line of a JSON-lines file on a stream as one record (partition key: its id)."""
     from mlpipe.stream import kinesis
 
     lines = (sys.stdin if str(file) == "-" else _open(file)).read().splitlines()
     entries = [(line.encode(), _partition_key(line)) for line in lines if line.strip()]
-    try:
-        client = kinesis.client(endpoint_url, region)
-        kinesis.describe(client, stream)
-        pending = entries
-        for attempt in range(6):  # PutRecords fails records one by one under throttling
-            errors = kinesis.put_records(client, stream, pending)
-            pending = [entry for entry, error in zip(pending, errors, strict=True) if error]
-            if not pending:
-                break
-            time.sleep(0.2 * 2**attempt)
-    except UserError as exc:
-        raise _fail(str(exc)) from None
+    client = kinesis.client(endpoint_url, region)
+    kinesis.describe(client, stream)
+    pending = entries
+    for attempt in range(6):  # PutRecords fails records one by one under throttling
+        errors = kinesis.put_records(client, stream, pending)
+        pending = [entry for entry, error in zip(pending, errors, strict=True) if error]
+        if not pending:
+            break
+        time.sleep(0.2 * 2**attempt)
     typer.echo(f"put {len(entries) - len(pending):,} records on {stream}")
     if pending:
-        raise _fail(f"{len(pending):,} records were not accepted: {errors[0]}", code=1)
+        raise fail(f"{len(pending):,} records were not accepted: {errors[0]}", code=1)
 
 
 def _open(file: Path) -> Any:
     try:
         return file.open(encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
 
 
 def _partition_key(line: str) -> str:
@@ -288,19 +284,18 @@ def _partition_key(line: str) -> str:
     return uuid.uuid4().hex
 
 
-@stream_app.command()
+@app.command()
+@user_errors
 def read(
     stream: Annotated[str, typer.Option("--stream", "-s", help="the stream to print.")],
     endpoint_url: EndpointOption = None,
     region: RegionOption = "us-east-1",
+    verbose: Verbose = False,
 ) -> None:
     """Print every record a stream holds now, one line each (shard by shard)."""
     from mlpipe.stream import kinesis
 
-    try:
-        client = kinesis.client(endpoint_url, region)
-        kinesis.describe(client, stream)
-        for record in kinesis.read(client, stream):
-            typer.echo(record["Data"].decode("utf-8", errors="replace"))
-    except UserError as exc:
-        raise _fail(str(exc)) from None
+    client = kinesis.client(endpoint_url, region)
+    kinesis.describe(client, stream)
+    for record in kinesis.read(client, stream):
+        typer.echo(record["Data"].decode("utf-8", errors="replace"))

@@ -1,0 +1,158 @@
+"""Everything the commands print beyond one line: summaries, tables, progress bars (rich).
+
+rich is imported inside the functions, so ``mlpipe --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mlpipe.settings import Settings
+    from mlpipe.tune.sharded import ShardOutcome
+    from mlpipe.tune.steps import TuneOutcome
+
+
+def console() -> Console:
+    """The console commands print to (stdout)."""
+    from rich.console import Console
+
+    return Console(stderr=False, soft_wrap=True)
+
+
+def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
+    """The top trials, the test scores, the registered version and its alias, where to look."""
+    out = console()
+    tracking_uri = settings.tracking_uri
+    from rich.table import Table
+
+    done = sorted(
+        (r for r in outcome.results if r.status == "completed"),
+        key=lambda r: (r.mean_score, r.index),
+    )
+    failed = len(outcome.results) - len(done)
+    table = Table(
+        title=f"top {min(5, len(done))} of {len(outcome.results)} trials ({failed} failed)"
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("trial")
+    table.add_column("params")
+    table.add_column("cv mse", justify="right")
+    table.add_column("± std", justify="right")
+    for rank, r in enumerate(done[:5], 1):
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+        table.add_row(str(rank), r.trial_id, params, f"{r.mean_score:.4f}", f"{r.std_score:.4f}")
+    out.print(table)
+    p, t = outcome.promotion, outcome.test_metrics
+    scores = "  ".join(f"{name} {t[name]:.4f}" for name in ("mse", "rmse", "mae", "r2"))
+    out.print(f"test split: {scores}")
+    if p.champion_mse is None:
+        verdict = "first version: it becomes the champion"
+    else:
+        better = "beats" if p.promoted else "does not beat"
+        verdict = (
+            f"new test mse {p.test_mse:.4f} {better} champion v{p.champion_version}'s "
+            f"{p.champion_mse:.4f} on the same split"
+        )
+    name = outcome.model_name
+    out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
+    out.print(f"mlflow parent run {outcome.parent_run_id}  ({tracking_uri})")
+    out.print(f"artifacts {outcome.artifacts_path}/")
+    timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    out.print(f"timings: {timings}")
+    ui = (
+        f"mlflow ui --backend-store-uri {tracking_uri}"
+        if tracking_uri.startswith("sqlite")
+        else tracking_uri
+    )
+    api = settings.prefect_api_url
+    prefect_ui = api.removesuffix("/api") if api else "prefect server start"
+    out.print(f"open the MLflow UI: {ui}   the Prefect UI: {prefect_ui}")
+
+
+def shard_summary(outcome: ShardOutcome, settings: Settings) -> None:
+    """What one shard did, and the finalize command to run when every shard is done."""
+    out = console()
+    tracking_uri = settings.tracking_uri
+    results = outcome.results
+    failed = sum(r.status != "completed" for r in results)
+    out.print(
+        f"shard {outcome.shard} of search {outcome.search_id}: {len(results)} trials "
+        f"({outcome.reused} already in MLflow, {failed} failed), "
+        f"{100 * outcome.expected_share:.1f}% of the search's expected cost, "
+        f"fits {outcome.fit_seconds:.1f}s"
+    )
+    out.print(f"mlflow parent run {outcome.parent_run_id}  ({tracking_uri})")
+    out.print(f"results {outcome.results_path}")
+    timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    out.print(f"timings: {timings}")
+    out.print(f"when every shard is done: mlpipe train --finalize {outcome.search_id} (same spec)")
+
+
+def score_summary(summary: Any, out: Console) -> None:
+    """Rows scored and rejected (the first reasons), the input and output."""
+    out.print(
+        f"scored {summary.scored:,} of {summary.rows:,} rows with {summary.model_name or 'model'} "
+        f"version {summary.model_version or '-'} ({summary.predictor}) in "
+        f"{summary.seconds:.1f}s: {summary.rows_per_second:,.0f} rows/s"
+    )
+    out.print(f"input {summary.input}")
+    out.print(f"output {summary.output}")
+    if summary.rejected:
+        out.print(f"[yellow]{summary.rejected:,} rows rejected[/] -> {summary.rejects}")
+        for line in summary.first_rejects[:3]:
+            out.print(f"  {line}", markup=False)
+
+
+def drift_line(result: Any) -> str:
+    worst = max(result.features, key=lambda f: f.psi)
+    detail = f"max PSI {worst.psi:.3f} ({worst.name}), prediction PSI {result.prediction.psi:.3f}"
+    if result.drifted:
+        return (
+            f"[red]DRIFT[/] in {', '.join(result.drifted_features) or 'the predictions'}; {detail}"
+        )
+    return f"none past the thresholds; {detail}"
+
+
+@contextlib.contextmanager
+def row_progress(out: Console, total: int | None, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar over rows on a terminal; nothing in a pipe or with --quiet."""
+    if not (enabled and out.is_terminal):
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=out,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rows", total=total)
+        yield lambda rows: progress.advance(task, rows)
+
+
+def backfill_table(statuses: list[Any], title: str) -> None:
+    """One row per partition: what the backfill did and how each run ended."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("partition", "action", "flow run", "state", "message"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(
+            s.partition, s.action, s.flow_run_name or "-", s.state or "-", s.message or ""
+        )
+    console().print(table)

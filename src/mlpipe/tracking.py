@@ -385,37 +385,3 @@ def infer_signature(features: Any, predictions: Any) -> Any:
         # refuses missing values anyway, and the hint would print in the middle of `train`.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         return infer(features, predictions)
-
-
-def load_pyfunc(model_uri: str) -> Any:
-    """Load a registered or logged model as an MLflow pyfunc model (``predictor.load_model``
-    is mlpipe's own loading, with the fast path)."""
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(model_uri)
-
-
-# MLflow column types and the numpy types pyfunc's schema enforcement takes for them.
-_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32"}
-
-
-def predict_frame(model: Any, frame: Any) -> Any:
-    """A pyfunc model's predictions for ``frame`` (float64 features), its columns first cast to
-    the types of the model's signature: versions registered before mlpipe kept the table's
-    integer columns declare every column double, later ones declare integers as such."""
-    import numpy as np
-
-    schema = model.metadata.get_input_schema()
-    types = {} if schema is None else {c.name: getattr(c.type, "name", "") for c in schema.inputs}
-    cast = {c: _PANDAS_TYPES[types[c]] for c in frame.columns if types.get(c) in _PANDAS_TYPES}
-    return np.asarray(model.predict(frame.astype(cast))).ravel()
-
-
-def download_model(model_uri: str, destination: Path) -> Path:
-    """Copy the logged model's files (MLmodel, weights, environment) into ``destination``."""
-    import mlflow.artifacts
-
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
-    )

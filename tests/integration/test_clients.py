@@ -324,7 +324,7 @@ def test_a_version_logged_before_integer_columns_kept_their_type_serves(server, 
     np.testing.assert_array_equal(loaded.predict(X.to_numpy(np.float64)), expected)
 
     # the champion/challenger gate scores a champion of either kind on the float64 split
-    from mlpipe.tracking import load_pyfunc, predict_frame
+    from mlpipe.predictor import load_pyfunc, predict_frame
 
     floats = X.astype("float64")
     np.testing.assert_array_equal(

@@ -14,7 +14,8 @@ import pytest
 
 from mlpipe.batch import score as scoring
 from mlpipe.batch.score import SqlTarget
-from mlpipe.batch.sql import SqlSink, SqlSource, is_database, parse_pairs, resolve_url, shown
+from mlpipe.batch.sql import SqlSource, is_database, parse_pairs, resolve_url, shown
+from mlpipe.batch.sql_sink import SqlSink
 from mlpipe.errors import DataError, UserError
 
 BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"

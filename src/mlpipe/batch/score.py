@@ -45,7 +45,8 @@ from mlpipe.batch.files import (
     feature_values,
     input_files,
 )
-from mlpipe.batch.sql import SqlSink, SqlSource
+from mlpipe.batch.sql import SqlSource
+from mlpipe.batch.sql_sink import SqlSink
 from mlpipe.contract import InputContract
 from mlpipe.drift import Counts
 from mlpipe.errors import RejectLimitError, UserError

@@ -287,11 +287,11 @@ def finish(
             "alias": promotion.alias,
         },
     )
-    from mlpipe import tracking
+    from mlpipe.predictor import download_model
     from mlpipe.tune import report
 
     report.write_report(out_dir / "report", results, split, predictions, model, family.name)
-    tracking.download_model(model_uri, out_dir / "model")
+    download_model(model_uri, out_dir / "model")
     tracker.log_artifacts(parent_run_id, out_dir)
     tracker.end_search(parent_run_id, ok=True)
     timings["register"] = time.perf_counter() - started - timings["refit"]
@@ -332,7 +332,7 @@ def promote(
     tracker: Tracker, model_name: str, version: str, test_mse: float, split: Split
 ) -> Promotion:
     """Move ``champion`` to ``version`` only if it beats the current champion on this test split."""
-    from mlpipe.tracking import load_pyfunc, predict_frame
+    from mlpipe.predictor import load_pyfunc, predict_frame
 
     current = tracker.champion_version(model_name)
     champion_mse: float | None = None

@@ -70,6 +70,29 @@ def register_model(root: Path, params: dict) -> str:
     return uri
 
 
+# The model most modules serve, score or stream: trained once per session (a real `mlpipe train`
+# into a SQLite store), then shared read-only or copied (`registered_copy`) by modules that
+# register versions or move aliases.
+TRAINED_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """boston-rf version 1 (champion), `mlpipe train`'s own; modules must not change this
+    store (take ``registered_copy``): its ``root`` and ``uri``."""
+    root = tmp_path_factory.mktemp("trained")
+    return {"root": root, "uri": register_model(root, TRAINED_GRID)}
+
+
+def registered_copy(trained: dict, root: Path) -> str:
+    """A copy of the session's store under ``root`` (its registry, runs and artifacts folder;
+    the runs' files stay where MLflow wrote them, read-only): its tracking URI."""
+    import shutil
+
+    shutil.copytree(trained["root"], root, dirs_exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -101,9 +124,12 @@ def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server and its children (it was started in its own process group)."""
+    started = time.monotonic()
     if proc.poll() is None:
         stop_group(proc.pid, grace=15)
     proc.wait()
+    with open("/tmp/stop_times.log", "a") as log:  # TEMPORARY instrumentation
+        log.write(f"{time.monotonic() - started:.1f}s {' '.join(map(str, proc.args[:4]))}\n")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import requests
 import yaml
-from conftest import BIN, background, free_port, register_model, run_mlpipe, system_tool
+from conftest import BIN, background, free_port, registered_copy, run_mlpipe, system_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
@@ -35,7 +35,7 @@ LIMIT = 20_000  # the server's --max-body-bytes
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained):
     """`mlpipe train` registered boston-rf version 1 (champion); version 2 is the same kind of
     model logged the way mlpipe logged models before (every column double), alias `legacy`."""
     from sklearn.ensemble import RandomForestRegressor
@@ -43,7 +43,7 @@ def store(tmp_path_factory):
     from mlpipe.tracking import Tracker, infer_signature
 
     root = tmp_path_factory.mktemp("clients")
-    uri = register_model(root, {"n_estimators": [20], "max_depth": [6]})
+    uri = registered_copy(trained, root)  # this module registers versions and moves aliases
     table = pd.read_csv(BOSTON)
     X = table.drop(columns=["MEDV"])
     floats = X.astype("float64")

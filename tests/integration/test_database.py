@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-from conftest import BIN, register_model, run_mlpipe
+from conftest import BIN, run_mlpipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
@@ -25,10 +25,9 @@ QUERY = "SELECT * FROM houses WHERE day = :day"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained):
     root = tmp_path_factory.mktemp("sql")
-    uri = register_model(root, {"n_estimators": [20], "max_depth": [6]})
-    return {"root": root, "env": {"MLFLOW_TRACKING_URI": uri}}
+    return {"root": root, "env": {"MLFLOW_TRACKING_URI": trained["uri"]}}
 
 
 def houses(repeat: int = 1) -> pd.DataFrame:
@@ -124,21 +123,28 @@ def test_a_read_streams_in_batches_while_the_query_runs(pg):
 
     from mlpipe.batch.sql import SqlSource
 
+    # ~30 MB per day: more than the loopback socket buffers hold, so a server that has sent
+    # everything (not streaming) would show as finished
     with pg["connect"]() as conn:
-        conn.execute("CREATE TABLE many AS SELECT h.* FROM houses h, generate_series(1, 200)")
+        conn.execute("CREATE TABLE many AS SELECT h.* FROM houses h, generate_series(1, 600)")
     url = make_url(pg["url"]).set(password=pg["password"])
     batches = SqlSource(url, query="SELECT * FROM many WHERE day = :day",
                         params={"day": DAYS[1]}).batches(1000)  # fmt: skip
-    first = next(batches)
-    with pg["connect"]() as conn:
-        (running,) = conn.execute(
-            "SELECT state, query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND usename = 'mlpipe' AND backend_type = 'client backend'"
-        ).fetchall()
-    assert running[1].startswith("COPY (SELECT * FROM many WHERE day = "), running
-    assert running[0] == "active", running  # held back by the client, not finished
-    sizes = [first.num_rows, *(b.num_rows for b in batches)]
-    assert sum(sizes) == 200 * 506 and len(sizes) > 20 and max(sizes) < 5000
+    try:
+        first = next(batches)
+        with pg["connect"]() as conn:
+            running = conn.execute(
+                "SELECT state, query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND usename = 'mlpipe' AND backend_type = 'client backend' "
+                "AND query LIKE 'COPY (%'"
+            ).fetchall()
+        assert len(running) == 1, running
+        assert running[0][1].startswith("COPY (SELECT * FROM many WHERE day = "), running
+        assert running[0][0] == "active", running  # held back by the client, not finished
+        sizes = [first.num_rows, *(b.num_rows for b in batches)]
+    finally:
+        batches.close()  # a failed assertion must not leave the COPY holding its locks
+    assert sum(sizes) == 600 * 506 and len(sizes) > 20 and max(sizes) < 5000
     assert first.schema.field("house_id").type == "int64"  # the query's column types
     assert first.schema.field("RM").type == "double" and first.schema.field("day").type == "string"
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, register_model, run_mlpipe
+from conftest import BIN, run_mlpipe
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +23,10 @@ MODEL = "models:/boston-rf@champion"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained):
     """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
     root = tmp_path_factory.mktemp("score")
-    uri = register_model(root, {"n_estimators": [30], "max_depth": [None, 8]})
-    return {"root": root, "env": {"MLFLOW_TRACKING_URI": uri}}
+    return {"root": root, "env": {"MLFLOW_TRACKING_URI": trained["uri"]}}
 
 
 @pytest.fixture(scope="module")

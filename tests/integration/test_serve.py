@@ -18,20 +18,19 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, free_port, register_model, run_mlpipe, stop, wait_http
+from conftest import BIN, free_port, registered_copy, run_mlpipe, stop, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
 FEATURES = ["CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO",
             "B", "LSTAT"]  # fmt: skip
-SMALL_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained):
     """A store where `mlpipe train` registered boston-rf version 1 (champion)."""
     root = tmp_path_factory.mktemp("serve")
-    uri = register_model(root, SMALL_GRID)
+    uri = registered_copy(trained, root)  # this module registers versions and moves the alias
     frame = pd.read_csv(Path(__file__).parents[2] / "src/mlpipe/data/boston.csv")
     return {"root": root, "uri": uri, "X": frame[FEATURES]}  # as pandas reads it
 
@@ -230,9 +229,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 
 def _register(store, model, columns, name="boston-rf"):
     """Register one more version with mlpipe's tracker (the ONNX export included)."""
-    from mlflow.models import infer_signature
-
-    from mlpipe.tracking import Tracker
+    from mlpipe.tracking import Tracker, infer_signature
 
     X = store["X"][columns]
     tracker = Tracker.connect(store["uri"], "serve-tests")

@@ -22,7 +22,7 @@ import boto3
 import httpx
 import pandas as pd
 import pytest
-from conftest import BIN, background, free_port, register_model, stop
+from conftest import BIN, background, free_port, stop
 
 from mlpipe.stream import kinesis
 from mlpipe.stream.ledger import DynamoLedger
@@ -35,9 +35,9 @@ MODEL = "models:/boston-rf@champion"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained):
     root = tmp_path_factory.mktemp("stream")
-    return {"root": root, "uri": register_model(root, {"n_estimators": [30], "max_depth": [8]})}
+    return {"root": root, "uri": trained["uri"]}
 
 
 @pytest.fixture(scope="module")

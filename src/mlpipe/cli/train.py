@@ -176,4 +176,5 @@ def _run(
         shard=shard,
         finalize=finalize,
         wait_seconds=wait,
+        prefect_api_url=environment.prefect_api_url,
     )

@@ -38,6 +38,7 @@ def run_tuning(
     shard: Shard | None = None,
     finalize: str | None = None,
     wait_seconds: float = 0.0,
+    prefect_api_url: str | None = None,
 ) -> TuneOutcome | ShardOutcome:
     """Run the ``tune`` flow (the whole search, or one ``shard``) or, with ``finalize`` (a
     search id), the ``tune-finalize`` flow from a CLI: start the backends in parallel, then the
@@ -45,9 +46,10 @@ def run_tuning(
 
     The Prefect ephemeral server (10-26 s here) and the MLflow store's schema set-up are started
     side by side, with their output sent to ``log_dir`` so a user's terminal shows progress only.
+    ``prefect_api_url`` is the server the environment names (None: the ephemeral one).
     """
     started = time.perf_counter()
-    if spec.executor.startswith("dask://") and not os.environ.get("PREFECT_API_URL"):
+    if spec.executor.startswith("dask://") and not prefect_api_url:
         raise UserError(
             f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
             "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
@@ -55,7 +57,7 @@ def run_tuning(
     prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
-    if not os.environ.get("PREFECT_API_URL"):
+    if not prefect_api_url:
         # Both threads below touch SQLAlchemy's global mapper registry: MLflow's store runs
         # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
         # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
@@ -135,8 +137,8 @@ def task_runner(
         return
     from distributed import Client, LocalCluster
 
-    # Worker processes inherit the environment and the output file descriptors at start.
-    os.environ["PREFECT_API_URL"] = api_url
+    # Worker processes get the API's URL from their nanny and inherit the output file
+    # descriptors at start.
     with _output_to(log_path) if log_path else contextlib.nullcontext():
         cluster = LocalCluster(
             n_workers=workers,
@@ -144,6 +146,7 @@ def task_runner(
             processes=True,
             dashboard_address=None,
             silence_logs=logging.WARNING,
+            env={"PREFECT_API_URL": api_url},
         )
     try:
         with Client(cluster) as client:

@@ -124,12 +124,9 @@ def background(args: list[str], log: Path, ready_url: str, **popen) -> Iterator[
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server and its children (it was started in its own process group)."""
-    started = time.monotonic()
     if proc.poll() is None:
         stop_group(proc.pid, grace=15)
     proc.wait()
-    with open("/tmp/stop_times.log", "a") as log:  # TEMPORARY instrumentation
-        log.write(f"{time.monotonic() - started:.1f}s {' '.join(map(str, proc.args[:4]))}\n")
 
 
 @pytest.fixture(scope="module")

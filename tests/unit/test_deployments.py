@@ -182,3 +182,18 @@ def test_entrypoints_of_deployments_registered_by_earlier_versions_still_load(ol
     flow = load_flow_from_entrypoint(old, use_placeholder_flow=False)
     assert flow is load_flow_from_entrypoint(new, use_placeholder_flow=False)
     assert new in {*deployments.FLOW_ENTRYPOINTS.values(), "mlpipe.tune.flows.finalize_search"}
+
+
+def test_the_deployments_name_is_an_option_and_names_the_automations(tmp_path):
+    from mlpipe.deploy import automations, triggers
+
+    settings = deployments.DeploySettings(
+        flows=("tune", "batch_score"), parameters={}, working_dir=tmp_path, name="nightly"
+    )
+    assert [d.name for d in deployments.build(settings, on_pool=True)] == ["nightly", "nightly"]
+    default = deployments.DeploySettings(flows=("tune",), parameters={}, working_dir=tmp_path)
+    assert [d.name for d in deployments.build(default, on_pool=True)] == ["mlpipe"]
+    assert automations.AUTOMATION_NAME.format(name="mlpipe") == (
+        "mlpipe: a deployment's flow run failed"  # the name earlier versions created
+    )
+    assert triggers.DRIFT_AUTOMATION.format(name="nightly") == "nightly: drift detected"

@@ -11,6 +11,7 @@ import typer
 
 from mlpipe.cli import render
 from mlpipe.cli.common import Verbose, settings, user_errors
+from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, DEFAULT_POOL
 
@@ -53,6 +54,9 @@ WebhookOption = Annotated[
         help="call this URL (a Prefect automation) when a run of these deployments fails."
     ),
 ]
+NameOption = Annotated[
+    str, typer.Option("--name", help="the deployments' name: each flow's is FLOW/NAME.")
+]
 
 
 @app.command("apply")
@@ -77,6 +81,7 @@ def deploy_apply(
     cpu_limit: Annotated[str | None, typer.Option(help="kubernetes, e.g. 2.")] = None,
     memory_request: Annotated[str | None, typer.Option(help="kubernetes, e.g. 1Gi.")] = None,
     memory_limit: Annotated[str | None, typer.Option(help="kubernetes, e.g. 4Gi.")] = None,
+    deployment_name: NameOption = DEPLOYMENT_NAME,
     verbose: Verbose = False,
 ) -> None:
     """Register the deployments on a work pool; a worker of that pool runs them
@@ -95,7 +100,7 @@ def deploy_apply(
         )
     settings = _settings(
         flows, cron, interval, model, input_root, output_root, config,
-        pool=pool, kubernetes=kubernetes,
+        pool=pool, kubernetes=kubernetes, name=deployment_name,
         working_dir=(working_dir or Path.cwd()).resolve() if pool_type == "process" else None,
     )  # fmt: skip
     typer.echo(deployments.ensure_pool(pool, pool_type))
@@ -103,11 +108,12 @@ def deploy_apply(
     for name, deployment_id in created:
         typer.echo(f"deployment {name} ({deployment_id}) on pool {pool!r}")
     if notify_webhook:
-        _notify(notify_webhook, [i for _, i in created])
+        _notify(notify_webhook, [i for _, i in created], deployment_name)
     if pool_type == "process":
         typer.echo(f"start a worker: prefect worker start --pool {pool} --type process")
     typer.echo(
-        "run one now: prefect deployment run batch_score/mlpipe -p partition=date=2026-11-22"
+        f"run one now: prefect deployment run batch_score/{deployment_name} "
+        "-p partition=date=2026-11-22"
     )
 
 
@@ -136,6 +142,7 @@ def deploy_triggers(
     retrain_on_drift: Annotated[
         bool, typer.Option(help="also run tune/mlpipe on mlpipe.drift.detected.")
     ] = False,
+    deployment_name: NameOption = DEPLOYMENT_NAME,
     verbose: Verbose = False,
 ) -> None:
     """Event-driven runs: a new partition is scored when it lands, a new champion re-scores the
@@ -151,7 +158,7 @@ def deploy_triggers(
     settings = _settings(
         list(deployments.FLOW_ENTRYPOINTS), [f"tune={retrain_cron}"],
         [f"watch_incoming={sensor_interval}"], model, input_root, output_root, config,
-        pool=pool, working_dir=(working_dir or Path.cwd()).resolve(),
+        pool=pool, working_dir=(working_dir or Path.cwd()).resolve(), name=deployment_name,
     )  # fmt: skip
     settings.triggers["batch_score"] = triggers.batch_score_triggers(name)
     typer.echo(deployments.ensure_pool(pool, "process"))
@@ -164,12 +171,13 @@ def deploy_triggers(
         f"tune every '{retrain_cron}'; watch_incoming every {sensor_interval:g}s"
     )
     if notify_webhook:
-        retrain = created["tune/mlpipe"] if retrain_on_drift else None
-        automation_id = triggers.notify_on_drift(notify_webhook, retrain)
+        retrain = created[f"tune/{deployment_name}"] if retrain_on_drift else None
+        automation_id = triggers.notify_on_drift(notify_webhook, retrain, deployment_name)
         typer.echo(
-            f"automation {triggers.DRIFT_AUTOMATION!r} ({automation_id}): "
+            f"automation {triggers.DRIFT_AUTOMATION.format(name=deployment_name)!r} "
+            f"({automation_id}): "
             f"{triggers.DRIFT_DETECTED} calls {notify_webhook}"
-            + (" and runs tune/mlpipe" if retrain else "")
+            + (f" and runs tune/{deployment_name}" if retrain else "")
         )
     typer.echo(f"start a worker: prefect worker start --pool {pool} --type process")
 
@@ -188,14 +196,18 @@ def deploy_serve(
     limit: Annotated[
         int | None, typer.Option(help="flow runs at once (default: no limit).")
     ] = None,
+    deployment_name: NameOption = DEPLOYMENT_NAME,
     verbose: Verbose = False,
 ) -> None:
     """Serve the deployments from this process (static infrastructure) until Ctrl-C."""
     from mlpipe.deploy import deployments
 
-    settings = _settings(flows, cron, interval, model, input_root, output_root, config)
+    settings = _settings(
+        flows, cron, interval, model, input_root, output_root, config, name=deployment_name
+    )
     if notify_webhook:  # the automation needs the deployments' ids before serving
-        _notify(notify_webhook, [str(d.apply()) for d in deployments.build(settings, False)])
+        ids = [str(d.apply()) for d in deployments.build(settings, False)]
+        _notify(notify_webhook, ids, deployment_name)
     deployments.serve(settings, limit=limit)
 
 
@@ -262,11 +274,12 @@ def _settings(
     )  # fmt: skip
 
 
-def _notify(url: str, deployment_ids: list[str]) -> None:
+def _notify(url: str, deployment_ids: list[str], name: str) -> None:
     from mlpipe.deploy.automations import AUTOMATION_NAME, notify_on_failure
 
-    automation_id = notify_on_failure(url, deployment_ids)
-    typer.echo(f"automation {AUTOMATION_NAME!r} ({automation_id}): failed runs call {url}")
+    automation_id = notify_on_failure(url, deployment_ids, name)
+    automation = AUTOMATION_NAME.format(name=name)
+    typer.echo(f"automation {automation!r} ({automation_id}): failed runs call {url}")
 
 
 @user_errors
@@ -279,7 +292,7 @@ def backfill(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the runs.")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the runs.")] = 3600.0,
-    deployment: Annotated[str, typer.Option(help="the deployment's name.")] = "mlpipe",
+    deployment: Annotated[str, typer.Option(help="the deployment's name.")] = DEPLOYMENT_NAME,
     verbose: Verbose = False,
 ) -> None:
     """One batch_score run per date partition (date=YYYY-MM-DD) whose output is missing."""

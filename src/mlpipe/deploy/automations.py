@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-BLOCK_NAME = "mlpipe-failure-webhook"
-AUTOMATION_NAME = "mlpipe: a deployment's flow run failed"
+BLOCK_NAME = "{name}-failure-webhook"  # the deployments' name ("mlpipe" by default)
+AUTOMATION_NAME = "{name}: a deployment's flow run failed"
 # Rendered by the server with the flow run the event is about; | tojson keeps the JSON valid.
 PAYLOAD = (
     '{"event": {{ event.event | tojson }}, '
@@ -25,14 +25,16 @@ PAYLOAD = (
 )
 
 
-def notify_on_failure(webhook_url: str, deployment_ids: list[str]) -> str:
-    """Create (or replace) the webhook block and the automation; returns the automation id."""
+def notify_on_failure(webhook_url: str, deployment_ids: list[str], name: str = "mlpipe") -> str:
+    """Create (or replace) the webhook block and the automation of the deployments called
+    ``name``; returns the automation id."""
     from prefect.events.actions import CallWebhook
     from prefect.events.schemas.automations import EventTrigger, Posture
 
+    block = BLOCK_NAME.format(name=name)
     return replace_automation(
-        name=AUTOMATION_NAME,
-        description="Calls the webhook block mlpipe-failure-webhook when an mlpipe run fails.",
+        name=AUTOMATION_NAME.format(name=name),
+        description=f"Calls the webhook block {block} when a run of the {name} deployments fails.",
         trigger=EventTrigger(
             expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
             match_related={
@@ -42,9 +44,7 @@ def notify_on_failure(webhook_url: str, deployment_ids: list[str]) -> str:
             posture=Posture.Reactive,
             threshold=1,
         ),
-        actions=[
-            CallWebhook(block_document_id=save_webhook(BLOCK_NAME, webhook_url), payload=PAYLOAD)
-        ],
+        actions=[CallWebhook(block_document_id=save_webhook(block, webhook_url), payload=PAYLOAD)],
     )
 
 

@@ -75,6 +75,7 @@ class DeploySettings:
     flows: tuple[str, ...]
     parameters: dict[str, dict[str, Any]]  # per flow
     schedules: dict[str, Schedule] = field(default_factory=dict)
+    name: str = DEPLOYMENT_NAME  # each flow's deployment is FLOW/NAME
     pool: str = DEFAULT_POOL
     working_dir: Path | None = None  # process pools: where flow runs start
     kubernetes: KubernetesJob | None = None  # set for a kubernetes pool
@@ -139,7 +140,7 @@ def build(settings: DeploySettings, on_pool: bool) -> list[Any]:
             }
         deployments.append(
             flow.to_deployment(
-                DEPLOYMENT_NAME,
+                settings.name,
                 parameters=settings.parameters.get(name, {}),
                 tags=TAGS,
                 description=f"mlpipe {name} ({FLOW_ENTRYPOINTS[name]})",

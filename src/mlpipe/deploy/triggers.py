@@ -18,8 +18,8 @@ from mlpipe.signals import DATA_ARRIVED, DRIFT_DETECTED, MODEL_PROMOTED
 
 SENSOR_INTERVAL_SECONDS = 60.0
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
-DRIFT_BLOCK = "mlpipe-drift-webhook"
-DRIFT_AUTOMATION = "mlpipe: drift detected"
+DRIFT_BLOCK = "{name}-drift-webhook"  # the deployments' name ("mlpipe" by default)
+DRIFT_AUTOMATION = "{name}: drift detected"
 # The event's own fields; | tojson keeps the JSON valid whatever the values hold.
 DRIFT_PAYLOAD = (
     '{"event": {{ event.event | tojson }}, '
@@ -55,22 +55,26 @@ def batch_score_triggers(model_name: str) -> list[Any]:
     ]
 
 
-def notify_on_drift(webhook_url: str, retrain_deployment_id: str | None = None) -> str:
-    """Create (or replace) the automation that calls the webhook on ``mlpipe.drift.detected``
-    and, with a deployment id, also runs that deployment (a retrain); returns its id."""
+def notify_on_drift(
+    webhook_url: str, retrain_deployment_id: str | None = None, name: str = "mlpipe"
+) -> str:
+    """Create (or replace) the automation (named after the deployments' ``name``) that calls
+    the webhook on ``mlpipe.drift.detected`` and, with a deployment id, also runs that
+    deployment (a retrain); returns its id."""
+    block = DRIFT_BLOCK.format(name=name)
     from prefect.events.actions import CallWebhook, RunDeployment
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     from mlpipe.deploy.automations import replace_automation, save_webhook
 
     actions: list[Any] = [
-        CallWebhook(block_document_id=save_webhook(DRIFT_BLOCK, webhook_url), payload=DRIFT_PAYLOAD)
+        CallWebhook(block_document_id=save_webhook(block, webhook_url), payload=DRIFT_PAYLOAD)
     ]
     if retrain_deployment_id is not None:
         actions.append(RunDeployment(source="selected", deployment_id=retrain_deployment_id))
     return replace_automation(
-        name=DRIFT_AUTOMATION,
-        description=f"Calls the webhook block {DRIFT_BLOCK} when inputs drift"
+        name=DRIFT_AUTOMATION.format(name=name),
+        description=f"Calls the webhook block {block} when inputs drift"
         + (" and starts a retrain." if retrain_deployment_id else "."),
         trigger=EventTrigger(
             expect={DRIFT_DETECTED},

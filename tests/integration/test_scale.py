@@ -178,14 +178,3 @@ def test_an_existing_dask_cluster_equals_one_machine(work, single):
         root, MLFLOW_TRACKING_URI=work["env"]["MLFLOW_TRACKING_URI"],
     )  # fmt: skip
     assert no_api.returncode == 2 and "set PREFECT_API_URL" in no_api.stderr
-
-
-def test_shard_flags_are_checked(work):
-    bad = train(work, "bad", "--shard", "2/2", expect=2)
-    assert "index must be 0..1" in bad.stderr
-    wrong_pod = train(work, "bad", "--shard", "0/2", expect=2, JOB_COMPLETION_INDEX="1")
-    assert "JOB_COMPLETION_INDEX is 1" in wrong_pod.stderr
-    other = train(work, "bad", "--finalize", "0000000000", expect=2)
-    assert "this spec and data give search" in other.stderr
-    unknown = train(work, "bad", "--executor", "ray://x", expect=2)
-    assert "executor" in unknown.stderr

@@ -402,7 +402,3 @@ def test_serve_fails_fast_on_a_model_that_does_not_exist(store):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("error: model models:/no-such-model@champion")
-    bad = run_mlpipe(["serve", "--model", "nowhere/"], store["root"])
-    assert bad.returncode == 2 and "not a folder with an MLmodel file" in bad.stderr
-    workers = run_mlpipe(["serve", "--model", "nowhere/", "--workers", "0"], store["root"])
-    assert workers.returncode == 2 and "--workers" in workers.stderr

@@ -91,3 +91,42 @@ def test_score_says_which_options_go_with_a_database(tmp_path):
         result = runner.invoke(app, ["score", "-m", str(tmp_path / "no-model"), *args])
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert "Traceback" not in result.output and "u:pw" not in result.output
+
+
+def test_shard_flags_are_checked_before_any_backend_starts(tmp_path):
+    def train(*args: str, **env: str):
+        result = runner.invoke(app, ["train", "--artifacts-dir", str(tmp_path), *args], env=env)
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    assert "index must be 0..1" in train("--shard", "2/2")
+    assert "JOB_COMPLETION_INDEX is 1" in train("--shard", "0/2", JOB_COMPLETION_INDEX="1")
+    assert "this spec and data give search" in train("--finalize", "0000000000")
+    assert "executor" in train("--executor", "ray://x")
+    assert "--wait applies to --finalize only" in train("--wait", "5")
+    assert "--shard and --finalize are separate steps" in train("--shard", "0/2", "--finalize", "x")
+
+
+def test_serve_refuses_a_model_that_is_not_one_before_it_starts():
+    bad = runner.invoke(app, ["serve", "--model", "nowhere/"])
+    assert bad.exit_code == 2 and "not a folder with an MLmodel file" in bad.output
+    workers = runner.invoke(app, ["serve", "--model", "nowhere/", "--workers", "0"])
+    assert workers.exit_code == 2 and "--workers" in workers.output
+
+
+def test_every_command_takes_verbose_and_then_shows_the_traceback():
+    from mlpipe.errors import UserError
+
+    for group in ([], ["deploy"], ["stream"]):
+        listed = runner.invoke(app, [*group, "--help"]).output
+        assert "Commands" in listed
+    commands = [["train"], ["serve"], ["score"], ["backfill"], ["up"], ["status"], ["down"],
+                ["init"], ["version"], ["deploy", "apply"], ["deploy", "triggers"],
+                ["deploy", "serve"], ["deploy", "k8s"], ["stream"], ["stream", "put"],
+                ["stream", "read"], ["stream", "endpoint"]]  # fmt: skip
+    for command in commands:
+        assert "--verbose" in runner.invoke(app, [*command, "--help"]).output, command
+    quiet = runner.invoke(app, ["serve", "--model", "nowhere/"])
+    assert quiet.exit_code == 2 and quiet.exception is not None and "Traceback" not in quiet.output
+    loud = runner.invoke(app, ["serve", "--model", "nowhere/", "--verbose"])
+    assert isinstance(loud.exception, UserError)

@@ -31,11 +31,13 @@ def alive(pid: int) -> bool:
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (seconds since the epoch, as text); None if gone."""
+    """The kernel's start time of ``pid`` in clock ticks since boot (as /proc/PID/stat has it,
+    and as pid files written by earlier versions recorded it); None if gone."""
     try:
-        return repr(psutil.Process(pid).create_time())
+        since_boot = psutil.Process(pid).create_time() - psutil.boot_time()
     except psutil.Error:
         return None
+    return str(round(since_boot * os.sysconf("SC_CLK_TCK")))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

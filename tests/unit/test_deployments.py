@@ -145,6 +145,9 @@ def test_the_stack_trusts_a_pid_only_while_its_start_time_matches(tmp_path):
     )
     try:
         started = start_time(child.pid)
+        # the format pid files have always recorded: /proc/PID/stat's start time, in ticks
+        stat = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert started == stat[19]
         live = stack.Service("prefect", child.pid, started, "u", "h", "l")
         reused = stack.Service("prefect", child.pid, "1", "u", "h", "l")  # same pid, other start
         assert live.running() and not reused.running()

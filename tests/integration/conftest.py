@@ -151,74 +151,20 @@ def restore_mlflow_uris():
             os.environ[key] = value
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def servers(tmp_path_factory):
-    """A real `prefect server start` and a real `mlflow server`, each on a free port."""
+    """A real `prefect server start` and a real `mlflow server` on free ports, for the whole
+    session, started and stopped by `mlpipe up`'s own code (without its worker). Modules keep
+    out of each other's way by names: their own models and experiments, work pools and
+    deployment names."""
+    from mlpipe.deploy import stack
+
     root = tmp_path_factory.mktemp("servers")
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(root / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    prefect_port, mlflow_port = free_port(), free_port()
-    logs = []
-    procs = []
+    started = stack.up(root, 0, 0, with_worker=False)
     try:
-        for name, args in [
-            (
-                "prefect",
-                [
-                    str(BIN / "prefect"),
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(prefect_port),
-                ],
-            ),
-            (
-                "mlflow",
-                [
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(mlflow_port),
-                    "--backend-store-uri",
-                    f"sqlite:///{root / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(root / "mlartifacts"),
-                    "--workers",
-                    "1",
-                ],
-            ),
-        ]:
-            log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    args,
-                    env={**env, "PATH": f"{BIN}:{env['PATH']}"},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    cwd=root,
-                )
-            )
-        wait_http(f"http://127.0.0.1:{prefect_port}/api/health", procs[0])
-        wait_http(f"http://127.0.0.1:{mlflow_port}/health", procs[1])
-        yield {
-            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-            "root": root,
-        }
+        yield {**started.environment(), "root": root}
     finally:
-        for proc in procs:
-            stop(proc)
-        for log in logs:
-            log.close()
+        stack.down(started, grace=15)
 
 
 def api(project: dict, method: str, path: str, **kwargs) -> httpx.Response:

@@ -139,7 +139,8 @@ def test_a_failed_run_is_visible_and_calls_the_webhook(deployed, receiver):
     assert result.returncode == 1
     assert "Failed" in result.stdout
     runs = api(deployed, "POST", "/flow_runs/filter",
-               json={"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}}).json()  # fmt: skip
+               json={"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}},
+                     "deployments": {"name": {"any_": ["mlpipe"]}}}).json()  # fmt: skip
     (failed,) = runs
     assert "lacks the model's feature column(s) RM" in failed["state"]["message"]
     task_runs = api(deployed, "POST", "/task_runs/filter",

@@ -32,6 +32,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_u
 
 BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
 POOL = "test-trigger-pool"
+# The servers are the session's: this module's model, experiment and deployments are its own.
+MODEL = "triggers-rf"
+DEPLOYMENT = "triggers"
 WEAK = {"n_estimators": [5], "max_depth": [2]}  # version 1: easy to beat
 STRONG = {"n_estimators": [60], "max_depth": [None]}  # version 2: the new champion
 DAYS = {"plain": "date=2026-11-20", "drifted": "date=2026-11-21", "latest": "date=2026-11-22"}
@@ -43,7 +46,9 @@ def drifted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def train(project: dict, params: dict) -> str:
-    (project["root"] / "spec.yaml").write_text(yaml.safe_dump({"search": {"params": params}}))
+    spec = {"search": {"params": params}, "tracking": {"experiment": MODEL},
+            "registry": {"model_name": MODEL}}  # fmt: skip
+    (project["root"] / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], project["root"],
                         **project["env"])  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -59,16 +64,28 @@ def project(servers, receiver, tmp_path_factory):
     assert "alias champion" in train(project, WEAK)
     result = run_mlpipe(
         ["deploy", "triggers", "--pool", POOL, "--sensor-interval", "5",
-         "--notify-webhook", receiver.url],
+         "--notify-webhook", receiver.url, "--name", DEPLOYMENT,
+         "--model", f"models:/{MODEL}@champion"],
         root, **env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    with process_worker(POOL, root, env):
-        yield project | {"output": result.stdout}
+    try:
+        with process_worker(POOL, root, env):
+            yield project | {"output": result.stdout}
+    finally:  # the sensor's 5 s schedule would go on filling the session's server
+        for flow in ("watch_incoming", "batch_score", "tune"):
+            found = httpx.get(f"{project['api']}/deployments/name/{flow}/{DEPLOYMENT}")
+            if found.status_code == 200:
+                httpx.delete(f"{project['api']}/deployments/{found.json()['id']}")
 
 
 def runs_of(project, flow: str, state: str | None = None) -> list[dict]:
-    body: dict = {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_ASC", "limit": 200}
+    body: dict = {
+        "flows": {"name": {"any_": [flow]}},
+        "deployments": {"name": {"any_": [DEPLOYMENT]}},
+        "sort": "START_TIME_ASC",
+        "limit": 200,
+    }
     if state:
         body["flow_runs"] = {"state": {"type": {"any_": [state]}}}
     return api(project, "POST", "/flow_runs/filter", json=body).json()
@@ -101,11 +118,11 @@ def drift_bodies(receiver) -> list[dict]:
 
 def test_deploy_triggers_creates_the_deployments_and_the_scheduler_fills_them(project):
     out = project["output"]
-    for name in ("tune/mlpipe", "batch_score/mlpipe", "watch_incoming/mlpipe"):
-        assert f"deployment {name} (" in out
+    for name in ("tune", "batch_score", "watch_incoming"):
+        assert f"deployment {name}/{DEPLOYMENT} (" in out
     assert "mlpipe.drift.detected calls" in out
     names = {a["name"] for a in api(project, "POST", "/automations/filter", json={}).json()}
-    assert {"mlpipe: drift detected", "mlpipe: score a partition when it lands"} <= names
+    assert {f"{DEPLOYMENT}: drift detected", "mlpipe: score a partition when it lands"} <= names
     # the weekly retrain's runs are created by the server's scheduler (sqlalchemy<2.1 pin)
     scheduled = wait_for("tune's scheduled runs", lambda: runs_of(project, "tune", "SCHEDULED"))
     assert all(r["expected_start_time"] > r["created"] for r in scheduled)
@@ -144,7 +161,7 @@ def test_the_drift_report_is_logged_to_mlflow_and_renders_in_chromium(project, t
     from mlflow import MlflowClient
 
     client = MlflowClient(project["env"]["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("boston-rf-scoring")
+    experiment = client.get_experiment_by_name(f"{MODEL}-scoring")
     runs = {
         r.data.tags["mlpipe.partition"]: r for r in client.search_runs([experiment.experiment_id])
     }
@@ -176,7 +193,7 @@ def test_a_new_champion_re_scores_the_latest_partition(project):
         return runs or None
 
     (run,) = wait_for("the re-scoring run", rescored)
-    assert run["parameters"]["model"] == "models:/boston-rf/2"
+    assert run["parameters"]["model"] == f"models:/{MODEL}/2"
     out = pd.read_parquet(project["root"] / "data/scored" / DAYS["latest"] / "predictions.parquet")
     assert len(out) == 506 and set(out["model_version"]) == {"2"}
     older = pd.read_parquet(project["root"] / "data/scored" / DAYS["plain"] / "predictions.parquet")
@@ -195,7 +212,7 @@ def test_score_reads_a_database_url_from_a_prefect_secret_block(project, tmp_pat
     with temporary_settings({PREFECT_API_URL: project["api"]}):
         Secret(value=f"sqlite:///{shop}").save("mlpipe-test-shop", overwrite=True)
     out = tmp_path / "scored.parquet"
-    args = ["score", "-m", "models:/boston-rf@champion", "--table", "houses", "-o", str(out)]
+    args = ["score", "-m", f"models:/{MODEL}@champion", "--table", "houses", "-o", str(out)]
     found = run_mlpipe([*args, "-i", "secret:mlpipe-test-shop"], project["root"], **project["env"])
     assert found.returncode == 0, found.stderr
     assert "scored 506 of 506 rows" in found.stdout and len(pd.read_parquet(out)) == 506
@@ -207,7 +224,7 @@ def test_serve_reports_drift_on_metrics_and_as_an_event(project, receiver):
     port = free_port()
     log = open(project["root"] / "serve.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [str(BIN / "mlpipe"), "serve", "--model", "models:/boston-rf@champion",
+        [str(BIN / "mlpipe"), "serve", "--model", f"models:/{MODEL}@champion",
          "--port", str(port), "--drift-window", "200", "--drift-seconds", "0.5",
          "--no-access-log"],
         cwd=project["root"], env={**os.environ, **project["env"]},
@@ -219,9 +236,10 @@ def test_serve_reports_drift_on_metrics_and_as_an_event(project, receiver):
         frame = pd.read_csv(BOSTON).drop(columns=["MEDV"])
 
         def post(rows: pd.DataFrame) -> None:
-            for start in range(0, len(rows), 50):
-                chunk = rows.iloc[start : start + 50].to_dict(orient="records")
-                assert httpx.post(f"{url}/predict", json=chunk).status_code == 200
+            # one request: the background check (every 0.5 s) never sees a half-filled window,
+            # whose PSI on 100 rows can cross the threshold by chance
+            body = rows.to_dict(orient="records")
+            assert httpx.post(f"{url}/predict", json=body).status_code == 200
 
         def gauge(text: str, name: str) -> float:
             (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")
@@ -255,14 +273,14 @@ def test_serve_reports_drift_on_metrics_and_as_an_event(project, receiver):
 def test_retrain_on_drift_adds_a_run_of_tune_to_the_drift_automation(project, receiver):
     result = run_mlpipe(
         ["deploy", "triggers", "--pool", POOL, "--notify-webhook", receiver.url,
-         "--retrain-on-drift"],
+         "--retrain-on-drift", "--name", DEPLOYMENT, "--model", f"models:/{MODEL}@champion"],
         project["root"], **project["env"],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "and runs tune/mlpipe" in result.stdout
+    assert f"and runs tune/{DEPLOYMENT}" in result.stdout
     automations = api(project, "POST", "/automations/filter", json={}).json()
-    (drift,) = [a for a in automations if a["name"] == "mlpipe: drift detected"]  # replaced
-    tune = api(project, "GET", "/deployments/name/tune/mlpipe").json()
+    (drift,) = [a for a in automations if a["name"] == f"{DEPLOYMENT}: drift detected"]  # replaced
+    tune = api(project, "GET", f"/deployments/name/tune/{DEPLOYMENT}").json()
     kinds = {a["type"]: a for a in drift["actions"]}
     assert set(kinds) == {"call-webhook", "run-deployment"}
     assert kinds["run-deployment"]["deployment_id"] == tune["id"]

@@ -124,9 +124,11 @@ def up(
     mlflow_port: int,
     pool: str = DEFAULT_POOL,
     timeout: float = 180,
+    with_worker: bool = True,
 ) -> Stack:
-    """Start the three services (see the module docstring); fail with the log's tail if one
-    does not come up, stopping those already started."""
+    """Start the three services (see the module docstring; without ``with_worker``, the two
+    servers only); fail with the log's tail if one does not come up, stopping those already
+    started."""
     existing = Stack.load(folder)
     if existing and any(s.running() for s in existing.services):
         raise UserError(
@@ -172,6 +174,8 @@ def up(
         stack.save()
         for service in stack.services:
             _wait_ready(service, timeout)
+        if not with_worker:
+            return stack
         worker_env = {**env, **stack.environment()}
         _ensure_process_pool(pool, prefect_url)
         worker = _start(

@@ -21,6 +21,9 @@ def use_running_stack() -> None:
         return
     stack = active()
     if stack is not None:
+        # As a user's `export` would: Prefect, MLflow and every process they start (task
+        # runners, workers) read these variables themselves; mlpipe's own code gets them from
+        # Settings.from_env() like any other value of the environment.
         for name, value in stack.environment().items():
             os.environ.setdefault(name, value)
 

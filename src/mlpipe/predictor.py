@@ -287,8 +287,6 @@ def predict_frame(model: Any, frame: Any) -> Any:
     """A pyfunc model's predictions for ``frame`` (float64 features), its columns first cast to
     the types of the model's signature: versions registered before mlpipe kept the table's
     integer columns declare every column double, later ones declare integers as such."""
-    import numpy as np
-
     schema = model.metadata.get_input_schema()
     types = {} if schema is None else {c.name: getattr(c.type, "name", "") for c in schema.inputs}
     cast = {c: _PANDAS_TYPES[types[c]] for c in frame.columns if types.get(c) in _PANDAS_TYPES}

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Iterator, Mapping
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import UserError
-from mlpipe.settings import Settings
 from mlpipe.trial import TrialResult
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -33,11 +31,6 @@ MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 # to trust. A forest's trees are sklearn.tree._tree.Tree: trusting exactly that type (and nothing
 # broader) lets the model load without falling back to pickle, which would run arbitrary code.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
-
-
-def resolve_tracking_uri(environ: Mapping[str, str] = os.environ) -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite store in the working directory."""
-    return Settings.from_env(environ).tracking_uri
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from mlpipe.errors import DataError, UserError
-from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT
+from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, Settings
 
 PREDICTIONS_FILE = "predictions.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -218,14 +218,17 @@ def batch_score(
 ) -> dict[str, Any]:
     """Score ``input_root/partition/`` into ``output_root/partition/predictions.parquet``;
     without a partition (scheduled runs), the scheduled day minus ``lag_days``."""
-    from mlpipe.tracking import resolve_tracking_uri
 
     if partition == LATEST:
         partition = latest_partition(input_root)
     partition = partition or scheduled_partition(lag_days)
     paths = partition_paths(partition, input_root, output_root)
     outcome = score_partition(
-        paths, model, tracking_uri or resolve_tracking_uri(), id_columns or [], max_rejects
+        paths,
+        model,
+        tracking_uri or Settings.from_env().tracking_uri,
+        id_columns or [],
+        max_rejects,
     )
     summary, found = outcome["summary"], outcome["drift"]
     get_run_logger().info(

@@ -185,7 +185,6 @@ def _consume(
     from mlpipe.stream.consumer import Consumer
     from mlpipe.stream.handler import StreamHandler
     from mlpipe.stream.state import LocalState
-    from mlpipe.tracking import resolve_tracking_uri
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -196,7 +195,7 @@ def _consume(
         if stream:
             kinesis.describe(client, stream)
     path = state_path or state_dir() / "stream" / f"{info.name}.db"
-    loaded = open_model(model_uri, resolve_tracking_uri())
+    loaded = open_model(model_uri, settings().tracking_uri)
     local_state = LocalState(path)
     try:
         handler = StreamHandler(loaded, client, output, local_state.ledger, dead_letter)

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlpipe.errors import SpecError
+from mlpipe.settings import DEFAULT_TRACKING_URI
 from mlpipe.stream.handler import StreamHandler
 from mlpipe.stream.ledger import DEFAULT_TTL_SECONDS
 
@@ -71,9 +72,8 @@ def build_handler(settings: FunctionSettings) -> StreamHandler:
     from mlpipe.predictor import open_model
     from mlpipe.stream import kinesis
     from mlpipe.stream.ledger import DynamoLedger
-    from mlpipe.tracking import resolve_tracking_uri
 
-    tracking_uri = settings.tracking_uri or resolve_tracking_uri({})
+    tracking_uri = settings.tracking_uri or DEFAULT_TRACKING_URI
     model = open_model(settings.model_uri, tracking_uri)
     dynamodb = boto3.client("dynamodb", region_name=settings.region or kinesis.DEFAULT_REGION)
     return StreamHandler(

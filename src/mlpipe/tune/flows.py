@@ -17,8 +17,9 @@ from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from mlpipe.search import Shard
+from mlpipe.settings import Settings
 from mlpipe.spec import Spec
-from mlpipe.tracking import Tracker, resolve_tracking_uri
+from mlpipe.tracking import Tracker
 from mlpipe.tune.sharded import ShardOutcome, run_finalize, run_shard
 from mlpipe.tune.steps import TuneOutcome, run_search
 
@@ -34,7 +35,8 @@ def tune(
     tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db). With ``shard`` ("I/N"): run
     only that shard's trials under the search's shared parent run; ``finalize`` does the rest."""
     parsed = Spec.model_validate(spec or {})
-    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
+    uri = tracking_uri or Settings.from_env().tracking_uri
+    tracker = Tracker.connect(uri, parsed.experiment_name)
     if shard is not None:
         return run_shard(parsed, tracker, Shard.parse(shard))
     return run_search(parsed, tracker, fresh)
@@ -50,5 +52,6 @@ def finalize_search(
     """Gather every shard's trials of a sharded search from MLflow (waiting up to
     ``wait_seconds`` for the missing ones), then refit, register and promote the best."""
     parsed = Spec.model_validate(spec or {})
-    tracker = Tracker.connect(tracking_uri or resolve_tracking_uri(), parsed.experiment_name)
+    uri = tracking_uri or Settings.from_env().tracking_uri
+    tracker = Tracker.connect(uri, parsed.experiment_name)
     return run_finalize(parsed, tracker, search_id, wait_seconds)

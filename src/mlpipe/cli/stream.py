@@ -23,7 +23,7 @@ import typer
 
 from mlpipe.cli.common import Verbose, fail, user_errors
 from mlpipe.errors import UserError
-from mlpipe.settings import DEFAULT_MODEL_URI
+from mlpipe.settings import DEFAULT_MODEL_URI, Settings
 
 LOCAL_STREAMS = ("mlpipe-input", "mlpipe-output", "mlpipe-dead-letter")
 
@@ -195,7 +195,7 @@ def _consume(
         if stream:
             kinesis.describe(client, stream)
     path = state_path or state_dir() / "stream" / f"{info.name}.db"
-    loaded = open_model(model_uri, settings().tracking_uri)
+    loaded = open_model(model_uri, Settings.from_env().tracking_uri)
     local_state = LocalState(path)
     try:
         handler = StreamHandler(loaded, client, output, local_state.ledger, dead_letter)

@@ -167,6 +167,25 @@ def servers(tmp_path_factory):
         stack.down(started, grace=15)
 
 
+# The session servers' one model: boston-rf, trained by `mlpipe train` against both servers
+# once; modules that deploy it or check what the run left on the servers share it read-only.
+SERVERS_GRID = {"n_estimators": [5, 10], "max_depth": [3, None]}
+
+
+@pytest.fixture(scope="session")
+def served_project(servers, tmp_path_factory) -> dict:
+    """A project folder whose `mlpipe train` (PREFECT_API_URL and MLFLOW_TRACKING_URI at the
+    session's servers) registered boston-rf version 1, the champion: its ``root``, ``env``,
+    ``api`` and the command's ``stdout`` / ``stderr``."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "spec.yaml").write_text(yaml.safe_dump({"search": {"params": SERVERS_GRID}}))
+    env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {"root": root, "env": env, "api": servers["PREFECT_API_URL"],
+            "stdout": done.stdout, "stderr": done.stderr}  # fmt: skip
+
+
 def api(project: dict, method: str, path: str, **kwargs) -> httpx.Response:
     """A call to the Prefect server's API (``project["api"]``), raising on an error status."""
     reply = httpx.request(method, project["api"] + path, timeout=30, **kwargs)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from conftest import BIN, api, process_worker, run_mlpipe, stop
 
 pytestmark = pytest.mark.integration
@@ -25,31 +24,18 @@ POOL = "test-process-pool"
 
 
 @pytest.fixture(scope="module")
-def project(servers, tmp_path_factory):
-    """A project folder whose model `mlpipe train` registered on the MLflow server."""
-    root = tmp_path_factory.mktemp("project")
-    (root / "spec.yaml").write_text(
-        yaml.safe_dump({"search": {"params": {"n_estimators": [20], "max_depth": [6]}}})
-    )
-    env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
-    assert result.returncode == 0, result.stderr
-    return {"root": root, "env": env, "api": servers["PREFECT_API_URL"]}
-
-
-@pytest.fixture(scope="module")
-def deployed(project, receiver):
+def deployed(served_project, receiver):
     """`mlpipe deploy apply` (work pool, both deployments, the failure automation), then a
     process worker of that pool."""
     result = run_mlpipe(
         ["deploy", "apply", "--pool", POOL, "--cron", "batch_score=0 6 * * *",
          "--notify-webhook", receiver.url],
-        project["root"], **project["env"],
+        served_project["root"], **served_project["env"],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"created work pool {POOL!r} (process)" in result.stdout
-    with process_worker(POOL, project["root"], project["env"]):
-        yield {**project, "output": result.stdout}
+    with process_worker(POOL, served_project["root"], served_project["env"]):
+        yield {**served_project, "output": result.stdout}
 
 
 def deployment(project, name: str = "batch_score/mlpipe") -> dict:
@@ -184,7 +170,8 @@ def test_deploy_serve_runs_the_flows_in_one_process(deployed, tmp_path):
         [str(BIN / "mlpipe"), "deploy", "serve", "--flow", "batch_score",
          "--interval", "batch_score=86400"],
         cwd=tmp_path,
-        env={**os.environ, **deployed["env"]},
+        # polling every second, not Prefect's default 10 s, as the worker here polls every 2 s
+        env={**os.environ, **deployed["env"], "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -1,35 +1,24 @@
 """`mlpipe train` as a user runs it against real servers: PREFECT_API_URL at `prefect server
 start`, MLFLOW_TRACKING_URI at `mlflow server`. The flow run and its task runs must show in
-Prefect, and the runs and registered model in MLflow. (The servers are the session's: this
-module's model and experiment are its own.)"""
+Prefect, and the runs and registered model in MLflow. (The servers and the run are the session's,
+``served_project``: the model the deployment tests then run.)"""
 
 from __future__ import annotations
 
 import httpx
 import pytest
-import yaml
-from conftest import run_mlpipe
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
 
-NAME = "servers-rf"  # the experiment and the registered model
+NAME = "boston-rf"  # the default experiment and registered model
 
 
-def test_train_against_prefect_and_mlflow_servers(servers, tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        yaml.safe_dump({"search": {"params": {"n_estimators": [5, 10], "max_depth": [3, None]}}})
-    )
-    done = run_mlpipe(
-        ["train", "--config", str(spec), "--experiment", NAME, "--model-name", NAME],
-        tmp_path,
-        PREFECT_API_URL=servers["PREFECT_API_URL"],
-        MLFLOW_TRACKING_URI=servers["MLFLOW_TRACKING_URI"],
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "alias champion" in done.stdout, done.stdout
-    assert "Starting temporary server" not in done.stdout + done.stderr  # the given server is used
+def test_train_against_prefect_and_mlflow_servers(servers, served_project):
+    """The session's `mlpipe train` against both servers (``served_project``)."""
+    done = served_project
+    assert "alias champion" in done["stdout"], done["stdout"]
+    assert "Starting temporary server" not in done["stdout"] + done["stderr"]  # the given server
 
     api = servers["PREFECT_API_URL"]
     flow_runs = httpx.post(
@@ -38,14 +27,11 @@ def test_train_against_prefect_and_mlflow_servers(servers, tmp_path):
             "flows": {"name": {"any_": ["tune"]}},
             # not a deployment's (their scheduled runs wait on the session's server)
             "flow_runs": {"deployment_id": {"is_null_": True}},
-            "sort": "START_TIME_DESC",
-            "limit": 1,
         },
     ).json()
-    [run] = flow_runs  # the newest tune run started from a command: this one
-    assert run["state_type"] == "COMPLETED" and run["parameters"]["spec"]["registry"] == {
-        "model_name": NAME
-    }
+    # the one tune run a command started with the default model name (other modules name theirs)
+    [run] = [r for r in flow_runs if r["parameters"]["spec"]["registry"]["model_name"] is None]
+    assert run["state_type"] == "COMPLETED"
     flow = httpx.get(f"{api}/flows/{run['flow_id']}").json()
     assert flow["name"] == "tune"
     task_runs = httpx.post(

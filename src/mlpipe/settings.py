@@ -9,7 +9,7 @@ library (AWS_*, PREFECT_* beyond the API URL) are left to that library.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,24 @@ DEFAULT_INPUT_ROOT = Path("data/incoming")  # batch_score reads INPUT_ROOT/PARTI
 DEFAULT_OUTPUT_ROOT = Path("data/scored")  # and writes OUTPUT_ROOT/PARTITION/predictions.parquet
 DEFAULT_POOL = "mlpipe-process"  # the process work pool `mlpipe up` and `deploy` use
 DEFAULT_HOME = Path.home() / ".mlpipe"  # `mlpipe up`'s state folder
+
+# Switches of the libraries mlpipe drives, set for mlpipe's commands (and the processes they
+# start) unless the user has set them: MLflow printed a "View run ... at" pair on stdout for
+# every run against a server (166 lines for the default search; the summary links the parent
+# run instead), and Prefect's and MLflow's usage telemetry printed a notice under the progress
+# bar and, offline, "Failed to send telemetry" errors. Set one yourself to choose otherwise.
+LIBRARY_DEFAULTS = {
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",  # Prefect's client telemetry and its first-run notice
+}
+
+
+def apply_library_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set ``LIBRARY_DEFAULTS`` where ``environ`` leaves them unset (the CLI does, first)."""
+    for name, value in LIBRARY_DEFAULTS.items():
+        environ.setdefault(name, value)
 
 
 @dataclass(frozen=True)

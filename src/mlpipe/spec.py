@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipe.errors import SpecError
-from mlpipe.models import FAMILIES, get_family
+from mlpipe.models import FAMILIES, get_family, refused_value
 
 BUILTIN_SOURCES = ("boston", "diabetes", "synthetic")
 BUILTIN_TARGETS = {"boston": "MEDV", "diabetes": "target", "synthetic": "target"}
@@ -135,6 +135,9 @@ class Spec(_Strict):
                 raise ValueError(
                     f"search.params.{empty[0]}: the list is empty; give at least one value"
                 )
+            refused = refused_value(family, params)
+            if refused:
+                raise ValueError(refused)
         if self.search.strategy == "random" and self.search.n_trials is None:
             raise ValueError("search.n_trials: required when search.strategy is random")
         if not _valid_executor(self.executor):

@@ -19,6 +19,11 @@ def test_train_against_prefect_and_mlflow_servers(servers, served_project):
     done = served_project
     assert "alias champion" in done["stdout"], done["stdout"]
     assert "Starting temporary server" not in done["stdout"] + done["stderr"]  # the given server
+    # one link to the search's parent run, not MLflow's "View run" pair for each of its runs
+    uri = servers["MLFLOW_TRACKING_URI"]
+    assert "View run" not in done["stdout"] and "View experiment" not in done["stdout"]
+    [link] = [line for line in done["stdout"].splitlines() if line.startswith("mlflow parent")]
+    assert link.startswith(f"mlflow parent run {uri}/#/experiments/")
 
     api = servers["PREFECT_API_URL"]
     flow_runs = httpx.post(

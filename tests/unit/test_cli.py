@@ -32,6 +32,18 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_bad_hyperparameter_value_fails_before_anything_runs_or_is_tracked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for values in ("n_estimators: [-3]", "max_depth: [deep]"):
+        (tmp_path / "s.yaml").write_text(f"search:\n  params:\n    {values}\n")
+        result = runner.invoke(app, ["train", "--config", "s.yaml"])
+        assert result.exit_code == 2, result.output
+        assert f"search.params.{values.split(':')[0]}:" in result.output
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no store, no artifacts
+
+
 def test_data_errors_fail_before_any_server_starts(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "none.csv"), "--target", "y"])
     assert result.exit_code == 2 and "no such file" in result.output

@@ -64,6 +64,44 @@ def test_xgboost_params_are_checked_against_xgboost(tmp_path):
         load_spec(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("family", "params", "needle"),
+    [
+        ("random_forest", "n_estimators: [10, -3]", "n_estimators: -3 is not allowed; give whole"),
+        ("random_forest", "n_estimators: [true]", "n_estimators: True is not allowed"),
+        ("random_forest", "n_estimators: [2.5]", "n_estimators: 2.5 is not allowed"),
+        (
+            "random_forest",
+            "max_depth: [4, deep]",
+            "max_depth: 'deep' is not allowed: The 'max_depth' parameter of "
+            "RandomForestRegressor must be an int in the range [1, inf) or None. Got 'deep'",
+        ),
+        ("random_forest", "min_samples_leaf: [0]", "min_samples_leaf: 0 is not allowed: The"),
+        ("random_forest", "criterion: [gini]", "must be a str among"),
+        ("xgboost", "n_estimators: [0]", "n_estimators: 0 is not allowed"),
+        (
+            "xgboost",
+            "max_depth: [deep]",
+            "max_depth: 'deep' is not allowed: Invalid Parameter format for max_depth expect int",
+        ),
+        ("xgboost", "subsample: [2.0]", "subsample: 2.0 is not allowed: value 2 for Parameter"),
+        ("xgboost", "learning_rate: [-1]", "learning_rate: -1 is not allowed"),
+        ("xgboost", "booster: [x]", "booster: 'x' is not allowed: Unknown gbm type x"),
+    ],
+)
+def test_a_value_the_estimator_refuses_is_refused_in_the_spec(tmp_path, family, params, needle):
+    text = f"model:\n  family: {family}\nsearch:\n  params:\n    {params}\n"
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    assert needle in str(info.value)
+    assert "Stack trace" not in str(info.value) and "[bt]" not in str(info.value)
+
+
+def test_every_default_space_is_accepted():
+    for family in ("random_forest", "xgboost"):
+        assert load_spec(None, {"model.family": family}).search_space
+
+
 def test_reserved_arguments_cannot_be_searched(tmp_path):
     with pytest.raises(SpecError, match="random_state"):
         load_spec(write(tmp_path, "search:\n  params:\n    random_state: [1, 2]\n"))

@@ -20,6 +20,7 @@ PROCESS_STARTED = time.perf_counter()  # before the heavy imports, for the cold-
 import typer  # noqa: E402
 
 from mlpipe.cli import deploy, project, score, serve, stack, stream, train  # noqa: E402
+from mlpipe.settings import apply_library_defaults  # noqa: E402
 
 app = typer.Typer(
     help="mlpipe: tune, register, serve and batch-score models, with Prefect and MLflow.",
@@ -27,7 +28,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.callback()(stack.use_running_stack)
+
+
+@app.callback()
+def environment() -> None:
+    """Before any command (and before Prefect or MLflow is imported): the libraries' switches
+    mlpipe sets unless you did (``settings.LIBRARY_DEFAULTS``), then `mlpipe up`'s stack."""
+    apply_library_defaults()
+    stack.use_running_stack()
+
+
 app.command()(train.train)
 app.command()(serve.serve)
 app.command()(score.score)

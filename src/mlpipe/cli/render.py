@@ -60,7 +60,7 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
         )
     name = outcome.model_name
     out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
-    out.print(f"mlflow parent run {outcome.parent_run_id}  ({tracking_uri})")
+    out.print(f"mlflow parent run {parent_run(outcome, tracking_uri)}")
     out.print(f"artifacts {outcome.artifacts_path}/")
     timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     out.print(f"timings: {timings}")
@@ -72,6 +72,15 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     api = settings.prefect_api_url
     prefect_ui = api.removesuffix("/api") if api else "prefect server start"
     out.print(f"open the MLflow UI: {ui}   the Prefect UI: {prefect_ui}")
+
+
+def parent_run(outcome: TuneOutcome | ShardOutcome, tracking_uri: str) -> str:
+    """The search's parent run: its page in the MLflow UI when the store is a server (the one
+    link mlpipe prints for a search), else its id and the store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        page = f"#/experiments/{outcome.experiment_id}/runs/{outcome.parent_run_id}"
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"{outcome.parent_run_id}  ({tracking_uri})"
 
 
 def shard_summary(outcome: ShardOutcome, settings: Settings) -> None:
@@ -86,7 +95,7 @@ def shard_summary(outcome: ShardOutcome, settings: Settings) -> None:
         f"{100 * outcome.expected_share:.1f}% of the search's expected cost, "
         f"fits {outcome.fit_seconds:.1f}s"
     )
-    out.print(f"mlflow parent run {outcome.parent_run_id}  ({tracking_uri})")
+    out.print(f"mlflow parent run {parent_run(outcome, tracking_uri)}")
     out.print(f"results {outcome.results_path}")
     timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     out.print(f"timings: {timings}")

@@ -1,0 +1,65 @@
+"""What a user's terminal shows: mlpipe's commands run in a real pseudo-terminal, from a shell
+that sets none of the switches the Makefile sets (no analytics variables, no CI variables)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN
+
+from mlpipe.settings import LIBRARY_DEFAULTS
+
+pytestmark = pytest.mark.integration
+
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "TF_BUILD")
+NOTICE = "collects anonymous usage data"
+# a command that imports Prefect and MLflow, then stops at a bad option (exit 2) in a second
+IMPORTS_PREFECT = [str(BIN / "mlpipe"), "train", "--cv", "500"]
+
+
+def in_terminal(args: list[str], cwd: Path, **env: str) -> tuple[int, str]:
+    """Run ``args`` with stdin, stdout and stderr on a pseudo-terminal; its exit status and
+    everything the terminal received."""
+    shell = {k: v for k, v in os.environ.items() if k not in (*LIBRARY_DEFAULTS, *CI_VARIABLES)}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        args, cwd=cwd, env={**shell, **env}, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's last writer closed it
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(leader)
+    return proc.wait(timeout=120), received.decode(errors="replace")
+
+
+def test_no_telemetry_notice_on_a_users_terminal(tmp_path):
+    fresh = {"PREFECT_HOME": str(tmp_path / "prefect")}  # a first run: Prefect's notice is due
+    # the control: Prefect itself prints its notice on this terminal
+    code, seen = in_terminal([sys.executable, "-c", "import prefect"], tmp_path, **fresh)
+    assert code == 0 and NOTICE in seen, seen
+    fresh = {"PREFECT_HOME": str(tmp_path / "prefect-2")}
+    code, seen = in_terminal(IMPORTS_PREFECT, tmp_path, **fresh)
+    assert code == 2 and "search.cv: 500 folds" in seen, seen
+    assert NOTICE not in seen and "telemetry" not in seen.lower(), seen
+
+
+def test_a_users_own_choice_is_kept(tmp_path):
+    code, seen = in_terminal(
+        IMPORTS_PREFECT,
+        tmp_path,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        DO_NOT_TRACK="0",  # telemetry on, as this user chose
+    )
+    assert code == 2 and NOTICE in seen, seen

@@ -46,20 +46,29 @@ def test_scores_a_csv_like_mlflow_and_rejects_bad_rows(store, pyfunc, tmp_path):
     text = frame.astype(str).assign(house=[f"h{i}" for i in range(len(frame))])
     text.loc[5, "RM"] = "six"
     text.loc[8, "NOX"] = "NaN"
+    text.loc[11, "AGE"] = ""  # the one missing value: CSV's empty field
+    text.loc[13, "DIS"] = "NA"
     text.to_csv(tmp_path / "houses.csv", index=False)
     result = score(store, tmp_path, "-i", "houses.csv", "-o", "out/scored.parquet",
                    "--id-column", "house")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "scored 504 of 506 rows with boston-rf version 1 (onnx)" in result.stdout
-    assert "2 rows rejected -> out/scored.rejects.parquet" in result.stdout
+    summary = result.stdout.splitlines()[0]
+    assert summary.startswith("scored 502 of 506 rows with boston-rf version 1 (onnx) in ")
+    assert "s (reading and predicting " in summary and " rows/s)" in summary
+    assert "4 rows rejected -> out/scored.rejects.parquet" in result.stdout
+    assert "  +1 more in out/scored.rejects.parquet" in result.stdout  # 3 reasons shown
     out = pd.read_parquet(tmp_path / "out/scored.parquet")
-    kept = frame.drop(index=[5, 8])
+    kept = frame.drop(index=[5, 8, 11, 13])
     assert out["house"].tolist() == [f"h{i}" for i in kept.index]
     np.testing.assert_array_equal(out["prediction"], pyfunc.predict(kept))  # bit for bit
     assert set(out["model_version"]) == {"1"}
     rejects = pd.read_parquet(tmp_path / "out/scored.rejects.parquet")
-    assert rejects["house"].tolist() == ["h5", "h8"]
-    assert "field 'RM' is a string ('six')" in rejects["reason"][0]
+    assert rejects["house"].tolist() == ["h5", "h8", "h11", "h13"]
+    reasons = rejects["reason"].tolist()
+    assert "field 'RM' is a string ('six')" in reasons[0]
+    assert "field 'NOX' is the string 'NaN'; NaN and Infinity are not accepted" in reasons[1]
+    assert "field 'AGE' is empty (null)" in reasons[2]
+    assert "field 'DIS' is a string ('NA')" in reasons[3]
 
 
 def test_a_missing_column_fails_before_any_output(store, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ IMPORTS_PREFECT = [str(BIN / "mlpipe"), "train", "--cv", "500"]
 
 def in_terminal(args: list[str], cwd: Path, **env: str) -> tuple[int, str]:
     """Run ``args`` with stdin, stdout and stderr on a pseudo-terminal; its exit status and
-    everything the terminal received."""
+    the text the terminal received."""
     shell = {k: v for k, v in os.environ.items() if k not in (*LIBRARY_DEFAULTS, *CI_VARIABLES)}
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -41,7 +42,8 @@ def in_terminal(args: list[str], cwd: Path, **env: str) -> tuple[int, str]:
             break
         received += chunk
     os.close(leader)
-    return proc.wait(timeout=120), received.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", received.decode(errors="replace"))
+    return proc.wait(timeout=120), text  # as read on the screen: colours and cursor moves gone
 
 
 def test_no_telemetry_notice_on_a_users_terminal(tmp_path):
@@ -63,3 +65,16 @@ def test_a_users_own_choice_is_kept(tmp_path):
         DO_NOT_TRACK="0",  # telemetry on, as this user chose
     )
     assert code == 2 and NOTICE in seen, seen
+
+
+def test_scoring_a_csv_shows_a_bar_with_its_total(trained, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(Path(__file__).parents[2] / "src/mlpipe/data/boston.csv")
+    pd.concat([frame] * 40).to_csv(tmp_path / "houses.csv", index=False)  # 20,240 rows
+    args = [str(BIN / "mlpipe"), "score", "-m", "models:/boston-rf@champion", "-i",
+            "houses.csv", "-o", "scored.parquet"]  # fmt: skip
+    code, seen = in_terminal(args, tmp_path, MLFLOW_TRACKING_URI=trained["uri"])
+    assert code == 0, seen
+    assert "0/20240" in seen, seen  # the bar's "done/total", from its first frame
+    assert "scored 20,240 of 20,240 rows" in seen

@@ -44,6 +44,17 @@ def test_a_bad_hyperparameter_value_fails_before_anything_runs_or_is_tracked(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no store, no artifacts
 
 
+def test_score_refuses_an_output_that_is_not_parquet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    result = runner.invoke(app, ["score", "-m", "models:/m@a", "-i", "in.csv", "-o", "out/p.csv"])
+    assert result.exit_code == 2
+    assert "--output out/p.csv: predictions are written as Parquet; name the file p.parquet" in (
+        result.output
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_data_errors_fail_before_any_server_starts(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "none.csv"), "--target", "y"])
     assert result.exit_code == 2 and "no such file" in result.output

@@ -44,6 +44,11 @@ def resolve_ends(
         return source, SqlTarget(url, output_table, next(iter(pairs.items()), None))
     if output_table or (partition and not is_database(input)):
         raise UserError("--output-table and --partition are for a database --output")
+    if Path(output).suffix.lower() != ".parquet":
+        raise UserError(
+            f"--output {output}: predictions are written as Parquet; name the file "
+            f"{Path(output).with_suffix('.parquet').name}, or give a database URL"
+        )
     return source, Path(output)
 
 

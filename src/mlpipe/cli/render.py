@@ -102,19 +102,23 @@ def shard_summary(outcome: ShardOutcome, settings: Settings) -> None:
     out.print(f"when every shard is done: mlpipe train --finalize {outcome.search_id} (same spec)")
 
 
-def score_summary(summary: Any, out: Console) -> None:
-    """Rows scored and rejected (the first reasons), the input and output."""
+def score_summary(summary: Any, out: Console, total_seconds: float) -> None:
+    """Rows scored and rejected (the first reasons), the input and output; the command's whole
+    time beside the time spent reading, checking and predicting."""
     out.print(
         f"scored {summary.scored:,} of {summary.rows:,} rows with {summary.model_name or 'model'} "
-        f"version {summary.model_version or '-'} ({summary.predictor}) in "
-        f"{summary.seconds:.1f}s: {summary.rows_per_second:,.0f} rows/s"
+        f"version {summary.model_version or '-'} ({summary.predictor}) in {total_seconds:.1f}s "
+        f"(reading and predicting {summary.seconds:.2f}s: {summary.rows_per_second:,.0f} rows/s)"
     )
     out.print(f"input {summary.input}")
     out.print(f"output {summary.output}")
     if summary.rejected:
         out.print(f"[yellow]{summary.rejected:,} rows rejected[/] -> {summary.rejects}")
-        for line in summary.first_rejects[:3]:
+        shown = summary.first_rejects[:3]
+        for line in shown:
             out.print(f"  {line}", markup=False)
+        if summary.rejected > len(shown):
+            out.print(f"  +{summary.rejected - len(shown):,} more in {summary.rejects}")
 
 
 def drift_line(result: Any) -> str:

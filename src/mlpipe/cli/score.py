@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +84,7 @@ def score(
     from mlpipe.batch import files
     from mlpipe.batch import score as scoring
     from mlpipe.batch.locations import resolve_ends
+    from mlpipe.cli import PROCESS_STARTED
     from mlpipe.predictor import open_model
 
     out = render.console()
@@ -102,7 +104,7 @@ def score(
             workers=workers or None,
             monitor=monitor,
         )
-    render.score_summary(summary, out)
+    render.score_summary(summary, out, time.perf_counter() - PROCESS_STARTED)
     if monitor is None:
         out.print("drift: not checked (the model version has no training profile)")
         return

@@ -213,6 +213,8 @@ def test_metrics(server):
     assert {"path": "/predict", "status": 422} in [
         {"path": a["path"], "status": a["status"]} for a in access
     ]
+    ready = [a for a in access if a["path"] == "/ready" and a["status"] == 200]
+    assert ready and {a["model_version"] for a in ready} == {"1"}  # the version being served
 
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):
@@ -393,6 +395,21 @@ def test_a_pickled_model_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError, match="--allow-pickle"):
         load_model(ref)
     assert load_model(ref, allow_pickle=True).predictor.kind == "onnx"
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(store, server):
+    started = time.monotonic()
+    result = run_mlpipe(
+        ["serve", "--model", "models:/boston-rf@champion", "--port", str(server.port)],
+        store["root"], MLFLOW_TRACKING_URI=store["uri"],
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        f"error: port {server.port} on 127.0.0.1 is in use (another server?): stop it, or serve "
+        "on another with --port\n"
+    )
+    assert "serving" not in result.stdout + result.stderr and time.monotonic() - started < 30
+    assert httpx.get(f"{server.url}/ready").status_code == 200  # the first server is unharmed
 
 
 def test_serve_fails_fast_on_a_model_that_does_not_exist(store):

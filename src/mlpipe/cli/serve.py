@@ -82,11 +82,12 @@ def serve(
         drift_seconds=drift_seconds,
         drift_events=environment.prefect_api_url is not None,
     )
+    from mlpipe.serve.server import check_port, run
+
+    check_port(config.host, config.port)
     ref = parse_model_uri(model)
     if ref.name is not None:
         _check_registered(ref, config.tracking_uri)
-    from mlpipe.serve.server import run
-
     run(config)
 
 

@@ -315,10 +315,16 @@ class Observe:
                             "path": path,
                             "status": status,
                             "ms": round(elapsed * 1000, 3),
-                            "model_version": state.get("model_version"),
+                            # the version that answered; otherwise the one being served
+                            "model_version": state.get("model_version") or self._serving(),
                         }
                     )
                 )
+
+
+    def _serving(self) -> str | None:
+        current = self.state.slot.current
+        return None if current is None else current.version
 
 
 def _version(package: str) -> str:

@@ -8,16 +8,19 @@ handler is installed from the app's lifespan, so it is the same in every worker 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 from types import FrameType
 from typing import Any
 
+from mlpipe.errors import UserError
 from mlpipe.serve.config import ServeConfig
 
 log = logging.getLogger("mlpipe.serve")
@@ -95,6 +98,25 @@ def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line now, before the model loads and the server says it serves, when
+    ``host``:``port`` cannot be bound (another server has it, or the address is not this
+    machine's). Bound as uvicorn binds (SO_REUSEADDR), then released for it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"port {port} on {host} is in use (another server?): stop it, or serve on "
+                    "another with --port"
+                ) from None
+            raise UserError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; check --host"
+            ) from None
 
 
 def run(config: ServeConfig) -> None:

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 from typer.testing import CliRunner
 
@@ -53,6 +54,22 @@ def test_score_refuses_an_output_that_is_not_parquet(tmp_path, monkeypatch):
         result.output
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_commands_that_need_a_prefect_server_say_so_at_once_without_one(tmp_path):
+    env = {"PREFECT_API_URL": None, "MLPIPE_HOME": str(tmp_path / "no-stack")}
+    for command in (
+        ["backfill", "batch_score", "--start", "2026-10-01", "--end", "2026-10-02"],
+        ["deploy", "apply"],
+        ["deploy", "triggers"],
+    ):
+        started = time.monotonic()
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 2, result.output
+        needed = f"error: mlpipe {' '.join(command[:2] if command[0] == 'deploy' else command[:1])}"
+        assert result.output.startswith(f"{needed} needs a Prefect server"), result.output
+        assert "mlpipe up" in result.output and "PREFECT_API_URL=" in result.output
+        assert time.monotonic() - started < 5  # no ephemeral server was started
 
 
 def test_data_errors_fail_before_any_server_starts(tmp_path):

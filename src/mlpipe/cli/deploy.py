@@ -91,6 +91,7 @@ def deploy_apply(
 
     if pool_type not in deployments.POOL_TYPES:
         raise UserError(f"--pool-type {pool_type!r}: expected process or kubernetes")
+    _prefect_server("mlpipe deploy apply")
     kubernetes = None
     if pool_type == "kubernetes":
         if not image:
@@ -155,6 +156,7 @@ def deploy_triggers(
         raise UserError(f"--model {model}: triggers follow a registered model (models:/NAME@ALIAS)")
     if retrain_on_drift and not notify_webhook:
         raise UserError("--retrain-on-drift rides on the drift automation: give --notify-webhook")
+    _prefect_server("mlpipe deploy triggers")
     settings = _settings(
         list(deployments.FLOW_ENTRYPOINTS), [f"tune={retrain_cron}"],
         [f"watch_incoming={sensor_interval}"], model, input_root, output_root, config,
@@ -256,6 +258,17 @@ def deploy_k8s(
         typer.echo(k8s.apply(rendered), nl=False)
 
 
+def _prefect_server(command: str) -> None:
+    """Deployments, work pools and flow runs live on a Prefect server: without one, say so now
+    (Prefect's ephemeral server would take seconds to start, then vanish with this command)."""
+    if settings().prefect_api_url is None:
+        raise UserError(
+            f"{command} needs a Prefect server, and PREFECT_API_URL is not set nor does an "
+            "`mlpipe up` stack run: start one with `mlpipe up`, or export "
+            "PREFECT_API_URL=http://HOST:4200/api"
+        )
+
+
 def _settings(
     flows: list[str] | None,
     cron: list[str] | None,
@@ -301,6 +314,7 @@ def backfill(
 
     if flow != "batch_score":
         raise UserError(f"backfill {flow!r}: only batch_score has date partitions")
+    _prefect_server("mlpipe backfill")
     statuses = run_backfill(
         date_partitions(start.date(), end.date()),
         force=force,

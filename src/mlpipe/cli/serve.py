@@ -84,8 +84,8 @@ def serve(
     )
     from mlpipe.serve.server import check_port, run
 
+    ref = parse_model_uri(model)  # bad arguments first, then the port, then the registry
     check_port(config.host, config.port)
-    ref = parse_model_uri(model)
     if ref.name is not None:
         _check_registered(ref, config.tracking_uri)
     run(config)

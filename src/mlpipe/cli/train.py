@@ -154,7 +154,6 @@ def _run(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from mlpipe.cli import PROCESS_STARTED
     from mlpipe.tune.progress import NullObserver, PlainObserver, RichObserver
-    from mlpipe.tune.runtime import run_tuning
 
     observer: Any
     if quiet:
@@ -165,6 +164,16 @@ def _run(
         observer = RichObserver(Console(stderr=True))
     else:
         observer = PlainObserver(sys.stderr)
+    # the first line within a second or two, before the imports and the servers' start
+    store = f"the MLflow store {environment.tracking_uri}"
+    observer.backends(
+        f"connecting to the Prefect server at {environment.prefect_api_url} and {store}"
+        if environment.prefect_api_url
+        else f"starting Prefect's temporary server (10-30 s on a first run; `mlpipe up` keeps "
+        f"one running) and {store}"
+    )
+    from mlpipe.tune.runtime import run_tuning
+
     return run_tuning(
         spec,
         environment.tracking_uri,

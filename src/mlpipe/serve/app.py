@@ -321,7 +321,6 @@ class Observe:
                     )
                 )
 
-
     def _serving(self) -> str | None:
         current = self.state.slot.current
         return None if current is None else current.version

@@ -14,6 +14,7 @@ from mlpipe.trial import TrialResult
 class Observer(Protocol):
     """Receives progress from a running search."""
 
+    def backends(self, text: str) -> None: ...
     def start(self, total: int, reused: int) -> None: ...
     def trial_done(self, result: TrialResult, best: TrialResult | None) -> None: ...
     def finish(self) -> None: ...
@@ -21,6 +22,9 @@ class Observer(Protocol):
 
 class NullObserver:
     """Shows nothing (--quiet, deployments)."""
+
+    def backends(self, text: str) -> None:
+        pass
 
     def start(self, total: int, reused: int) -> None:
         pass
@@ -42,6 +46,9 @@ class PlainObserver:
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.done = self.failed = self.total = 0
+
+    def backends(self, text: str) -> None:
+        self._write(text)
 
     def start(self, total: int, reused: int) -> None:
         self.total = total
@@ -75,6 +82,9 @@ class RichObserver:
         self.console = console
         self.progress: Any = None
         self.failed = 0
+
+    def backends(self, text: str) -> None:
+        self.console.print(f"[dim]{text}[/]", markup=True, highlight=False)
 
     def start(self, total: int, reused: int) -> None:
         from rich.progress import (

@@ -170,3 +170,25 @@ def test_every_command_takes_verbose_and_then_shows_the_traceback():
     assert quiet.exit_code == 2 and quiet.exception is not None and "Traceback" not in quiet.output
     loud = runner.invoke(app, ["serve", "--model", "nowhere/", "--verbose"])
     assert isinstance(loud.exception, UserError)
+
+
+def test_help_texts_are_paragraphs_not_the_docstrings_line_breaks():
+    wide = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
+    listing = runner.invoke(app, ["--help"], env=wide).output
+    assert "bad rows to rejects; the inputs' drift from the training data." in listing
+    deploy = runner.invoke(app, ["deploy", "--help"], env=wide).output
+    assert "re-scores the latest partition, tune runs weekly" in deploy
+    score = runner.invoke(app, ["score", "--help"], env=wide).output
+    assert "in bounded memory; bad rows to rejects;" in score
+
+
+def test_the_ui_hints_work_without_the_venv_activated(monkeypatch):
+    from pathlib import Path
+
+    from mlpipe.cli import render
+
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a shell that did not `source .venv/...`
+    assert render._command("mlflow") == str(venv_bin / "mlflow")
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert render._command("prefect") == "prefect"

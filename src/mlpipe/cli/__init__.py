@@ -23,6 +23,7 @@ from mlpipe.cli import deploy, project, score, serve, stack, stream, train  # no
 from mlpipe.settings import apply_library_defaults  # noqa: E402
 
 app = typer.Typer(
+    rich_markup_mode="markdown",  # a docstring's line breaks join into one paragraph
     help="mlpipe: tune, register, serve and batch-score models, with Prefect and MLflow.",
     no_args_is_help=True,
     add_completion=False,

@@ -16,6 +16,7 @@ from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, DEFAULT_POOL
 
 app = typer.Typer(
+    rich_markup_mode="markdown",  # a docstring's line breaks join into one paragraph
     help="Create mlpipe's Prefect deployments (tune/mlpipe, batch_score/mlpipe) and render its "
     "Kubernetes manifests.",
     no_args_is_help=True,

@@ -65,12 +65,12 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     out.print(f"timings: {timings}")
     ui = (
-        f"mlflow ui --backend-store-uri {tracking_uri}"
+        f"{_command('mlflow')} ui --backend-store-uri {tracking_uri}"
         if tracking_uri.startswith("sqlite")
         else tracking_uri
     )
     api = settings.prefect_api_url
-    prefect_ui = api.removesuffix("/api") if api else "prefect server start"
+    prefect_ui = api.removesuffix("/api") if api else f"{_command('prefect')} server start"
     out.print(f"open the MLflow UI: {ui}   the Prefect UI: {prefect_ui}")
 
 
@@ -81,6 +81,16 @@ def parent_run(outcome: TuneOutcome | ShardOutcome, tracking_uri: str) -> str:
         page = f"#/experiments/{outcome.experiment_id}/runs/{outcome.parent_run_id}"
         return f"{tracking_uri.rstrip('/')}/{page}"
     return f"{outcome.parent_run_id}  ({tracking_uri})"
+
+
+def _command(name: str) -> str:
+    """``name`` as a user can type it: bare when it is on PATH, else from mlpipe's own venv."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / name
+    return name if shutil.which(name) or not beside.exists() else str(beside)
 
 
 def shard_summary(outcome: ShardOutcome, settings: Settings) -> None:

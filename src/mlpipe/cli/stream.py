@@ -28,6 +28,7 @@ from mlpipe.settings import DEFAULT_MODEL_URI, Settings
 LOCAL_STREAMS = ("mlpipe-input", "mlpipe-output", "mlpipe-dead-letter")
 
 app = typer.Typer(
+    rich_markup_mode="markdown",  # a docstring's line breaks join into one paragraph
     help="Streaming inference from Kinesis, as the Lambda function runs it.",
     invoke_without_command=True,
 )

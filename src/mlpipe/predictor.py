@@ -88,7 +88,32 @@ def resolve_version(ref: ModelRef, client: Any) -> str:
             return str(client.get_model_version_by_alias(ref.name, ref.alias).version)
         return str(client.get_model_version(ref.name, ref.version).version)
     except MlflowException as exc:
-        raise UserError(f"model {ref.uri}: {exc.message}") from exc
+        store = client.tracking_uri  # registry_client makes it the registry's too
+        where = describe_store(store)
+        raise UserError(f"model {ref.uri}: {exc.message} in {where}: {STORE_HINT}") from exc
+
+
+STORE_HINT = (
+    "train one there with `mlpipe train`, or set MLFLOW_TRACKING_URI to the store that has it"
+)
+
+
+def describe_store(store: str) -> str:
+    """The store a lookup used, as a "not found" names it (a relative SQLite file with the
+    folder it is relative to)."""
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        path = Path.cwd() / store.removeprefix("sqlite:///").split("?")[0]
+        return f"the MLflow store {store} ({path}; `mlpipe up`'s stack keeps its own)"
+    return f"the MLflow store {store}"
+
+
+def existing_store(tracking_uri: str) -> None:
+    """A reader never creates a store: a SQLite file that is not there is a UserError (MLflow
+    would create an empty one, 1 MB, in whatever folder the command ran in)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        if not path.is_file():
+            raise UserError(f"{describe_store(tracking_uri)} does not exist: {STORE_HINT}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,7 @@ def registry_client(tracking_uri: str) -> Any:
     import mlflow
     from mlflow import MlflowClient
 
+    existing_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -192,3 +192,20 @@ def test_the_ui_hints_work_without_the_venv_activated(monkeypatch):
     assert render._command("mlflow") == str(venv_bin / "mlflow")
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
     assert render._command("prefect") == "prefect"
+
+
+def test_readers_in_an_empty_folder_name_the_store_and_create_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    env = {"MLFLOW_TRACKING_URI": None, "MLPIPE_HOME": str(tmp_path / "no-stack")}
+    for command in (
+        ["serve", "--model", "models:/boston-rf@champion", "--port", "0"],
+        ["score", "-m", "models:/boston-rf@champion", "-i", "in.csv", "-o", "p.parquet"],
+    ):
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.startswith(
+            f"error: the MLflow store sqlite:///mlflow.db ({tmp_path / 'mlflow.db'}; "
+        ), result.output
+        assert "does not exist: train one there with `mlpipe train`" in result.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"], command  # no store

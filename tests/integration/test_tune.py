@@ -190,13 +190,16 @@ def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir)
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(train, workdir):
-    grid = {"n_estimators": [5], "max_features": [0.5, 7.5]}  # 7.5 is not a valid fraction
+    # values each valid (the spec checks them one by one) whose pairing scikit-learn refuses
+    # only when fitting: max_samples without bootstrap
+    grid = {"n_estimators": [5], "bootstrap": [True, False], "max_samples": [0.5]}
     result = train({"search": {"params": grid, "retries": 1}})
     _, payload = results_of(workdir)
     failed = [t for t in payload["trials"] if t["status"] == "failed"]
-    assert len(failed) == 1 and failed[0]["params"]["max_features"] == 7.5
-    assert "max_features" in failed[0]["error"] and failed[0]["mean_score"] is None
-    assert payload["best"]["params"]["max_features"] == 0.5
+    assert len(failed) == 1 and failed[0]["params"]["bootstrap"] is False
+    assert "cannot be set if `bootstrap=False`" in failed[0]["error"]
+    assert failed[0]["mean_score"] is None
+    assert payload["best"]["params"]["bootstrap"] is True
     assert "1 failed" in result.output
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("boston-rf").experiment_id],
@@ -206,5 +209,6 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(train, workdir):
 
 
 def test_the_flow_fails_only_when_every_trial_fails(train, workdir):
-    result = train({"search": {"params": {"n_estimators": [5], "max_features": [7.5]}}}, expect=1)
-    assert "all 1 trials failed" in result.output and "max_features" in result.output
+    grid = {"n_estimators": [5], "bootstrap": [False], "max_samples": [0.5]}  # see above
+    result = train({"search": {"params": grid}}, expect=1)
+    assert "all 1 trials failed" in result.output and "bootstrap=False" in result.output

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 from conftest import BIN, api, process_worker, run_mlpipe, stop
@@ -203,3 +204,27 @@ def test_deploy_serve_runs_the_flows_in_one_process(deployed, tmp_path):
                 stop(proc)
         log.close()
     assert deployment(deployed)["paused"] is True
+
+
+def test_a_later_command_keeps_the_schedules_it_does_not_set(served_project, tmp_path):
+    """`deploy triggers` after `deploy apply --cron/--interval` (deployments of their own name
+    here, on a pool no worker polls): batch_score keeps apply's daily cron, tune's interval is
+    replaced by triggers' weekly cron, and both are said."""
+    env, name, pool = served_project["env"], "schedules", "schedules-pool"
+    apply = ["deploy", "apply", "--pool", pool, "--name", name, "--cron",
+             "batch_score=0 6 * * *", "--interval", "tune=604800"]  # fmt: skip
+    assert run_mlpipe(apply, tmp_path, **env).returncode == 0
+    try:
+        result = run_mlpipe(["deploy", "triggers", "--pool", pool, "--name", name], tmp_path, **env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"batch_score/{name}: kept its schedule cron '0 6 * * *'" in result.stdout
+        assert f"tune/{name}: schedule every 604800s replaced by cron '0 3 * * 1'" in result.stdout
+        score = deployment(served_project, f"batch_score/{name}")
+        assert [s["schedule"]["cron"] for s in score["schedules"]] == ["0 6 * * *"]
+        tune = deployment(served_project, f"tune/{name}")
+        assert [s["schedule"].get("cron") for s in tune["schedules"]] == ["0 3 * * 1"]
+    finally:  # the sensor's schedule would go on filling the session's server
+        for flow in ("batch_score", "tune", "watch_incoming"):
+            found = httpx.get(f"{served_project['api']}/deployments/name/{flow}/{name}")
+            if found.status_code == 200:
+                api(served_project, "DELETE", f"/deployments/{found.json()['id']}")

@@ -200,3 +200,16 @@ def test_the_deployments_name_is_an_option_and_names_the_automations(tmp_path):
         "mlpipe: a deployment's flow run failed"  # the name earlier versions created
     )
     assert triggers.DRIFT_AUTOMATION.format(name="nightly") == "nightly: drift detected"
+
+
+def test_schedules_are_described_as_a_person_reads_them():
+    from datetime import timedelta
+
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    prefect_ones = [CronSchedule(cron="0 6 * * *"), IntervalSchedule(interval=timedelta(hours=1))]
+    assert deployments._describe(prefect_ones) == "cron '0 6 * * *', every 3600s"
+    ours = deployments.parse_schedules(["tune=0 3 * * 1"], ["batch_score=600"])
+    assert deployments._describe([ours["tune"], ours["batch_score"]]) == (
+        "cron '0 3 * * 1', every 600s"
+    )

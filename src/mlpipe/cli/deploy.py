@@ -106,9 +106,11 @@ def deploy_apply(
         working_dir=(working_dir or Path.cwd()).resolve() if pool_type == "process" else None,
     )  # fmt: skip
     typer.echo(deployments.ensure_pool(pool, pool_type))
-    created = deployments.apply(settings)
+    created, notes = deployments.apply(settings)
     for name, deployment_id in created:
         typer.echo(f"deployment {name} ({deployment_id}) on pool {pool!r}")
+    for note in notes:
+        typer.echo(note)
     if notify_webhook:
         _notify(notify_webhook, [i for _, i in created], deployment_name)
     if pool_type == "process":
@@ -165,9 +167,12 @@ def deploy_triggers(
     )  # fmt: skip
     settings.triggers["batch_score"] = triggers.batch_score_triggers(name)
     typer.echo(deployments.ensure_pool(pool, "process"))
-    created = dict(deployments.apply(settings))
+    applied, notes = deployments.apply(settings)
+    created = dict(applied)
     for full_name, deployment_id in created.items():
         typer.echo(f"deployment {full_name} ({deployment_id}) on pool {pool!r}")
+    for note in notes:
+        typer.echo(note)
     typer.echo(
         f"triggers: {triggers.DATA_ARRIVED} -> batch_score(partition); "
         f"{triggers.MODEL_PROMOTED} of {name} -> batch_score(latest, new version); "

@@ -14,7 +14,7 @@ definitions are written declaratively in the repository's ``prefect.yaml`` for `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +123,11 @@ def parse_schedules(crons: list[str], intervals: list[str]) -> dict[str, Schedul
     return schedules
 
 
-def build(settings: DeploySettings, on_pool: bool) -> list[Any]:
-    """One RunnerDeployment per flow; ``on_pool`` adds the work pool and its job variables."""
+def build(
+    settings: DeploySettings, on_pool: bool, kept: Mapping[str, list[Any]] | None = None
+) -> list[Any]:
+    """One RunnerDeployment per flow; ``on_pool`` adds the work pool and its job variables;
+    ``kept``: Prefect schedules to keep for flows ``settings`` gives none."""
     from prefect.types.entrypoint import EntrypointType
 
     deployments = []
@@ -147,6 +150,7 @@ def build(settings: DeploySettings, on_pool: bool) -> list[Any]:
                 triggers=settings.triggers.get(name),
                 concurrency_limit=CONCURRENCY.get(name),
                 **(schedule.to_kwargs() if schedule else {}),
+                **({"schedules": kept[name]} if kept and not schedule and name in kept else {}),
                 **options,
             )
         )
@@ -204,10 +208,58 @@ def base_job_template(pool_type: str) -> dict[str, Any]:
     raise UserError(f"--pool-type {pool_type!r}: expected one of {', '.join(POOL_TYPES)}")
 
 
-def apply(settings: DeploySettings) -> list[tuple[str, str]]:
-    """Register the deployments on their work pool; returns (full name, id) of each."""
-    deployments = build(settings, on_pool=True)
-    return [(f"{d.flow_name}/{d.name}", str(d.apply())) for d in deployments]
+def apply(settings: DeploySettings) -> tuple[list[tuple[str, str]], list[str]]:
+    """Register the deployments on their work pool: (full name, id) of each, and what became
+    of the schedules an existing deployment of the same name had. A flow this command gives no
+    schedule keeps its own (as `deploy apply --cron` set it, or a user in the UI); a schedule
+    it does give replaces the old one, and says so."""
+    current = _current_schedules(settings)
+    kept = {flow: found for flow, found in current.items() if flow not in settings.schedules}
+    notes = [
+        f"{flow}/{settings.name}: kept its schedule {_describe(found)}"
+        for flow, found in kept.items()
+    ]
+    for flow, found in current.items():
+        new = settings.schedules.get(flow)
+        if new is not None and _describe(found) != _describe([new]):
+            notes.append(
+                f"{flow}/{settings.name}: schedule {_describe(found)} replaced by "
+                f"{_describe([new])}"
+            )
+    deployments = build(settings, on_pool=True, kept=kept)
+    return [(f"{d.flow_name}/{d.name}", str(d.apply())) for d in deployments], notes
+
+
+def _current_schedules(settings: DeploySettings) -> dict[str, list[Any]]:
+    """The schedules (Prefect's objects) of the deployments ``settings`` would replace."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found: dict[str, list[Any]] = {}
+    with get_client(sync_client=True) as client:
+        for flow in settings.flows:
+            try:
+                deployment = client.read_deployment_by_name(f"{flow}/{settings.name}")
+            except ObjectNotFound:
+                continue
+            if deployment.schedules:
+                found[flow] = [s.schedule for s in deployment.schedules]
+    return found
+
+
+def _describe(schedules: Sequence[Any]) -> str:
+    """Schedules as a person reads them: cron '0 6 * * *', every 3600s."""
+    parts = []
+    for schedule in schedules:
+        cron, interval = getattr(schedule, "cron", None), getattr(schedule, "interval", None)
+        if cron:
+            parts.append(f"cron '{cron}'")
+        elif interval is not None:
+            seconds = interval.total_seconds() if hasattr(interval, "total_seconds") else interval
+            parts.append(f"every {seconds:g}s")
+        else:
+            parts.append(str(getattr(schedule, "rrule", schedule)))
+    return ", ".join(parts)
 
 
 def serve(settings: DeploySettings, limit: int | None = None) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mlpipe.errors import UserError
-from mlpipe.search import Shard
+from mlpipe.models import get_family
+from mlpipe.search import Shard, plan_units
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
 from mlpipe.tune.flows import finalize_search, tune
@@ -54,7 +55,8 @@ def run_tuning(
             f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
             "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
         )
-    prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
+    plan = prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
+    units = len(plan_units(plan.trials, get_family(spec.model.family)))
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
     if not prefect_api_url:
@@ -73,7 +75,7 @@ def run_tuning(
     token = observer_var.set(observer)
     try:
         logs = None if verbose else backends_log
-        with task_runner(spec, api_url, logs, finalize is not None) as runner:
+        with task_runner(spec, api_url, logs, finalize is not None, units) as runner:
             # return_state keeps our own exceptions (UserError, TuningError) as they are
             state: Any
             if finalize is not None:
@@ -107,7 +109,11 @@ def run_tuning(
 
 @contextlib.contextmanager
 def task_runner(
-    spec: Spec, api_url: str, log_path: Path | None, finalize: bool = False
+    spec: Spec,
+    api_url: str,
+    log_path: Path | None,
+    finalize: bool = False,
+    units: int | None = None,
 ) -> Iterator[Any]:
     """The Prefect task runner of ``spec.executor``, with its workers reporting to ``api_url``
     and (unless ``log_path`` is None) writing their output there, not to the terminal:
@@ -119,6 +125,8 @@ def task_runner(
       and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).
     """
     workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
+    if units is not None:  # never more worker processes than units of work (the search's)
+        workers = max(1, min(workers, units))
     logs = None if log_path is None else str(log_path)
     if spec.executor == "process" and (workers == 1 or finalize):
         # One trial at a time (or finalize's one refit) gains nothing from another process, and

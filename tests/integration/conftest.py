@@ -58,13 +58,14 @@ def run_mlpipe(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPr
     )
 
 
-def register_model(root: Path, params: dict) -> str:
-    """`mlpipe train` a small grid into a SQLite store under ``root``: boston-rf version 1, the
+def register_model(root: Path, params: dict, prefect_api_url: str) -> str:
+    """`mlpipe train` a small grid into a SQLite store under ``root`` (flow runs on the Prefect
+    server at ``prefect_api_url``: no temporary server to start): boston-rf version 1, the
     champion. Returns the store's tracking URI."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     spec = {"search": {"params": params}, "artifacts_dir": str(root / "artifacts")}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {"PREFECT_HOME": str(root / "prefect"), "MLFLOW_TRACKING_URI": uri}
+    env = {"PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": uri}
     result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
     assert result.returncode == 0, result.stderr
     return uri
@@ -77,11 +78,11 @@ TRAINED_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict:
+def trained(tmp_path_factory, servers) -> dict:
     """boston-rf version 1 (champion), `mlpipe train`'s own; modules must not change this
     store (take ``registered_copy``): its ``root`` and ``uri``."""
     root = tmp_path_factory.mktemp("trained")
-    return {"root": root, "uri": register_model(root, TRAINED_GRID)}
+    return {"root": root, "uri": register_model(root, TRAINED_GRID, servers["PREFECT_API_URL"])}
 
 
 def registered_copy(trained: dict, root: Path) -> str:

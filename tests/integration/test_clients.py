@@ -193,7 +193,7 @@ def aws_kinesis_record(n: int, payload: dict) -> dict:
     }
 
 
-def test_a_file_with_integer_features_and_an_integer_target_round_trips(store, tmp_path):
+def test_a_file_with_integer_features_and_an_integer_target_round_trips(store, servers, tmp_path):
     from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
 
@@ -208,7 +208,7 @@ def test_a_file_with_integer_features_and_an_integer_target_round_trips(store, t
         "artifacts_dir": str(tmp_path / "artifacts"),
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {"PREFECT_HOME": str(store["root"] / "prefect"), "MLFLOW_TRACKING_URI": store["uri"]}
+    env = {"PREFECT_API_URL": servers["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": store["uri"]}
     result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], tmp_path, **env)
     assert result.returncode == 0, result.stderr
 

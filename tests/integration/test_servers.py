@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import SERVERS_GRID
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -34,8 +35,8 @@ def test_train_against_prefect_and_mlflow_servers(servers, served_project):
             "flow_runs": {"deployment_id": {"is_null_": True}},
         },
     ).json()
-    # the one tune run a command started with the default model name (other modules name theirs)
-    [run] = [r for r in flow_runs if r["parameters"]["spec"]["registry"]["model_name"] is None]
+    # the one tune run of this spec (other commands on these servers tune other grids or names)
+    [run] = [r for r in flow_runs if r["parameters"]["spec"]["search"]["params"] == SERVERS_GRID]
     assert run["state_type"] == "COMPLETED"
     flow = httpx.get(f"{api}/flows/{run['flow_id']}").json()
     assert flow["name"] == "tune"

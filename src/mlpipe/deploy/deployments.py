@@ -127,7 +127,7 @@ def build(
     settings: DeploySettings, on_pool: bool, kept: Mapping[str, list[Any]] | None = None
 ) -> list[Any]:
     """One RunnerDeployment per flow; ``on_pool`` adds the work pool and its job variables;
-    ``kept``: Prefect schedules to keep for flows ``settings`` gives none."""
+    ``kept``: Prefect schedules to keep, for flows ``settings`` gives none (``apply``)."""
     from prefect.types.entrypoint import EntrypointType
 
     deployments = []
@@ -150,7 +150,7 @@ def build(
                 triggers=settings.triggers.get(name),
                 concurrency_limit=CONCURRENCY.get(name),
                 **(schedule.to_kwargs() if schedule else {}),
-                **({"schedules": kept[name]} if kept and not schedule and name in kept else {}),
+                **({"schedules": kept[name]} if kept and name in kept else {}),
                 **options,
             )
         )
@@ -213,19 +213,15 @@ def apply(settings: DeploySettings) -> tuple[list[tuple[str, str]], list[str]]:
     of the schedules an existing deployment of the same name had. A flow this command gives no
     schedule keeps its own (as `deploy apply --cron` set it, or a user in the UI); a schedule
     it does give replaces the old one, and says so."""
-    current = _current_schedules(settings)
-    kept = {flow: found for flow, found in current.items() if flow not in settings.schedules}
-    notes = [
-        f"{flow}/{settings.name}: kept its schedule {_describe(found)}"
-        for flow, found in kept.items()
-    ]
-    for flow, found in current.items():
-        new = settings.schedules.get(flow)
-        if new is not None and _describe(found) != _describe([new]):
-            notes.append(
-                f"{flow}/{settings.name}: schedule {_describe(found)} replaced by "
-                f"{_describe([new])}"
-            )
+    kept: dict[str, list[Any]] = {}
+    notes = []
+    for flow, found in _current_schedules(settings).items():
+        old, new = _describe(found), settings.schedules.get(flow)
+        if new is None:
+            kept[flow] = found
+            notes.append(f"{flow}/{settings.name}: kept its schedule {old}")
+        elif old != _describe([new]):
+            notes.append(f"{flow}/{settings.name}: schedule {old} replaced by {_describe([new])}")
     deployments = build(settings, on_pool=True, kept=kept)
     return [(f"{d.flow_name}/{d.name}", str(d.apply())) for d in deployments], notes
 

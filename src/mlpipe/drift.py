@@ -7,12 +7,19 @@
   ``Window`` of the last N rows), and ``compare`` turns counts into a ``DriftResult``: per feature
   the population stability index, ``PSI = sum((a - e) * ln(a / e))`` over the bins, and the
   Kolmogorov-Smirnov distance of the binned distributions, ``max |A(x) - E(x)|`` at the cut points
-  (a lower bound of the exact KS statistic, exact at the cuts). A feature drifted when a figure
-  passes its threshold (``Thresholds``, from the spec's ``monitoring`` section).
+  (a lower bound of the exact KS statistic, exact at the cuts).
+- The verdict accounts for the sample size. PSI on ten bins has a large sampling spread at small
+  ``n`` (100 in-distribution rows of the bundled data pass PSI 0.2 in a third of the draws), so a
+  column counts as drifted only when its shift is both *real* and *large*: real, a chi-square test
+  of homogeneity between the training rows' bin counts and the new rows' (bins too small for the
+  test at this size merged with a neighbour, Cochran's rule of five) with a p-value under
+  ``p_value / columns`` (Bonferroni: an in-distribution sample flags any column with probability
+  at most ``p_value``); large, a figure over its threshold (``Thresholds``, from the spec's
+  ``monitoring`` section), so that a tiny shift in a large window is no alarm either.
 - ``html_report`` renders one result as a small self-contained HTML page (a table and an SVG bar
   chart per feature), for MLflow's artifact view.
 
-Pure: numpy only; no Prefect, no MLflow.
+Pure: numpy and scipy's chi-square distribution; no Prefect, no MLflow.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ PREDICTION = "prediction"
 PROFILE_FILE = "profile.json"
 _EPSILON = 1e-4  # an empty bin's share, so that ln(a / e) stays finite
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+_LEAST_EXPECTED = 5  # Cochran's rule: the chi-square test wants five expected rows a cell
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class Thresholds:
     ks: float | None = None
     min_rows: int = 100  # fewer rows than this: figures are reported, nothing is flagged
     window: int = 1000  # the server's sliding window, in rows
+    # the chance that in-distribution rows raise an alarm at all; None: fixed thresholds only
+    p_value: float | None = 0.01
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,7 @@ class ColumnDrift:
     name: str
     psi: float
     ks: float
+    p_value: float  # of the chi-square test of homogeneity with the training rows
     drifted: bool
     expected: list[float]
     observed: list[float]
@@ -204,6 +215,7 @@ class DriftResult:
         for column in [*self.features, self.prediction]:
             figures[f"drift_psi_{column.name}"] = column.psi
             figures[f"drift_ks_{column.name}"] = column.ks
+            figures[f"drift_p_{column.name}"] = column.p_value
         figures["drift_features"] = len(self.drifted_features)
         return figures
 
@@ -218,9 +230,24 @@ class DriftResult:
             "max_psi": round(worst.psi, 4) if worst else None,
             "max_psi_feature": worst.name if worst else None,
             "prediction_psi": round(self.prediction.psi, 4),
+            "min_p_value": min(c.p_value for c in [*self.features, self.prediction]),
             "psi_threshold": self.thresholds.psi,
             "ks_threshold": self.thresholds.ks,
+            "p_value_threshold": self.thresholds.p_value,
         }
+
+
+def verdict(summary: dict[str, Any] | None) -> str:
+    """One line from a ``DriftResult.summary()`` (None: the version has no profile)."""
+    if summary is None:
+        return "not checked (the version has no training profile)"
+    detail = (
+        f"max PSI {summary['max_psi']:.3f} ({summary['max_psi_feature']}), "
+        f"prediction PSI {summary['prediction_psi']:.3f}"
+    )
+    if summary["drifted"]:
+        return f"DRIFT in {', '.join(summary['drifted_features']) or 'the predictions'}; {detail}"
+    return f"none past the thresholds; {detail}"
 
 
 def psi(expected: np.ndarray, observed: np.ndarray) -> float:
@@ -233,6 +260,34 @@ def binned_ks(expected: np.ndarray, observed: np.ndarray) -> float:
     return float(np.max(np.abs(np.cumsum(expected) - np.cumsum(observed)), initial=0.0))
 
 
+def homogeneity_p(shares: np.ndarray, reference_rows: int, counts: np.ndarray) -> float:
+    """The p-value of Pearson's chi-square test that ``counts`` (new rows per bin) and the
+    reference (``shares`` of ``reference_rows``) come from one distribution. Neighbouring bins are
+    merged until each holds five expected rows of the smaller sample; one bin left: 1.0."""
+    from scipy.special import chdtrc  # the chi-square survival function, chdtrc(df, x)
+
+    rows = int(counts.sum())
+    smaller = min(rows, reference_rows)
+    groups: list[list[int]] = [[]]
+    mass = 0.0
+    for k, share in enumerate(shares):
+        groups[-1].append(k)
+        mass += share
+        if smaller * mass >= _LEAST_EXPECTED and k < len(shares) - 1:
+            groups.append([])
+            mass = 0.0
+    if smaller * mass < _LEAST_EXPECTED and len(groups) > 1:  # a small last group joins its left
+        groups[-2].extend(groups.pop())
+    if len(groups) < 2 or rows == 0:
+        return 1.0
+    table = np.array(
+        [[shares[g].sum() * reference_rows, counts[g].sum()] for g in groups], dtype=np.float64
+    ).T
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0) / table.sum()
+    statistic = float(np.sum((table - expected) ** 2 / np.where(expected > 0, expected, 1.0)))
+    return float(chdtrc(len(groups) - 1, statistic))
+
+
 def compare(counts: Counts) -> DriftResult:
     """The drift of the rows in ``counts`` from their profile."""
     profile, rows = counts.profile, counts.rows
@@ -241,13 +296,24 @@ def compare(counts: Counts) -> DriftResult:
     columns = []
     for k, column in enumerate(profile.columns):
         expected = np.asarray(column.shares)
-        observed = counts.table[k, : expected.size] / max(rows, 1)
+        observed_counts = counts.table[k, : expected.size]
+        observed = observed_counts / max(rows, 1)
         p, d = psi(expected, observed), binned_ks(expected, observed)
-        drifted = flagged and (
-            (limits.psi is not None and p > limits.psi) or (limits.ks is not None and d > limits.ks)
+        chance = homogeneity_p(expected, column.count - column.missing, observed_counts)
+        large = (limits.psi is not None and p > limits.psi) or (
+            limits.ks is not None and d > limits.ks
         )
+        real = limits.p_value is None or chance < limits.p_value / len(profile.columns)
         columns.append(
-            ColumnDrift(column.name, p, d, drifted, expected.tolist(), observed.tolist())
+            ColumnDrift(
+                column.name,
+                p,
+                d,
+                chance,
+                flagged and large and real,
+                expected.tolist(),
+                observed.tolist(),
+            )
         )
     return DriftResult(columns[:-1], columns[-1], rows, limits)
 
@@ -260,7 +326,8 @@ def html_report(result: DriftResult, profile: Profile, title: str) -> str:
         mark = "drifted" if column.drifted else "ok"
         rows.append(
             f'<tr class="{mark}"><td>{html.escape(column.name)}</td>'
-            f"<td>{column.psi:.4f}</td><td>{column.ks:.4f}</td><td>{mark}</td></tr>"
+            f"<td>{column.psi:.4f}</td><td>{column.ks:.4f}</td><td>{column.p_value:.2g}</td>"
+            f"<td>{mark}</td></tr>"
         )
     charts = "".join(
         _chart(column, profile_column)
@@ -286,9 +353,11 @@ td:first-child,th:first-child{{text-align:left}} tr.drifted td{{background:#fde2
 <body>
 <h1>{html.escape(title)}</h1>
 <p id="verdict">{html.escape(verdict)}: {result.rows:,} rows compared with {profile.rows:,} training
-rows; PSI threshold {_limit(limits.psi)}, KS threshold {_limit(limits.ks)}, flagged from
+rows; PSI threshold {_limit(limits.psi)}, KS threshold {_limit(limits.ks)}, false-alarm rate
+{_limit(limits.p_value)} (chi-square p-value under it, Bonferroni over the columns), flagged from
 {limits.min_rows} rows.</p>
-<table id="drift"><thead><tr><th>column</th><th>PSI</th><th>KS</th><th>status</th></tr></thead>
+<table id="drift"><thead><tr><th>column</th><th>PSI</th><th>KS</th><th>p-value</th><th>status</th>
+</tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <p class="legend"><span style="background:#9bb7d4"></span>training
 <span style="background:#e07b39"></span>this run (share of rows per training decile)</p>

@@ -91,6 +91,12 @@ class MonitoringSpec(_Strict):
     ks_threshold: float | None = Field(None, gt=0, le=1, description="None: KS flags nothing")
     min_rows: int = Field(100, ge=1, description="fewer rows: figures only, no flag")
     window: int = Field(1000, ge=10, description="the server's sliding window, in rows")
+    p_value: float | None = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="the chance that in-distribution rows raise an alarm; None: thresholds only",
+    )
 
     @model_validator(mode="after")
     def _something_flags(self) -> MonitoringSpec:
@@ -204,6 +210,7 @@ monitoring:               # drift of new inputs from the training data (batch ru
   ks_threshold: null      # Kolmogorov-Smirnov distance per feature (0-1); null: off
   min_rows: 100           # fewer rows compared: figures only, nothing flagged
   window: 1000            # the server compares its last N rows
+  p_value: 0.01           # false-alarm rate: a flag also needs a chi-square p-value under it
 artifacts_dir: artifacts
 n_jobs: -1                # trials at once; -1 = all cores
 executor: process         # process | dask-local | dask://HOST:PORT (an existing Dask cluster)

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import UserError
+from mlpipe.links import EXPERIMENT_KIND
 from mlpipe.trial import TrialResult
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+
 ROLE_TAG = "mlpipe.role"  # "search" (a parent run) or "trial"
 SHARDS_TAG = "mlpipe.shards"  # on a sharded search's parent: how many shards
 RESULT_TAG = "mlpipe.result"  # on a trial: its TrialResult as JSON
@@ -59,9 +61,14 @@ class Tracker:
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is not None:
                 self.experiment_id = experiment.experiment_id
+                if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # an older one
+                    for key, value in EXPERIMENT_KIND.items():
+                        client.set_experiment_tag(self.experiment_id, key, value)
             else:
                 try:
-                    self.experiment_id = client.create_experiment(experiment_name)
+                    self.experiment_id = client.create_experiment(
+                        experiment_name, tags=EXPERIMENT_KIND
+                    )
                 except MlflowException as exc:
                     # shards starting together race to create it: the loser takes the winner's
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":

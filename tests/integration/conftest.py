@@ -257,16 +257,18 @@ def system_tool(*candidates: str) -> str:
     pytest.skip(message)
 
 
-def render_in_chromium(page: Path, screenshot: Path) -> str:
-    """Open ``page`` in headless Chromium; returns the DOM after its scripts ran, and writes a
-    screenshot of the rendered page."""
+def render_in_chromium(page: Path | str, screenshot: Path, wait_ms: int = 0) -> str:
+    """Open ``page`` (a file, or a URL) in headless Chromium; returns the DOM after its scripts
+    ran (``wait_ms`` of virtual time for pages that fetch and render), and writes a screenshot
+    of the rendered page."""
     chromium = system_tool("chromium", "chromium-browser")
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={screenshot.parent / 'chromium-profile'}", "--window-size=1200,900",
+        *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),
     ]  # fmt: skip
-    url = page.resolve().as_uri()
+    url = page if isinstance(page, str) else page.resolve().as_uri()
     shot = subprocess.run(
         [chromium, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120
     )

@@ -90,18 +90,23 @@ def test_a_run_created_through_the_api_is_finished_by_the_worker(deployed):
 
 def test_backfill_runs_only_the_missing_partitions(deployed):
     root = deployed["root"]
-    for day in ("2026-10-01", "2026-10-02", "2026-10-03"):
+    for day in ("2026-10-01", "2026-10-02"):
         partition(root, day)
+    moved = pd.read_csv(BOSTON)
+    partition(root, "2026-10-03", moved.assign(RM=moved["RM"] + 1))
     done = root / "data/scored/date=2026-10-02/predictions.parquet"
     done.parent.mkdir(parents=True)
     done.write_bytes(b"scored earlier")
     result = run_mlpipe(["backfill", "batch_score", "--start", "2026-10-01", "--end",
                          "2026-10-04"], root, **deployed["env"])  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = {line.split()[1]: line for line in result.stdout.splitlines() if "date=" in line}
+    out = result.stdout.splitlines()
+    lines = {line.split()[1]: line for line in out if line.startswith("│") and "date=" in line}
+    notes = {line.split(":")[0]: line for line in out if line.startswith("date=")}
     assert "run" in lines["date=2026-10-01"] and "Completed" in lines["date=2026-10-01"]
-    assert "skipped" in lines["date=2026-10-02"] and "output exists" in lines["date=2026-10-02"]
-    assert "Completed" in lines["date=2026-10-03"]
+    assert "506" in lines["date=2026-10-01"] and "none" in lines["date=2026-10-01"]  # rows, drift
+    assert "skipped" in lines["date=2026-10-02"] and "output exists" in notes["date=2026-10-02"]
+    assert "Completed" in lines["date=2026-10-03"] and "DRIFT: RM" in lines["date=2026-10-03"]
     assert "no input" in lines["date=2026-10-04"]
     assert done.read_bytes() == b"scored earlier"
     for day in ("2026-10-01", "2026-10-03"):

@@ -18,7 +18,15 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, free_port, registered_copy, run_mlpipe, stop, wait_http
+from conftest import (
+    BIN,
+    free_port,
+    registered_copy,
+    render_in_chromium,
+    run_mlpipe,
+    stop,
+    wait_http,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
@@ -108,9 +116,23 @@ def test_operations_endpoints(server):
     assert "held-out sample" in model["parity"]["sample"]
     assert [c["name"] for c in model["signature"]["inputs"]] == FEATURES
     assert len(model["run_id"]) == 32
-    assert httpx.get(f"{server.url}/docs").status_code == 200
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert spec["components"]["schemas"]["Record"]["required"] == FEATURES
+
+
+@pytest.mark.parametrize("page", ["docs", "redoc"])
+def test_the_api_docs_render_offline_in_chromium(server, tmp_path, page):
+    """Swagger UI and ReDoc come from the package: no CDN (this machine reaches none)."""
+    html = httpx.get(f"{server.url}/{page}").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(a.startswith("/static-offline-docs/") for a in assets), assets
+    for asset in assets:
+        assert httpx.get(server.url + asset).status_code == 200, asset
+    dom = render_in_chromium(f"{server.url}/{page}", tmp_path / f"{page}.png", wait_ms=20000)
+    # the operations themselves, rendered from /openapi.json
+    for path in ("/predict", "/invocations", "/ready"):
+        marker = f'data-path="{path}"' if page == "docs" else f">{path}<"
+        assert marker in dom, (path, dom[-2000:])
 
 
 def test_invocations_answers_equal_mlflow_pyfunc_for_every_format(server, store, pyfunc):

@@ -63,7 +63,7 @@ def project(servers, receiver, tmp_path_factory):
     project = {"root": root, "env": env, "api": servers["PREFECT_API_URL"]}
     assert "alias champion" in train(project, WEAK)
     result = run_mlpipe(
-        ["deploy", "triggers", "--pool", POOL, "--sensor-interval", "5",
+        ["deploy", "triggers", "--pool", POOL, "--sensor-interval", "2", "--sensor-window", "600",
          "--notify-webhook", receiver.url, "--name", DEPLOYMENT,
          "--model", f"models:/{MODEL}@champion"],
         root, **env,
@@ -72,7 +72,7 @@ def project(servers, receiver, tmp_path_factory):
     try:
         with process_worker(POOL, root, env):
             yield project | {"output": result.stdout}
-    finally:  # the sensor's 5 s schedule would go on filling the session's server
+    finally:  # the sensor's schedule would go on filling the session's server
         for flow in ("watch_incoming", "batch_score", "tune"):
             found = httpx.get(f"{project['api']}/deployments/name/{flow}/{DEPLOYMENT}")
             if found.status_code == 200:
@@ -89,6 +89,17 @@ def runs_of(project, flow: str, state: str | None = None) -> list[dict]:
     if state:
         body["flow_runs"] = {"state": {"type": {"any_": [state]}}}
     return api(project, "POST", "/flow_runs/filter", json=body).json()
+
+
+def sensor_looks(project) -> list[dict]:
+    """The sensor's log lines, one a look at the incoming folder."""
+    ids = [r["id"] for r in runs_of(project, "watch_incoming")]
+    body = {"logs": {"flow_run_id": {"any_": ids}}, "limit": 200}
+    return [
+        line
+        for line in api(project, "POST", "/logs/filter", json=body).json()
+        if "partition(s) waiting" in line["message"]
+    ]
 
 
 def wait_for(what: str, check, seconds: float = 180):
@@ -126,6 +137,11 @@ def test_deploy_triggers_creates_the_deployments_and_the_scheduler_fills_them(pr
     # the weekly retrain's runs are created by the server's scheduler (sqlalchemy<2.1 pin)
     scheduled = wait_for("tune's scheduled runs", lambda: runs_of(project, "tune", "SCHEDULED"))
     assert all(r["expected_start_time"] > r["created"] for r in scheduled)
+    # the sensor looks every 2 s from one run that watches 598 s: the scheduler keeps an hour of
+    # 10-minute runs ahead, not the 100 it keeps of a 2-second schedule
+    sensor = wait_for("the sensor's runs", lambda: runs_of(project, "watch_incoming"))
+    assert len(sensor) <= 8 and sensor[0]["parameters"]["poll_seconds"] == 2
+    assert "starts now" in out  # the first look: not a window away
 
 
 def test_each_landed_partition_is_scored_once_and_drift_calls_the_webhook(project, receiver):
@@ -143,13 +159,9 @@ def test_each_landed_partition_is_scored_once_and_drift_calls_the_webhook(projec
     for partition in DAYS.values():
         out = pd.read_parquet(root / "data/scored" / partition / "predictions.parquet")
         assert len(out) == 506 and set(out["model_version"]) == {"1"}
-    # more sensor runs go by: still one scoring run per partition
-    sensor_runs = len(runs_of(project, "watch_incoming", "COMPLETED"))
-
-    def two_more_sensor_runs() -> bool:
-        return len(runs_of(project, "watch_incoming", "COMPLETED")) >= sensor_runs + 2
-
-    wait_for("two more sensor runs", two_more_sensor_runs)
+    # more looks go by: still one scoring run per partition
+    looks = len(sensor_looks(project))
+    wait_for("two more looks", lambda: len(sensor_looks(project)) >= looks + 2)
     assert len(runs_of(project, "batch_score")) == 3
 
     (body,) = wait_for("the drift webhook", lambda: drift_bodies(receiver))

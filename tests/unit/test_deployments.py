@@ -111,9 +111,22 @@ def test_prefect_yaml_declares_the_same_deployments_as_mlpipe_deploy():
     assert [(t["name"], set(t["expect"]), t["match"], t["parameters"]) for t in declared] == [
         (t.name, t.expect, t.match.model_dump(), t.parameters) for t in created
     ]
+    (sensor,) = by_entrypoint[deployments.FLOW_ENTRYPOINTS["watch_incoming"]]
+    window = triggers.SENSOR_WINDOW_SECONDS
+    assert sensor["schedules"] == [{"interval": window}]  # what `deploy triggers` creates
+    parameters = triggers.sensor_parameters(triggers.SENSOR_POLL_SECONDS, window)
+    assert parameters.items() <= sensor["parameters"].items()
     (k8s,) = [d for d in config["deployments"] if d["name"] == "mlpipe-k8s"]
     template = deployments.base_job_template("kubernetes")["variables"]["properties"]
     assert set(k8s["work_pool"]["job_variables"]) <= set(template)
+
+
+def test_the_sensor_watches_for_its_window_and_stops_a_look_before_the_next_run():
+    assert triggers.sensor_parameters(60, 3600) == {"poll_seconds": 60, "watch_seconds": 3540}
+    assert triggers.sensor_parameters(60, 60) == {"poll_seconds": 60, "watch_seconds": 0}
+    for poll, window in ((0, 3600), (-1, 3600), (120, 60)):
+        with pytest.raises(UserError, match="--sensor-window"):
+            triggers.sensor_parameters(poll, window)
 
 
 def test_partitions_are_relative_folder_names():

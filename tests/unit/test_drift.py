@@ -139,3 +139,64 @@ def test_the_spec_carries_monitoring_thresholds(tmp_path):
     path.write_text("monitoring:\n  psi_threshold: null\n  ks_threshold: null\n")
     with pytest.raises(SpecError, match="set one of them"):
         load_spec(path)
+
+
+@pytest.fixture(scope="module")
+def boston():
+    """The bundled data, the default split's training profile, and a model's predictions."""
+    from sklearn.linear_model import LinearRegression
+
+    from mlpipe.data import load_dataset, split_dataset
+
+    spec = load_spec()
+    split = split_dataset(load_dataset(spec.data, spec.seed), spec.data.test_size, spec.seed)
+    names = list(split.X_train.columns)
+    train = split.X_train.to_numpy(np.float64)
+    model = LinearRegression().fit(train, split.y_train)
+    full = np.vstack([train, split.X_test.to_numpy(np.float64)])
+    return names, drift.build_profile(names, train, model.predict(train)), full, model
+
+
+def alarm_rate(boston, rows, draws, change=None, thresholds=None) -> float:
+    """The share of ``draws`` random samples of the bundled data (``rows`` each; with
+    replacement past its size) that raise an alarm, after ``change`` (column, function)."""
+    names, profile, full, model = boston
+    profile = profile.with_thresholds(thresholds) if thresholds else profile
+    rng = np.random.default_rng(rows)
+    alarms = 0
+    for _ in range(draws):
+        picked = rng.choice(len(full), rows, replace=rows > len(full))
+        matrix = full[picked].copy()
+        if change:
+            column, move = change
+            matrix[:, names.index(column)] = move(matrix[:, names.index(column)])
+        counts = drift.Counts(profile)
+        counts.add(matrix, model.predict(matrix))
+        alarms += drift.compare(counts).drifted
+    return alarms / draws
+
+
+@pytest.mark.parametrize("rows", [100, 300, 1000])
+def test_in_distribution_samples_raise_an_alarm_at_most_once_in_a_hundred(boston, rows):
+    assert alarm_rate(boston, rows, draws=1000) <= 0.01
+
+
+def test_a_fixed_psi_cut_off_alone_pages_on_noise_at_small_samples(boston):
+    """Why the verdict has a test: PSI > 0.2 on its own flags 100 in-distribution rows often."""
+    assert alarm_rate(boston, 100, draws=300, thresholds=drift.Thresholds(p_value=None)) > 0.1
+
+
+@pytest.mark.parametrize(
+    "change", [("RM", lambda v: v + 1), ("LSTAT", lambda v: v * 2)], ids=["RM+1", "LSTATx2"]
+)
+def test_a_real_shift_is_caught_at_one_hundred_rows(boston, change):
+    assert alarm_rate(boston, 100, draws=200, change=change) >= 0.99
+
+
+def test_the_p_value_merges_bins_too_small_for_the_test():
+    shares = np.array([0.5, 0.49, 0.01])
+    assert drift.homogeneity_p(shares, 1000, np.array([50, 49, 1])) == pytest.approx(1.0)
+    # an empty rare bin is no evidence at 100 rows: it merges with its neighbour
+    assert drift.homogeneity_p(shares, 1000, np.array([50, 50, 0])) > 0.5
+    assert drift.homogeneity_p(shares, 1000, np.array([90, 10, 0])) < 1e-6
+    assert drift.homogeneity_p(np.array([1.0]), 1000, np.array([100])) == 1.0  # one bin: no test

@@ -49,7 +49,7 @@ def test_shards_racing_to_create_the_experiment_share_the_winners():
             self.reads += 1
             return None if self.reads == 1 else type("E", (), {"experiment_id": "7"})()
 
-        def create_experiment(self, name):
+        def create_experiment(self, name, tags=None):  # as MlflowClient's
             raise MlflowException("already exists", error_code=RESOURCE_ALREADY_EXISTS)
 
     assert Tracker(Client(), "sharded").experiment_id == "7"

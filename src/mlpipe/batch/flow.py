@@ -11,9 +11,11 @@ logged to an MLflow run (experiment ``<model>-scoring``), and ``mlpipe.drift.det
 when a threshold is crossed. ``partition="latest"`` scores the newest partition folder (what the
 promotion trigger asks for).
 
-``watch_incoming`` is the sensor: a small scheduled flow that emits ``mlpipe.data.arrived`` once
-for each partition folder that has input files and no predictions yet; a deployment trigger on
-that event starts ``batch_score`` for the partition (``deploy/triggers.py``).
+``watch_incoming`` is the sensor: a scheduled flow that looks at the input root every minute for
+an hour and emits ``mlpipe.data.arrived`` once for each partition folder that has input files and
+no predictions yet; a deployment trigger on that event starts ``batch_score`` for the partition
+(``deploy/triggers.py``). One run an hour, not one a minute: Prefect's scheduler keeps at least
+an hour of runs scheduled ahead, so a one-minute schedule fills the runs page with 60 of them.
 
 Retries are for what may pass on a second try (the tracking server briefly away, a file system
 hiccup); an input that breaks the contract fails at once with the reason as the state message.
@@ -29,9 +31,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from mlpipe import drift
 from mlpipe.errors import DataError, UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, Settings
 
@@ -39,6 +42,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 REJECTS_FILE = "rejects.parquet"
 LATEST = "latest"
 REPORT_FILE = "drift_report.html"
+SUMMARY_ARTIFACT = "batch-score-summary"  # a run's one-row table; backfill's table reads it
 _PARTITION_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
 
 
@@ -100,7 +104,7 @@ def score_partition(
 ) -> dict[str, Any]:
     """Load the model (an alias resolves to its version now), score one partition, and
     compare its inputs and predictions with the version's training profile."""
-    from mlpipe import drift, signals
+    from mlpipe import signals
     from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
 
@@ -205,6 +209,18 @@ def scheduled_partition(lag_days: int) -> str:
     return f"date={flow_run.scheduled_start_time.date() - timedelta(days=lag_days)}"
 
 
+def _drifted(found: dict[str, Any] | None) -> str:
+    """The summary table's drift cell: the drifted columns, "none" or "not checked"."""
+    if found is None:
+        return "not checked"
+    if not found["drifted"]:
+        return "none"
+    columns = list(found["drifted_features"])
+    if found["prediction_drifted"]:
+        columns.append("prediction")
+    return "DRIFT: " + ", ".join(columns)
+
+
 @flow(name="batch_score", log_prints=False)
 def batch_score(
     partition: str | None = None,
@@ -240,22 +256,41 @@ def batch_score(
         summary["rows_per_second"],
         summary["output"],
     )
-    lines = [f"| {k} | {v} |" for k, v in summary.items()]
-    lines += [f"| drift: {k} | {v} |" for k, v in (found or {"checked": False}).items()]
-    create_markdown_artifact(
-        key="batch-score-summary",
-        markdown="\n".join(["| | |", "|---|---|", *lines]),
-        description=f"batch_score {partition}",
+    row = {"partition": partition} | summary | {"drift": _drifted(found)}
+    if found:
+        row |= {k: found[k] for k in ("max_psi", "max_psi_feature", "min_p_value", "mlflow_run_id")}
+    verdict = drift.verdict(found)
+    create_table_artifact(
+        [{k: v if isinstance(v, (int, float, str)) else str(v) for k, v in row.items()}],
+        key=SUMMARY_ARTIFACT,
+        description=f"batch_score {partition}: {summary['rows']} rows, drift {verdict}",
     )
     return summary | {"partition": partition, "drift": found}
 
 
 @flow(name="watch_incoming", log_prints=False)
 def watch_incoming(
-    input_root: str = str(DEFAULT_INPUT_ROOT), output_root: str = str(DEFAULT_OUTPUT_ROOT)
+    input_root: str = str(DEFAULT_INPUT_ROOT),
+    output_root: str = str(DEFAULT_OUTPUT_ROOT),
+    poll_seconds: float = 60.0,
+    watch_seconds: float = 0.0,
 ) -> list[str]:
     """Emit ``mlpipe.data.arrived`` once for each partition under ``input_root`` that has input
-    files and no predictions yet; returns the partitions announced by this run."""
+    files and no predictions yet: one look, then one every ``poll_seconds`` until
+    ``watch_seconds`` have passed (one run watches for a while, so the deployment needs a run an
+    hour rather than one a minute). Returns the partitions this run announced."""
+    import time
+
+    started = time.monotonic()
+    announced = _look(input_root, output_root)
+    while time.monotonic() - started + poll_seconds <= watch_seconds:
+        time.sleep(poll_seconds)
+        announced += _look(input_root, output_root)
+    return announced
+
+
+def _look(input_root: str, output_root: str) -> list[str]:
+    """One look at ``input_root``: announce the partitions waiting and not announced yet."""
     from prefect.variables import Variable
 
     from mlpipe import signals
@@ -265,7 +300,7 @@ def watch_incoming(
         for p, files in input_partitions(input_root).items()
         if not partition_paths(p, input_root, output_root).output.exists()
     }
-    # What earlier runs announced and is still waiting; kept in a Prefect variable, so the
+    # What earlier looks announced and is still waiting; kept in a Prefect variable, so the
     # sensor holds no state of its own. Deployed with a concurrency limit of 1.
     name = f"mlpipe_announced_{zlib.crc32(str(Path(input_root).resolve()).encode()):08x}"
     announced: set[str] = set(Variable.get(name, default=[]) or [])

@@ -12,6 +12,7 @@ import typer
 from mlpipe.cli import render
 from mlpipe.cli.common import Verbose, settings, user_errors
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
+from mlpipe.deploy.triggers import RETRAIN_CRON, SENSOR_POLL_SECONDS, SENSOR_WINDOW_SECONDS
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, DEFAULT_POOL
 
@@ -136,10 +137,13 @@ def deploy_triggers(
     ] = None,
     sensor_interval: Annotated[
         float, typer.Option(help="seconds between two looks at INPUT_ROOT.")
-    ] = 60.0,
+    ] = SENSOR_POLL_SECONDS,
+    sensor_window: Annotated[
+        float, typer.Option(help="seconds one sensor run watches; a run starts every window.")
+    ] = SENSOR_WINDOW_SECONDS,
     retrain_cron: Annotated[
         str, typer.Option(help="tune/mlpipe's schedule (UTC); default Mondays 03:00.")
-    ] = "0 3 * * 1",
+    ] = RETRAIN_CRON,
     notify_webhook: Annotated[
         str | None, typer.Option(help="call this URL on mlpipe.drift.detected.")
     ] = None,
@@ -159,12 +163,14 @@ def deploy_triggers(
         raise UserError(f"--model {model}: triggers follow a registered model (models:/NAME@ALIAS)")
     if retrain_on_drift and not notify_webhook:
         raise UserError("--retrain-on-drift rides on the drift automation: give --notify-webhook")
+    sensor = triggers.sensor_parameters(sensor_interval, sensor_window)
     _prefect_server("mlpipe deploy triggers")
     settings = _settings(
         list(deployments.FLOW_ENTRYPOINTS), [f"tune={retrain_cron}"],
-        [f"watch_incoming={sensor_interval}"], model, input_root, output_root, config,
+        [f"watch_incoming={sensor_window}"], model, input_root, output_root, config,
         pool=pool, working_dir=(working_dir or Path.cwd()).resolve(), name=deployment_name,
     )  # fmt: skip
+    settings.parameters["watch_incoming"] |= sensor
     settings.triggers["batch_score"] = triggers.batch_score_triggers(name)
     typer.echo(deployments.ensure_pool(pool, "process"))
     applied, notes = deployments.apply(settings)
@@ -176,8 +182,10 @@ def deploy_triggers(
     typer.echo(
         f"triggers: {triggers.DATA_ARRIVED} -> batch_score(partition); "
         f"{triggers.MODEL_PROMOTED} of {name} -> batch_score(latest, new version); "
-        f"tune every '{retrain_cron}'; watch_incoming every {sensor_interval:g}s"
+        f"tune every '{retrain_cron}'; watch_incoming looks every {sensor_interval:g}s "
+        f"(one run every {sensor_window:g}s)"
     )
+    typer.echo(triggers.start_sensor(created[f"watch_incoming/{deployment_name}"]))
     if notify_webhook:
         retrain = created[f"tune/{deployment_name}"] if retrain_on_drift else None
         automation_id = triggers.notify_on_drift(notify_webhook, retrain, deployment_name)

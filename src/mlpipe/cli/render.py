@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from mlpipe import links
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -61,6 +63,9 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     name = outcome.model_name
     out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
     out.print(f"mlflow parent run {parent_run(outcome, tracking_uri)}")
+    trials = links.trials_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    if trials:
+        out.print(f"mlflow trials, best first {trials}", markup=False)
     out.print(f"artifacts {outcome.artifacts_path}/")
     timings = "  ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     out.print(f"timings: {timings}")
@@ -77,10 +82,8 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
 def parent_run(outcome: TuneOutcome | ShardOutcome, tracking_uri: str) -> str:
     """The search's parent run: its page in the MLflow UI when the store is a server (the one
     link mlpipe prints for a search), else its id and the store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        page = f"#/experiments/{outcome.experiment_id}/runs/{outcome.parent_run_id}"
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"{outcome.parent_run_id}  ({tracking_uri})"
+    page = links.run_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    return page or f"{outcome.parent_run_id}  ({tracking_uri})"
 
 
 def _command(name: str) -> str:
@@ -132,13 +135,12 @@ def score_summary(summary: Any, out: Console, total_seconds: float) -> None:
 
 
 def drift_line(result: Any) -> str:
-    worst = max(result.features, key=lambda f: f.psi)
-    detail = f"max PSI {worst.psi:.3f} ({worst.name}), prediction PSI {result.prediction.psi:.3f}"
-    if result.drifted:
-        return (
-            f"[red]DRIFT[/] in {', '.join(result.drifted_features) or 'the predictions'}; {detail}"
-        )
-    return f"none past the thresholds; {detail}"
+    from rich.markup import escape
+
+    from mlpipe.drift import verdict
+
+    line = escape(verdict(result.summary()))
+    return f"[red]{line}[/]" if result.drifted else line
 
 
 @contextlib.contextmanager
@@ -168,14 +170,27 @@ def row_progress(out: Console, total: int | None, enabled: bool) -> Iterator[Any
 
 
 def backfill_table(statuses: list[Any], title: str) -> None:
-    """One row per partition: what the backfill did and how each run ended."""
+    """One row per partition: what the backfill did, how each run ended, its rows and drift;
+    then each partition's flow run and message, a line each (80 columns hold no more)."""
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("partition", "action", "flow run", "state", "message"):
-        table.add_column(column)
+    for column in ("partition", "action", "state", "rows"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("drift", overflow="fold")
     for s in statuses:
         table.add_row(
-            s.partition, s.action, s.flow_run_name or "-", s.state or "-", s.message or ""
+            s.partition,
+            s.action,
+            s.state or "-",
+            "-" if s.rows is None else f"{s.rows:,}",
+            s.drift or "-",
+            style="red" if s.drift and s.drift.startswith("DRIFT") else None,
         )
-    console().print(table)
+    out = console()
+    out.print(table)
+    for s in statuses:
+        said = [f"flow run {s.flow_run_name}"] if s.flow_run_name else []
+        said += [s.message] if s.message else []
+        if said:
+            out.print(f"{s.partition}: {'; '.join(said)}", markup=False)

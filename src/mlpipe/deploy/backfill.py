@@ -3,17 +3,19 @@
 The deployment's own parameters say where partitions are read and written, so the backfill
 checks the same folders the runs will use. Partitions whose output exists are skipped unless
 ``force``; partitions without input are reported, not run. Runs are created through the Prefect
-API (a worker or ``mlpipe deploy serve`` executes them) and watched until each is final.
+API (a worker or ``mlpipe deploy serve`` executes them) and watched until each is final; each
+finished run's rows and drift verdict come from the summary table artifact it published.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from mlpipe.batch.flow import partition_paths
+from mlpipe.batch.flow import SUMMARY_ARTIFACT, partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_OUTPUT_ROOT
@@ -29,6 +31,8 @@ class PartitionStatus:
     flow_run_name: str | None = None
     state: str | None = None
     message: str | None = None
+    rows: int | None = None  # from the run's summary artifact
+    drift: str | None = None
 
 
 def plan(
@@ -86,8 +90,34 @@ def backfill(
             status.flow_run_id, status.flow_run_name = str(run.id), run.name
             status.state = run.state.name if run.state else "Scheduled"
         if wait:
-            _wait(client, [s for s in statuses if s.flow_run_id], timeout)
+            started = [s for s in statuses if s.flow_run_id]
+            _wait(client, started, timeout)
+            _read_summaries(client, started)
     return statuses
+
+
+def _read_summaries(client: Any, statuses: list[PartitionStatus]) -> None:
+    """Each run's rows and drift verdict, from the one-row table artifact it published."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    by_run = {UUID(s.flow_run_id): s for s in statuses if s.flow_run_id}
+    if not by_run:
+        return
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=list(by_run)),
+        )
+    )
+    for artifact in found:
+        table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        if artifact.flow_run_id in by_run and isinstance(table, list) and table:
+            status = by_run[artifact.flow_run_id]
+            status.rows, status.drift = table[0].get("rows"), table[0].get("drift")
 
 
 def _wait(client: Any, statuses: list[PartitionStatus], timeout: float) -> None:

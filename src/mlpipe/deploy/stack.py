@@ -158,7 +158,9 @@ def up(
                 "prefect",
                 [str(bin_dir / "prefect"), "server", "start",
                  "--host", HOST, "--port", str(prefect_port)],
-                env, logs, prefect_url, f"{prefect_url}/health",
+                # the UI's own API calls: Prefect's default is port 4200 whatever --port says
+                {**env, "PREFECT_UI_API_URL": prefect_url},
+                logs, prefect_url, f"{prefect_url}/health",
             )
         )  # fmt: skip
         stack.services.append(

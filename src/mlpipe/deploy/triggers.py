@@ -1,6 +1,6 @@
 """Event-driven runs: Prefect deployment triggers and automations on mlpipe's events.
 
-    watch_incoming/mlpipe (every minute) --mlpipe.data.arrived--> batch_score/mlpipe(partition)
+    watch_incoming/mlpipe (hourly, a look a minute) --mlpipe.data.arrived--> batch_score(partition)
     mlpipe train --mlpipe.model.promoted--> batch_score/mlpipe(partition=latest, new version)
     tune/mlpipe (weekly cron) --mlpipe.model.promoted--> (as above)
     batch_score / mlpipe serve --mlpipe.drift.detected--> webhook (and tune/mlpipe, if asked)
@@ -16,7 +16,13 @@ from typing import Any
 
 from mlpipe.signals import DATA_ARRIVED, DRIFT_DETECTED, MODEL_PROMOTED
 
-SENSOR_INTERVAL_SECONDS = 60.0
+# The sensor looks every SENSOR_POLL_SECONDS; each of its runs watches for SENSOR_WINDOW_SECONDS
+# and the next starts then. Prefect's scheduler keeps at least an hour (and three runs) of a
+# schedule ahead, and its per-schedule max_scheduled_runs is not honoured by the open-source
+# server (PrefectHQ/prefect#13207): a one-minute schedule keeps some 60 runs waiting on the runs
+# page and adds 1,440 a day; an hourly one keeps three and adds 24.
+SENSOR_POLL_SECONDS = 60.0
+SENSOR_WINDOW_SECONDS = 3600.0
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 DRIFT_BLOCK = "{name}-drift-webhook"  # the deployments' name ("mlpipe" by default)
 DRIFT_AUTOMATION = "{name}: drift detected"
@@ -33,6 +39,50 @@ DRIFT_PAYLOAD = (
     '"max_psi_feature": {{ event.payload.max_psi_feature | tojson }}, '
     '"rows": {{ event.payload.rows | tojson }}}'
 )
+
+
+def sensor_parameters(poll_seconds: float, window_seconds: float) -> dict[str, float]:
+    """``watch_incoming``'s own parameters for a run every ``window_seconds``: it looks every
+    ``poll_seconds`` and stops a look before the next run is due (one run at a time)."""
+    from mlpipe.errors import UserError
+
+    if poll_seconds <= 0 or window_seconds < poll_seconds:
+        raise UserError(
+            f"--sensor-interval {poll_seconds:g} / --sensor-window {window_seconds:g}: give a "
+            "positive interval and a window at least as long (a sensor run watches for the window)"
+        )
+    return {"poll_seconds": poll_seconds, "watch_seconds": window_seconds - poll_seconds}
+
+
+def start_sensor(deployment_id: str) -> str:
+    """A first sensor run now (the schedule's first is a window away), unless one is already
+    running or about to: what it did, in a line."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        watching = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(deployment_id)])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                )
+            ),
+            limit=1,
+        )
+        if watching:
+            return f"sensor run {watching[0].name} is watching already"
+        run = client.create_flow_run_from_deployment(UUID(deployment_id), tags=["first-look"])
+        return f"sensor run {run.name} starts now; the next ones follow the schedule"
 
 
 def batch_score_triggers(model_name: str) -> list[Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from mlpipe.predictor import LoadedModel, ModelRef
 from mlpipe.serve import protocol
@@ -82,7 +83,9 @@ def create_app(
         stop.set()
         await asyncio.gather(*tasks)
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets served from the package (under
+    # /static-offline-docs): the pages work air-gapped, where FastAPI's own load from a CDN
+    app = FastAPIOffline(
         title="mlpipe prediction API",
         summary=f"Predictions from {ref.uri}",
         version=_version("mlpipe"),

@@ -20,6 +20,7 @@ from mlpipe.search import Shard
 from mlpipe.settings import Settings
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
+from mlpipe.tune import publish
 from mlpipe.tune.sharded import ShardOutcome, run_finalize, run_shard
 from mlpipe.tune.steps import TuneOutcome, run_search
 
@@ -39,7 +40,9 @@ def tune(
     tracker = Tracker.connect(uri, parsed.experiment_name)
     if shard is not None:
         return run_shard(parsed, tracker, Shard.parse(shard))
-    return run_search(parsed, tracker, fresh)
+    outcome = run_search(parsed, tracker, fresh)
+    publish.to_flow_run(outcome, uri)
+    return outcome
 
 
 @flow(name="tune-finalize", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
@@ -54,4 +57,6 @@ def finalize_search(
     parsed = Spec.model_validate(spec or {})
     uri = tracking_uri or Settings.from_env().tracking_uri
     tracker = Tracker.connect(uri, parsed.experiment_name)
-    return run_finalize(parsed, tracker, search_id, wait_seconds)
+    outcome = run_finalize(parsed, tracker, search_id, wait_seconds)
+    publish.to_flow_run(outcome, uri)
+    return outcome

@@ -320,10 +320,11 @@ def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
         split.X_train.to_numpy(dtype=np.float64),
         np.asarray(model.predict(split.X_train)).ravel(),
         drift.Thresholds(
-            monitoring.psi_threshold,
-            monitoring.ks_threshold,
-            monitoring.min_rows,
-            monitoring.window,
+            psi=monitoring.psi_threshold,
+            ks=monitoring.ks_threshold,
+            min_rows=monitoring.min_rows,
+            window=monitoring.window,
+            p_value=monitoring.p_value,
         ),
     )
 

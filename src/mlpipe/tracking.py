@@ -134,6 +134,26 @@ class Tracker:
         )
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
+    def finished_search(
+        self, search_id: str, params: Mapping[str, Any]
+    ) -> tuple[str, dict[str, float]] | None:
+        """The latest finished parent run of ``search_id`` logged with these ``params`` (the
+        split and data they name): its id and metrics; None if there is none."""
+        runs = self._search(
+            f"tags.`mlpipe.search_id` = '{search_id}' and tags.`{ROLE_TAG}` = 'search' "
+            "and attributes.status = 'FINISHED'"
+        )
+        wanted = {k: str(v) for k, v in params.items()}
+        for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
+            if run.data.params == wanted:
+                return str(run.info.run_id), dict(run.data.metrics)
+        return None
+
+    def version_of_run(self, model_name: str, run_id: str) -> str | None:
+        """The version of ``model_name`` registered from ``run_id``, if any."""
+        found = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        return str(found[0].version) if found else None
+
     def adopt(self, parent_run_id: str, other_parent_id: str) -> None:
         """Move the trial runs of ``other_parent_id`` under ``parent_run_id``; delete the other."""
         for run in self._search(f"tags.`mlflow.parentRunId` = '{other_parent_id}'"):

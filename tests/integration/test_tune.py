@@ -178,15 +178,23 @@ def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir)
     assert str(client().get_model_version_by_alias("boston-rf", "champion").version) == "2"
     assert "version 2 -> alias champion" in beaten.output and "beats champion v1" in beaten.output
 
-    again = train(weak)  # same search as the first: its trial is reused, not rerun
+    runs = len(client().search_runs([client().get_experiment_by_name("boston-rf").experiment_id]))
+    again = train(weak)  # same search as the first: its trial reused, its run and version found
     assert "1 reused from an earlier run" in again.output
-    assert (
-        "version 3 -> alias challenger" in again.output
-        and "does not beat champion v2" in again.output
-    )
+    assert "unchanged: every trial reused and this search is boston-rf version 1" in again.output
+    assert "alias challenger" in again.output and "does not beat champion v2" in again.output
     registry = client()
     assert str(registry.get_model_version_by_alias("boston-rf", "champion").version) == "2"
-    assert str(registry.get_model_version_by_alias("boston-rf", "challenger").version) == "3"
+    assert str(registry.get_model_version_by_alias("boston-rf", "challenger").version) == "1"
+    assert len(registry.search_model_versions("name = 'boston-rf'")) == 2  # no new version
+    experiment = registry.get_experiment_by_name("boston-rf").experiment_id
+    assert len(registry.search_runs([experiment])) == runs  # nor a parent run with copies
+
+    strong_again = train(strong, "--quiet")  # the champion's own search: it stays champion
+    assert "version 2 already -> alias champion (already the champion)" in strong_again.output
+    other_split = {**weak, "data": {"test_size": 0.3}}  # another split: a new search
+    assert "registered boston-rf version 3" in train(other_split, "--quiet").output
+    assert "registered boston-rf version 4" in train(weak, "--fresh", "--quiet").output
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(train, workdir):

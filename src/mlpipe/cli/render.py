@@ -53,15 +53,26 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     scores = "  ".join(f"{name} {t[name]:.4f}" for name in ("mse", "rmse", "mae", "r2"))
     out.print(f"test split: {scores}")
     if p.champion_mse is None:
-        verdict = "first version: it becomes the champion"
+        verdict = (
+            "already the champion"
+            if outcome.unchanged
+            else "first version: it becomes the champion"
+        )
     else:
         better = "beats" if p.promoted else "does not beat"
         verdict = (
-            f"new test mse {p.test_mse:.4f} {better} champion v{p.champion_version}'s "
+            f"test mse {p.test_mse:.4f} {better} champion v{p.champion_version}'s "
             f"{p.champion_mse:.4f} on the same split"
         )
     name = outcome.model_name
-    out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
+    if outcome.unchanged:
+        out.print(
+            f"unchanged: every trial reused and this search is {name} version {p.version} "
+            f"already -> alias [bold]{p.alias}[/] ({verdict}); nothing logged or registered "
+            "again (--fresh reruns it)"
+        )
+    else:
+        out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
     out.print(f"mlflow parent run {parent_run(outcome, tracking_uri)}")
     trials = links.trials_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
     if trials:

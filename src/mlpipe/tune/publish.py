@@ -27,7 +27,8 @@ def summary_lines(outcome: Any, tracking_uri: str) -> list[str]:
         f"{outcome.reused} reused); best {best.trial_id} ({params}) cv mse {best.mean_score:.4f}"
         f" ± {best.std_score:.4f}",
         "test split: " + ", ".join(f"{k} {test[k]:.4f}" for k in ("mse", "rmse", "mae", "r2")),
-        f"registered {outcome.model_name} version {promotion.version} -> alias "
+        f"{'unchanged, ' if outcome.unchanged else ''}registered {outcome.model_name} "
+        f"version {promotion.version} -> alias "
         f"{promotion.alias} ({'promoted' if promotion.promoted else 'not promoted'})",
         f"mlflow parent run {parent or outcome.parent_run_id + ' (' + tracking_uri + ')'}",
         *([f"mlflow trials, best first {trials}"] if trials else []),

@@ -42,7 +42,7 @@ from mlpipe.tracking import (
     infer_signature,
 )
 from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
-from mlpipe.tune import artifacts
+from mlpipe.tune import artifacts, rerun
 from mlpipe.tune.progress import NullObserver, Observer
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
@@ -65,6 +65,7 @@ class TuneOutcome:
     promotion: Promotion
     reused: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    unchanged: bool = False  # a rerun that found this search registered already (rerun.py)
 
 
 @task(name="cross-validate", cache_policy=NONE, task_run_name="cv {label}")
@@ -163,6 +164,13 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     ):
         result.index = trial.index  # grid order of this run decides ties
     todo = [t for t in plan.trials if t.trial_id not in previous]
+    if not todo:
+        params, name = plan.search_params(spec), spec.model_name
+        earlier = rerun.find_earlier(tracker, plan.search_id, params, name)
+        if earlier is not None:
+            observer.start(total=len(plan.trials), reused=len(reused))
+            observer.finish()
+            return repeat(spec, plan, tracker, earlier, reused, started)
 
     parent_run_id = tracker.start_search(plan.search_id, plan.search_params(spec), plan.search_tags)
     observer.start(total=len(plan.trials), reused=len(reused))
@@ -175,6 +183,41 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     observer.finish()
     timings["trials"] = time.perf_counter() - started - timings["prepare"]
     return finish(spec, plan, tracker, parent_run_id, results, len(reused), timings)
+
+
+def repeat(
+    spec: Spec,
+    plan: Prepared,
+    tracker: Tracker,
+    earlier: rerun.Earlier,
+    reused: list[TrialResult],
+    started: float,
+) -> TuneOutcome:
+    """The outcome of the search this run repeats: its parent run and version, nothing logged
+    again. A champion stays one; another version is compared with today's champion, as a new
+    one would be (and the alias moves, with its event, only if it wins)."""
+    name, version, test_mse = spec.model_name, earlier.version, earlier.test_metrics["mse"]
+    if tracker.champion_version(name) == version:
+        promotion = Promotion(version, CHAMPION, test_mse, version, None)
+    else:
+        promotion = promote(tracker, name, version, test_mse, plan.split)
+        if promotion.promoted:
+            signals.model_promoted(name, promotion)
+    return TuneOutcome(
+        search_id=plan.search_id,
+        artifacts_path=str(Path(spec.artifacts_dir) / plan.search_id),
+        parent_run_id=earlier.parent_run_id,
+        experiment_id=tracker.experiment_id,
+        results=sorted(reused, key=lambda r: r.index),
+        best=select_best(reused),
+        test_metrics=earlier.test_metrics,
+        model_uri=f"models:/{name}/{version}",
+        model_name=name,
+        promotion=promotion,
+        reused=len(reused),
+        timings={"lookup": time.perf_counter() - started},
+        unchanged=True,
+    )
 
 
 def run_trials(

@@ -211,7 +211,10 @@ def process_worker(pool: str, cwd: Path, env: dict[str, str]) -> Iterator[None]:
         try:
             yield
         finally:
-            stop(worker)
+            # 5 s, not a server's 15: a worker holding a flow run (the sensor watches for
+            # minutes) waits out the whole grace before the kill, and no test needs its drain
+            stop_group(worker.pid, grace=5)
+            worker.wait()
 
 
 class Receiver:

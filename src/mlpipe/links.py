@@ -3,8 +3,9 @@
 MLflow 3's UI opens an experiment on its GenAI views (traces) unless told otherwise: the
 experiment kind tag (``EXPERIMENT_KIND``, set on the experiments mlpipe creates) and the
 ``workflowType=machine_learning`` query open it on its training runs. A search's runs page lists
-its trials (the parent run's children), best cross-validated score first, with that metric as a
-column. A SQLite file or a folder has no pages: the links are None.
+its trials (the parent run's children), sorted by their mean cross-validated MSE, best first
+(which columns the table shows is the UI's own saved choice, not part of a link). A SQLite file
+or a folder has no pages: the links are None.
 """
 
 from __future__ import annotations

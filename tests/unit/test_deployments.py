@@ -226,3 +226,33 @@ def test_schedules_are_described_as_a_person_reads_them():
     assert deployments._describe([ours["tune"], ours["batch_score"]]) == (
         "cron '0 3 * * 1', every 600s"
     )
+
+
+def test_backfill_reads_every_runs_summary_in_pages_the_api_answers():
+    """A year of partitions: the summaries come back 200 at a time (the API's cap)."""
+    import json
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from mlpipe.deploy.backfill import PartitionStatus, _read_summaries
+
+    statuses = [
+        PartitionStatus(f"date=d{i}", "run", flow_run_id=str(uuid4()), state="Completed")
+        for i in range(450)
+    ]
+
+    class Client:
+        def __init__(self) -> None:
+            self.pages: list[int] = []
+
+        def read_artifacts(self, artifact_filter, limit):
+            ids = artifact_filter.flow_run_id.any_
+            assert artifact_filter.key.any_ == ["batch-score-summary"] and len(ids) <= limit
+            self.pages.append(len(ids))
+            row = {"rows": 506, "drift": "none"}
+            return [SimpleNamespace(flow_run_id=i, data=json.dumps([row])) for i in ids]
+
+    client = Client()
+    _read_summaries(client, statuses)
+    assert client.pages == [200, 200, 50]
+    assert {(s.rows, s.drift) for s in statuses} == {(506, "none")}

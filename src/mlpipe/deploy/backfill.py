@@ -20,6 +20,8 @@ from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_OUTPUT_ROOT
 
+_PAGE = 200
+
 
 @dataclass
 class PartitionStatus:
@@ -105,14 +107,16 @@ def _read_summaries(client: Any, statuses: list[PartitionStatus]) -> None:
     )
 
     by_run = {UUID(s.flow_run_id): s for s in statuses if s.flow_run_id}
-    if not by_run:
-        return
-    found = client.read_artifacts(
-        artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=list(by_run)),
+    ids = list(by_run)
+    found = []
+    for start in range(0, len(ids), _PAGE):  # the API answers at most 200 a request
+        found += client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=ids[start : start + _PAGE]),
+            ),
+            limit=_PAGE,
         )
-    )
     for artifact in found:
         table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
         if artifact.flow_run_id in by_run and isinstance(table, list) and table:

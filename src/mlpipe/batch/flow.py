@@ -307,6 +307,8 @@ def _look(input_root: str, output_root: str) -> list[str]:
     new = [p for p in waiting if p not in announced]
     for partition in new:
         signals.data_arrived(partition, input_root, waiting[partition])
-    Variable.set(name, sorted(announced.intersection(waiting) | set(new)), overwrite=True)
+    still = announced.intersection(waiting) | set(new)
+    if still != announced:  # a write only on change: a look a minute, mostly nothing new
+        Variable.set(name, sorted(still), overwrite=True)
     get_run_logger().info("%d partition(s) waiting, announced %s", len(waiting), new or "none")
     return new

@@ -193,10 +193,15 @@ def _delta(unit: Unit, other: Unit | None) -> float:
     return unit.cost - (other.cost if other is not None else 0.0)
 
 
+def ranked(results: Sequence[Any]) -> list[Any]:
+    """The completed results, best first: lowest mean score, ties to the earlier config in grid
+    order, as ``GridSearchCV`` breaks them."""
+    return sorted(
+        (r for r in results if r.status == "completed"), key=lambda r: (r.mean_score, r.index)
+    )
+
+
 def select_best(results: Sequence[Any]) -> Any:
-    """The completed result with the lowest mean score; ties go to the earlier config in grid
-    order, as ``GridSearchCV`` breaks them. None if nothing completed."""
-    done = [r for r in results if r.status == "completed"]
-    if not done:
-        return None
-    return min(done, key=lambda r: (r.mean_score, r.index))
+    """The best completed result (``ranked``'s first); None if nothing completed."""
+    done = ranked(results)
+    return done[0] if done else None

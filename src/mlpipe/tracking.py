@@ -1,56 +1,40 @@
-"""MLflow at the edge: the parent run of a search, a child run per trial, the model, the registry.
+"""MLflow at the edge: the parent run of a search, a child run per trial (the model and the
+registry: ``registry.Registry``, which ``Tracker`` takes in).
 
-The only module that imports mlflow for writing. It receives an ``MlflowClient`` (built by
-``connect``), so tests and other stores plug in without global state beyond MLflow's own
-tracking URI.
+With ``registry``, the only module that imports mlflow for writing. It receives an
+``MlflowClient`` (built by ``connect``), so tests and other stores plug in without global state
+beyond MLflow's own tracking URI.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import statistics
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import UserError
 from mlpipe.links import EXPERIMENT_KIND
+from mlpipe.registry import (  # noqa: F401 - the names callers import from here
+    CHALLENGER,
+    CHAMPION,
+    SKOPS_TRUSTED_TYPES,
+    Promotion,
+    Registry,
+    infer_signature,
+)
 from mlpipe.trial import TrialResult
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 ROLE_TAG = "mlpipe.role"  # "search" (a parent run) or "trial"
 SHARDS_TAG = "mlpipe.shards"  # on a sharded search's parent: how many shards
 RESULT_TAG = "mlpipe.result"  # on a trial: its TrialResult as JSON
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 
-# MLflow 3.17 saves scikit-learn models with skops, which refuses to load any type it is not told
-# to trust. A forest's trees are sklearn.tree._tree.Tree: trusting exactly that type (and nothing
-# broader) lets the model load without falling back to pickle, which would run arbitrary code.
-SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
-
-@dataclass(frozen=True)
-class Promotion:
-    """What the registry did with a new version."""
-
-    version: str
-    alias: str
-    test_mse: float
-    champion_version: str | None
-    champion_mse: float | None
-
-    @property
-    def promoted(self) -> bool:
-        return self.alias == CHAMPION
-
-
-class Tracker:
+class Tracker(Registry):
     """Writes one search to MLflow: runs, metrics, artifacts, the model and its alias."""
 
     def __init__(self, client: Any, experiment_name: str) -> None:
@@ -148,11 +132,6 @@ class Tracker:
             if run.data.params == wanted:
                 return str(run.info.run_id), dict(run.data.metrics)
         return None
-
-    def version_of_run(self, model_name: str, run_id: str) -> str | None:
-        """The version of ``model_name`` registered from ``run_id``, if any."""
-        found = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-        return str(found[0].version) if found else None
 
     def adopt(self, parent_run_id: str, other_parent_id: str) -> None:
         """Move the trial runs of ``other_parent_id`` under ``parent_run_id``; delete the other."""
@@ -260,101 +239,6 @@ class Tracker:
     def end_search(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
-    @staticmethod
-    def pip_requirements(family: str) -> list[str]:
-        """The exact versions this process runs. Listing them spares MLflow its requirement
-        inference (a subprocess that reloads the model: 7 s of a 9 s registration here)."""
-        from importlib.metadata import version
-
-        packages = ["mlflow", "numpy", "pandas", "scipy", "scikit-learn"]
-        packages += ["xgboost-cpu"] if family == "xgboost" else ["skops"]
-        return [f"{name}=={version(name)}" for name in packages]
-
-    def log_model(
-        self,
-        run_id: str,
-        family: str,
-        model: Any,
-        input_example: Any,
-        signature: Any,
-        model_name: str,
-        held_out: Any = None,
-        files: Mapping[str, str] | None = None,
-    ) -> tuple[str, str]:
-        """Log the model to the run, with its ONNX fast path, a held-out parity sample and
-        ``files`` (name -> text, e.g. the training data profile) beside it, and register it;
-        returns (model uri, registered version)."""
-        import mlflow
-
-        # The registry prints "Successfully registered model ..." straight to stderr; keep it
-        # with MLflow's other logs rather than in the middle of a user's progress output.
-        chatter = io.StringIO()
-        with (
-            contextlib.redirect_stderr(chatter),
-            mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id),
-        ):
-            if family == "xgboost":
-                import mlflow.xgboost
-
-                info = mlflow.xgboost.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=input_example,
-                    registered_model_name=model_name,
-                    pip_requirements=self.pip_requirements(family),
-                )
-            else:
-                import mlflow.sklearn
-
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=input_example,
-                    serialization_format="skops",
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES,
-                    registered_model_name=model_name,
-                    pip_requirements=self.pip_requirements(family),
-                )
-            # start_run(run_id=...) ends the run on exit; the caller decides its final status.
-        self._log_model_files(info.model_id, model, held_out, files or {})
-        if chatter.getvalue().strip():
-            logging.getLogger("mlflow").info(chatter.getvalue().strip())
-        self.client.update_run(run_id, status="RUNNING")
-        return str(info.model_uri), str(info.registered_model_version)
-
-    def _log_model_files(
-        self, model_id: str, model: Any, held_out: Any, files: Mapping[str, str]
-    ) -> None:
-        import tempfile
-
-        from mlpipe.fastpath import export_fast_path
-
-        with tempfile.TemporaryDirectory(prefix="mlpipe-model-files-") as tmp:
-            for name, text in files.items():
-                Path(tmp, name).write_text(text)
-            if held_out is not None:
-                export_fast_path(model, held_out.shape[1], held_out, Path(tmp))
-            if any(Path(tmp).iterdir()):
-                self.client.log_model_artifacts(model_id, tmp)
-
-    def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(model_name, version, key, value)
-
-    def champion_version(self, model_name: str) -> str | None:
-        """The version holding the champion alias, or None."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(model_name, CHAMPION).version)
-        except MlflowException:
-            return None
-
-    def set_alias(self, model_name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(model_name, alias, version)
-
     def _log(
         self,
         run_id: str,
@@ -392,16 +276,3 @@ def _schema_lock(tracking_uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def infer_signature(features: Any, predictions: Any) -> Any:
-    """MLflow's signature of a table of features (in the types as loaded) and predictions."""
-    import warnings
-
-    from mlflow.models import infer_signature as infer
-
-    with warnings.catch_warnings():
-        # MLflow's hint that integer columns cannot hold missing values: mlpipe's contract
-        # refuses missing values anyway, and the hint would print in the middle of `train`.
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        return infer(features, predictions)

@@ -32,10 +32,9 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     tracking_uri = settings.tracking_uri
     from rich.table import Table
 
-    done = sorted(
-        (r for r in outcome.results if r.status == "completed"),
-        key=lambda r: (r.mean_score, r.index),
-    )
+    from mlpipe.search import ranked
+
+    done = ranked(outcome.results)
     failed = len(outcome.results) - len(done)
     table = Table(
         title=f"top {min(5, len(done))} of {len(outcome.results)} trials ({failed} failed)"

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from mlpipe.links import run_page, trials_page
+from mlpipe.search import ranked
 from mlpipe.trial import TrialResult
 
 TOP = 10
@@ -38,9 +39,7 @@ def summary_lines(outcome: Any, tracking_uri: str) -> list[str]:
 
 def top_trials(results: list[TrialResult], top: int = TOP) -> list[dict[str, Any]]:
     """The best ``top`` completed trials, one row each: rank, trial, params, CV mean and std."""
-    done = sorted(
-        (r for r in results if r.status == "completed"), key=lambda r: (r.mean_score, r.index)
-    )
+    done = ranked(results)
     return [
         {"rank": rank, "trial": r.trial_id, "cv_mse": round(r.mean_score, 6),
          "cv_mse_std": round(r.std_score, 6)} | {k: str(v) for k, v in r.params.items()}

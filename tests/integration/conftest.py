@@ -187,10 +187,22 @@ def served_project(servers, tmp_path_factory) -> dict:
             "stdout": done.stdout, "stderr": done.stderr}  # fmt: skip
 
 
-def api(project: dict, method: str, path: str, **kwargs) -> httpx.Response:
-    """A call to the Prefect server's API (``project["api"]``), raising on an error status."""
-    reply = httpx.request(method, project["api"] + path, timeout=30, **kwargs)
-    reply.raise_for_status()
+# The statuses Prefect's own client retries: a server on SQLite answers 503 while its database
+# is locked by another writer (the scheduler, a worker, a flow run), and means "try again".
+RETRYABLE = {429, 502, 503}
+
+
+def api(project: dict, method: str, path: str, *, ok=(), **kwargs) -> httpx.Response:
+    """A call to the Prefect server's API (``project["api"]``), retried as Prefect's client
+    retries (5 times, 2**n s apart unless the server says Retry-After); raises on an error
+    status other than those in ``ok``."""
+    for attempt in range(1, 7):
+        reply = httpx.request(method, project["api"] + path, timeout=30, **kwargs)
+        if reply.status_code not in RETRYABLE or attempt == 6:
+            break
+        time.sleep(float(reply.headers.get("Retry-After", 2**attempt)))
+    if reply.status_code not in ok:
+        reply.raise_for_status()
     return reply
 
 

@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 from conftest import BIN, api, process_worker, run_mlpipe, stop
@@ -230,6 +229,6 @@ def test_a_later_command_keeps_the_schedules_it_does_not_set(served_project, tmp
         assert [s["schedule"].get("cron") for s in tune["schedules"]] == ["0 3 * * 1"]
     finally:  # the sensor's schedule would go on filling the session's server
         for flow in ("batch_score", "tune", "watch_incoming"):
-            found = httpx.get(f"{served_project['api']}/deployments/name/{flow}/{name}")
+            found = api(served_project, "GET", f"/deployments/name/{flow}/{name}", ok=(404,))
             if found.status_code == 200:
                 api(served_project, "DELETE", f"/deployments/{found.json()['id']}")

@@ -10,7 +10,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_mlpipe
+from conftest import api, run_mlpipe
 
 from mlpipe.deploy import stack as local
 from mlpipe.processes import alive
@@ -65,7 +65,7 @@ def test_up_status_train_score_down(tmp_path):
             timeout=10,
         ).json()
         assert versions["registered_model"]["aliases"][0]["alias"] == "champion"
-        flows = httpx.post(f"{exports['PREFECT_API_URL']}/flows/filter", json={}).json()
+        flows = api({"api": exports["PREFECT_API_URL"]}, "POST", "/flows/filter", json={}).json()
         assert "tune" in {f["name"] for f in flows}
 
         pd.read_csv(BOSTON).to_csv(project / "houses.csv", index=False)

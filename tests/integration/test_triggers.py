@@ -74,9 +74,9 @@ def project(servers, receiver, tmp_path_factory):
             yield project | {"output": result.stdout}
     finally:  # the sensor's schedule would go on filling the session's server
         for flow in ("watch_incoming", "batch_score", "tune"):
-            found = httpx.get(f"{project['api']}/deployments/name/{flow}/{DEPLOYMENT}")
+            found = api(project, "GET", f"/deployments/name/{flow}/{DEPLOYMENT}", ok=(404,))
             if found.status_code == 200:
-                httpx.delete(f"{project['api']}/deployments/{found.json()['id']}")
+                api(project, "DELETE", f"/deployments/{found.json()['id']}")
 
 
 def runs_of(project, flow: str, state: str | None = None) -> list[dict]:

@@ -1,11 +1,20 @@
-"""Benchmark: scikit-learn GridSearchCV(n_jobs=-1) against `mlpipe train`, one after the other.
+"""Benchmark: scikit-learn's GridSearchCV(n_jobs=-1) against `mlpipe train`, workload by workload.
 
-(a) GridSearchCV over the default grid on the default data and split, refit included.
-(b) `mlpipe train` end to end in a fresh folder (new PREFECT_HOME, new MLflow SQLite store):
-    imports, Prefect ephemeral server, MLflow store set-up, 81 trials tracked as nested runs,
-    refit, registration, alias, artifacts and report. Its cold start is shown apart.
+Each row runs, one after the other on the same machine:
+(a) GridSearchCV over the workload's grid on the same split, refit included (scikit-learn's
+    `-mean_test_score` is the MSE mlpipe reports);
+(b) `mlpipe train --fresh --quiet` end to end: imports, Prefect's ephemeral server, the MLflow
+    store, every trial tracked as a nested run, refit, registration, alias, artifacts, report;
+    "warm" reuses a PREFECT_HOME and a project folder that a first, untimed run set up, "cold"
+    starts from a new folder and a new PREFECT_HOME (what `make run` meets);
+(c) the floor: the same units mlpipe plans, in a bare process pool of the same size (no Prefect,
+    no MLflow, no files): what the machine needs for the model work alone.
 
-Prints both wall times and the ratio b/a. Usage: python benchmarks/tune.py [--repeat N]
+Prints the three wall times, the ratio b/a, mlpipe's phases and whether every trial's CV MSE and
+the best configuration equal GridSearchCV's. Usage:
+
+    python benchmarks/tune.py                      # every workload but synthetic-8000
+    python benchmarks/tune.py boston-warm xgboost  # some of them
 """
 
 from __future__ import annotations
@@ -17,87 +26,166 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+BIN = Path(sys.executable).parent
+XGB_GRID = {"n_estimators": [100, 200, 400], "max_depth": [3, 6], "learning_rate": [0.05, 0.1, 0.3]}
 
 
-def grid_search_seconds() -> tuple[float, dict]:
-    from sklearn.ensemble import RandomForestRegressor
+@dataclass(frozen=True)
+class Workload:
+    spec: dict[str, Any] = field(default_factory=dict)  # the spec file's content
+    cold: bool = False
+
+
+def synthetic(rows: int, **spec: Any) -> dict[str, Any]:
+    return {"data": {"source": "synthetic", "rows": rows, "features": 20}, **spec}
+
+
+WORKLOADS = {
+    "boston-warm": Workload(),
+    "boston-cold": Workload(cold=True),
+    "synthetic-2000": Workload(synthetic(2000)),
+    "synthetic-8000": Workload(synthetic(8000)),
+    "xgboost": Workload(synthetic(2000, model={"family": "xgboost"}, search={"params": XGB_GRID})),
+}
+DEFAULT = [name for name in WORKLOADS if name != "synthetic-8000"]  # 8000 rows: ~18 min alone
+
+
+def load(spec_dict: dict[str, Any]) -> tuple[Any, Any]:
+    """The validated spec and its prepared search (data, split, folds, trials)."""
+    from mlpipe.spec import Spec
+    from mlpipe.tune.steps import prepare
+
+    spec = Spec.model_validate(spec_dict)
+    return spec, prepare(spec)
+
+
+def grid_search(spec: Any, plan: Any) -> tuple[float, dict[str, float], dict[str, Any]]:
+    """(a): seconds, the CV MSE of each config (by its params as JSON) and the best params."""
     from sklearn.model_selection import GridSearchCV
 
-    from mlpipe.data import load_dataset, split_dataset
-    from mlpipe.spec import load_spec
+    from mlpipe.models import get_family
 
-    spec = load_spec()
-    split = split_dataset(load_dataset(spec.data, spec.seed), spec.data.test_size, spec.seed)
+    family = get_family(spec.model.family)
     started = time.perf_counter()
     search = GridSearchCV(
-        RandomForestRegressor(random_state=spec.seed),
+        family.build({}, spec.seed),
         spec.search_space,
         cv=spec.search.cv,
         scoring="neg_mean_squared_error",
-        n_jobs=-1,
+        n_jobs=spec.n_jobs,
     )
-    search.fit(split.X_train, split.y_train)
-    return time.perf_counter() - started, search.best_params_
-
-
-def mlpipe_train_seconds() -> tuple[float, dict]:
-    with tempfile.TemporaryDirectory() as folder:
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(Path(folder) / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-        env.pop("PREFECT_API_URL", None)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        mlpipe = Path(sys.executable).with_name("mlpipe")
-        started = time.perf_counter()
-        done = subprocess.run(
-            [str(mlpipe), "train", "--quiet"],
-            cwd=folder,
-            env=env,
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
+    search.fit(plan.split.X_train, plan.split.y_train)
+    seconds = time.perf_counter() - started
+    scores = {
+        _key(params): -score
+        for params, score in zip(
+            search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
         )
-        wall = time.perf_counter() - started
-        [results] = Path(folder, "artifacts").glob("*/tuning_results.json")
-        best = json.loads(results.read_text())["best"]["params"]
-        return wall, {"best": best, "timings": _parse_timings(done.stdout)}
+    }
+    return seconds, scores, search.best_params_
 
 
-def _parse_timings(summary: str) -> dict[str, float]:
+def mlpipe_train(
+    spec: dict[str, Any], project: Path, prefect_home: Path
+) -> tuple[float, dict[str, float], dict, dict]:
+    """(b): seconds, each trial's CV MSE, the best params and the summary's phases."""
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+    }
+    env.pop("PREFECT_API_URL", None)
+    command = [str(BIN / "mlpipe"), "train", "--config", "spec.yaml", "--quiet", "--fresh"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=project, env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    [path] = project.glob("artifacts/*/tuning_results.json")
+    results = json.loads(path.read_text())
+    scores = {_key(t["params"]): t["mean_score"] for t in results["trials"]}
+    return seconds, scores, results["best"]["params"], _phases(done.stdout)
+
+
+def bare_pool(spec: Any, plan: Any) -> float:
+    """(c): the units mlpipe plans, depth references included, in a bare process pool."""
+    from mlpipe.models import get_family
+    from mlpipe.search import depth_references, plan_units
+    from mlpipe.trial import cross_validate_unit
+
+    family = get_family(spec.model.family)
+    X, y = plan.split.train_arrays
+    units = plan_units(plan.trials, family)
+    references = depth_references(units, family)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(min(spec.n_jobs if spec.n_jobs > 0 else os.cpu_count() or 1,
+                                 len(units))) as pool:  # fmt: skip
+
+        def submit(i: int, folds: Any = None) -> Future:
+            args = (units[i], family, X, y, plan.folds, spec.seed, folds)
+            return pool.submit(cross_validate_unit, *args)
+
+        pending = {submit(i): i for i, r in enumerate(references) if r is None}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                for j, r in enumerate(references):
+                    if r == i:
+                        pending[submit(j, future.result().folds)] = j
+    return time.perf_counter() - started
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _phases(summary: str) -> dict[str, float]:
     """The `timings: name 1.2s ...` line of mlpipe's summary, as a dict."""
     line = next((ln for ln in summary.splitlines() if ln.startswith("timings:")), "timings:")
     words = line.split()[1:]
-    return {
-        name: float(value.rstrip("s")) for name, value in zip(words[::2], words[1::2], strict=False)
-    }
+    return {k: float(v.rstrip("s")) for k, v in zip(words[::2], words[1::2], strict=False)}
+
+
+def run(name: str, workload: Workload, keep: Path) -> None:
+    spec, plan = load(workload.spec)
+    with tempfile.TemporaryDirectory() as cold:
+        folder = Path(cold) if workload.cold else keep
+        if not workload.cold and not (folder / "prefect").exists():
+            print("  warming a PREFECT_HOME (one untimed run) ...", flush=True)
+            warm_up = {"search": {"params": {"n_estimators": [5]}}}
+            mlpipe_train(warm_up, folder / "warm-up", folder / "prefect")
+        a, expected, a_best = grid_search(spec, plan)
+        b, found, b_best, phases = mlpipe_train(workload.spec, folder / name, folder / "prefect")
+    c = bare_pool(spec, plan)
+    worst = max(abs(found[k] - v) / abs(v) for k, v in expected.items() if k in found)
+    exact = set(found) == set(expected) and worst < 1e-9 and b_best == a_best
+    print(f"{name}: {len(expected)} configs, {len(plan.split.y_train)} training rows")
+    print(f"  (a) GridSearchCV(n_jobs={spec.n_jobs}) {a:7.1f} s")
+    print(f"  (b) mlpipe train            {b:7.1f} s   ratio b/a = {b / a:.2f}")
+    print(f"  (c) bare process pool       {c:7.1f} s   (the same units, no orchestration)")
+    print("      phases: " + "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+    print(f"      exact: {'yes' if exact else 'NO'} (largest relative difference of a trial's "
+          f"CV MSE {worst:.1e}; best {b_best})", flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="alternate (a) and (b) this many times"
-    )
+    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, []], default=DEFAULT)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
-    for round_ in range(1, args.repeat + 1):
-        a, a_best = grid_search_seconds()
-        print(f"[{round_}] (a) GridSearchCV(n_jobs=-1): {a:.1f} s  best {a_best}")
-        b, info = mlpipe_train_seconds()
-        t = info["timings"]
-        cold = t.get("process_start", 0.0) + t.get("cold_start", 0.0)
-        print(f"[{round_}] (b) mlpipe train:           {b:.1f} s  best {info['best']}")
-        print(
-            f"      of which cold start {cold:.1f} s (imports {t.get('process_start', 0):.1f} s, "
-            f"Prefect server + MLflow store {t.get('cold_start', 0):.1f} s); "
-            f"warm part {b - cold:.1f} s"
-        )
-        print("      phases: " + "  ".join(f"{k} {v:.1f}s" for k, v in t.items()))
-        print(f"[{round_}] ratio b/a = {b / a:.2f}   (warm part / a = {(b - cold) / a:.2f})")
+    with tempfile.TemporaryDirectory() as keep:
+        for name in args.workloads or DEFAULT:
+            run(name, WORKLOADS[name], Path(keep))
 
 
 if __name__ == "__main__":

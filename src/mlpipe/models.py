@@ -3,7 +3,9 @@
 A family is one entry in ``FAMILIES``. Every family here is an ensemble whose first k members are
 exactly a k-member model with the same seed (RandomForest draws one seed per tree in order;
 boosting adds rounds in order), so ``predict_first`` lets one fit of the largest size score every
-smaller size in a search. Pure: imports neither Prefect nor MLflow.
+smaller size in a search. A family may also say which configs fit the same model (``effective``)
+and how deep a fitted model grew (``depth_of``), so a search fits such configs once. Pure: imports
+neither Prefect nor MLflow.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class Family:
     validate: Callable[[Any], None]
     size_param: str = "n_estimators"
     default_size: int = 100
+    # the params as the library will fit them: configs that agree here fit the same model
+    effective: Callable[[Params], dict[str, Any]] = dict
+    # the parameter that caps tree depth, and the depth a fitted model's trees reached: a fit
+    # whose trees stay shallower than a cap is, exactly, the fit with that cap (None: no such
+    # shortcut, as in boosting, where each tree depends on the earlier ones)
+    depth_param: str | None = None
+    depth_of: Callable[[Any], int] | None = None
 
     @property
     def hyperparameters(self) -> frozenset[str]:
@@ -58,6 +67,25 @@ def _forest_first(model: Any, X: np.ndarray, k: int) -> np.ndarray:
     head.estimators_ = model.estimators_[:k]
     head.n_estimators = k
     return np.asarray(head.predict(X))
+
+
+def _forest_effective(params: Params) -> dict[str, Any]:
+    # scikit-learn's tree fit raises min_samples_split to 2 * min_samples_leaf (whole numbers;
+    # fractions depend on the fold's size), so configs below that floor grow the same trees
+    effective = dict(params)
+    split, leaf = effective.get("min_samples_split"), effective.get("min_samples_leaf", 1)
+    if _whole(split) and _whole(leaf):
+        effective["min_samples_split"] = max(split, 2 * leaf)
+    return effective
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _forest_depth(model: Any) -> int:
+    """The depth of the forest's deepest tree (a lone root is depth 0)."""
+    return max(int(tree.tree_.max_depth) for tree in model.estimators_)
 
 
 def _random_forest_hyperparameters() -> frozenset[str]:
@@ -108,6 +136,9 @@ FAMILIES: dict[str, Family] = {
             "min_samples_leaf": [1, 2, 4],
         },
         validate=_sklearn_validate,
+        effective=_forest_effective,
+        depth_param="max_depth",
+        depth_of=_forest_depth,
     ),
     "xgboost": Family(
         name="xgboost",

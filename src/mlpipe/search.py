@@ -112,7 +112,8 @@ def make_trials(
 
 
 def plan_units(trials: Sequence[TrialConfig], family: Family) -> list[Unit]:
-    """Group trials that differ only in the size parameter; costliest unit first.
+    """Group trials that fit the same model but for the size parameter (the params as the
+    family will fit them: ``Family.effective``); costliest unit first.
 
     Longest-first scheduling keeps the pool busy to the end instead of waiting on one big fit
     started last.
@@ -120,13 +121,49 @@ def plan_units(trials: Sequence[TrialConfig], family: Family) -> list[Unit]:
     size, default = family.size_param, family.default_size
     groups: dict[str, list[TrialConfig]] = {}
     for trial in trials:
-        rest = {k: v for k, v in trial.params.items() if k != size}
-        groups.setdefault(_digest(rest), []).append(trial)
+        groups.setdefault(_digest(_fitted_without(family, trial.params, size)), []).append(trial)
     units = [
         Unit(tuple(sorted(group, key=lambda t: int(t.params.get(size, default)))), size, default)
         for group in groups.values()
     ]
     return sorted(units, key=lambda u: u.cost, reverse=True)
+
+
+def depth_references(units: Sequence[Unit], family: Family) -> list[int | None]:
+    """For each unit, the index of the unit that fits the same model but for a looser depth cap
+    (the loosest of them; no cap is loosest), or None: that unit's fit, where its trees stay
+    shallower than this unit's cap, is this unit's fit too (``trial.cross_validate_unit``).
+
+    A cap that is never reached never changes a tree: every node is split, or not, exactly as
+    without it, with the same random draws. Families that cannot say how deep a model grew
+    (``Family.depth_of`` None) have no references.
+    """
+    param = family.depth_param
+    if param is None or family.depth_of is None:
+        return [None] * len(units)
+    groups: dict[str, list[int]] = {}
+    for i, unit in enumerate(units):
+        params = unit.largest_params
+        cap = params.get(param)
+        if cap is None or (isinstance(cap, int) and not isinstance(cap, bool)):
+            rest = _fitted_without(family, params, unit.size_param, param)
+            groups.setdefault(_digest(rest), []).append(i)
+    references: list[int | None] = [None] * len(units)
+    for members in groups.values():
+        loosest = max(members, key=lambda i: _looseness(units[i].largest_params.get(param)))
+        for i in members:
+            if i != loosest:
+                references[i] = loosest
+    return references
+
+
+def _looseness(cap: int | None) -> float:
+    return float("inf") if cap is None else float(cap)
+
+
+def _fitted_without(family: Family, params: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The params as ``family`` will fit them, less ``names``."""
+    return {k: v for k, v in family.effective(params).items() if k not in names}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,25 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+@dataclass
+class FoldFit:
+    """What one fold's fit of a unit left: metrics per ensemble size, the depth its deepest tree
+    reached (None: the family cannot tell) and the seconds the fit took."""
+
+    per_size: dict[int, dict[str, float]]
+    depth: int | None
+    seconds: float
+
+
+@dataclass
+class UnitRun:
+    """A cross-validated unit: its trials' results and each fold's fit (for units that may
+    reuse it: ``search.depth_references``)."""
+
+    results: list[TrialResult]
+    folds: list[FoldFit]
+
+
 def run_unit(
     unit: Unit,
     family: Family,
@@ -78,26 +97,52 @@ def run_unit(
     folds: list[tuple[np.ndarray, np.ndarray]],
     seed: int,
 ) -> list[TrialResult]:
+    """Cross-validate every config of ``unit`` (``cross_validate_unit``'s results)."""
+    return cross_validate_unit(unit, family, X, y, folds, seed).results
+
+
+def cross_validate_unit(
+    unit: Unit,
+    family: Family,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    reference: list[FoldFit] | None = None,
+) -> UnitRun:
     """Cross-validate every config of ``unit``: per fold, fit the largest size once and score each
-    smaller size on its first k members. Raises on failure (the caller records and retries)."""
-    sizes = unit.sizes
+    smaller size on its first k members. With ``reference`` (the folds of the unit that differs
+    only by a looser depth cap), a fold whose reference trees stayed shallower than this unit's
+    cap is that fit exactly, and is taken from it instead of fitted again. Raises on failure
+    (the caller records and retries)."""
+    sizes = sorted(set(unit.sizes))
     largest = unit.largest_params
-    per_size: dict[int, dict[str, list[float]]] = {k: {} for k in sizes}
-    fit_seconds = 0.0
-    for train_idx, test_idx in folds:
+    cap = largest.get(family.depth_param) if family.depth_param else None
+    fold_fits: list[FoldFit] = []
+    for i, (train_idx, test_idx) in enumerate(folds):
+        same = reference[i] if reference is not None else None
+        if same is not None and _reaches_no_cap(same, cap, sizes):
+            fold_fits.append(FoldFit(same.per_size, same.depth, 0.0))
+            continue
         started = time.perf_counter()
         model = family.build(largest, seed)
         model.fit(X[train_idx], y[train_idx])
-        fit_seconds += time.perf_counter() - started
-        for k in sizes:
-            predictions = family.predict_first(model, X[test_idx], k)
-            for name, value in regression_metrics(y[test_idx], predictions).items():
-                per_size[k].setdefault(name, []).append(value)
+        seconds = time.perf_counter() - started
+        per_size = {
+            k: regression_metrics(y[test_idx], family.predict_first(model, X[test_idx], k))
+            for k in sizes
+        }
+        depth = family.depth_of(model) if family.depth_of is not None else None
+        fold_fits.append(FoldFit(per_size, depth, seconds))
+    fit_seconds = sum(f.seconds for f in fold_fits)
     largest_size = max(sizes)
     results = []
     for trial in unit.trials:
         size = unit.size_of(trial)
-        metrics = per_size[size]
+        metrics = {
+            name: [fold.per_size[size][name] for fold in fold_fits]
+            for name in fold_fits[0].per_size[size]
+        }
         scores = metrics["mse"]
         results.append(
             TrialResult(
@@ -109,10 +154,21 @@ def run_unit(
                 std_score=float(np.std(scores)),
                 fold_metrics=metrics,
                 # The fit is shared; charge each size its share (tree time is linear in trees).
+                # A fold taken from the reference cost no fit here.
                 fit_seconds=fit_seconds * size / largest_size,
             )
         )
-    return results
+    return UnitRun(results, fold_fits)
+
+
+def _reaches_no_cap(fit: FoldFit, cap: Any, sizes: list[int]) -> bool:
+    """Whether ``fit``'s trees all stayed shallower than ``cap`` and it scored ``sizes``."""
+    return (
+        cap is not None
+        and fit.depth is not None
+        and fit.depth < cap
+        and all(k in fit.per_size for k in sizes)
+    )
 
 
 def failed_results(unit: Unit, exc: BaseException) -> list[TrialResult]:

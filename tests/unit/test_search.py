@@ -48,8 +48,12 @@ def test_trial_ids_are_stable_and_distinct():
 def test_units_group_sizes_and_put_costliest_first():
     family = get_family("random_forest")
     units = plan_units(make_trials(expand(SPACE, "grid", 42), family.name, "fp", 3, 42), family)
-    assert len(units) == 27
-    assert all(u.sizes == [50, 100, 200] for u in units)
+    # 27 combinations of the other params, but min_samples_split 2 and 5 with a leaf of 4 fit
+    # the same forest (scikit-learn raises the split to 2 * leaf): 24 fits
+    assert len(units) == 24
+    merged = [u for u in units if len(u.trials) == 6]
+    assert len(merged) == 3 and all(u.sizes == [50, 50, 100, 100, 200, 200] for u in merged)
+    assert all(u.sizes == [50, 100, 200] for u in units if u not in merged)
     assert units[0].largest_params["max_depth"] is None
     assert units[0].cost >= units[-1].cost
     assert sorted(t.trial_id for u in units for t in u.trials) == sorted(
@@ -113,7 +117,7 @@ def test_shards_partition_the_search_with_balanced_measured_cost(count):
         t.trial_id for u in units for t in u.trials
     )
     costs = [sum(measured(u) for u in shard) for shard in shards]
-    assert max(costs) / min(costs) - 1 < 0.02  # the bar is 10%
+    assert max(costs) / min(costs) - 1 < 0.03  # the bar is 10%; 6 units a shard at 4
     # balanced by cost, not count: 27 units in 2 shards cannot be split evenly by count
     assert [[u.trials[0].trial_id for u in s] for s in shards] == [
         [u.trials[0].trial_id for u in s] for s in assign_shards(list(reversed(units)), count)

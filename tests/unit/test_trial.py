@@ -3,8 +3,14 @@ import pytest
 from sklearn.model_selection import cross_val_score
 
 from mlpipe.models import get_family
-from mlpipe.search import make_trials, plan_units
-from mlpipe.trial import failed_results, kfold, regression_metrics, run_unit
+from mlpipe.search import depth_references, make_trials, plan_units
+from mlpipe.trial import (
+    cross_validate_unit,
+    failed_results,
+    kfold,
+    regression_metrics,
+    run_unit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +64,61 @@ def test_regression_metrics():
     assert m["rmse"] == pytest.approx((4 / 3) ** 0.5)
     assert m["mae"] == pytest.approx(2 / 3)
     assert m["r2"] == pytest.approx(1 - 4 / 2)
+
+
+def sklearn_fold_scores(family, params, X, y, seed):
+    return -cross_val_score(
+        family.build(params, seed), X, y, cv=3, scoring="neg_mean_squared_error"
+    )
+
+
+def test_configs_under_the_split_floor_share_one_fit_with_scikit_learns_scores(xy):
+    """scikit-learn raises min_samples_split to 2 * min_samples_leaf: 2 and 5 with a leaf of 4
+    grow the same forest, so they form one unit; each still gets scikit-learn's own scores."""
+    from sklearn.model_selection import ParameterGrid
+
+    X, y = xy
+    family = get_family("random_forest")
+    space = {"n_estimators": [4, 8], "min_samples_split": [2, 5, 10], "min_samples_leaf": [4]}
+    trials = make_trials(list(ParameterGrid(space)), family.name, "fp", 3, 5)
+    units = plan_units(trials, family)
+    assert sorted(len(u.trials) for u in units) == [2, 4]  # split 10 stands apart
+    for unit in units:
+        for r in run_unit(unit, family, X, y, kfold(len(y), 3), seed=5):
+            expected = sklearn_fold_scores(family, r.params, X, y, 5)
+            np.testing.assert_allclose(r.fold_scores, expected, rtol=1e-12)
+
+
+def test_a_depth_cap_the_trees_never_reach_reuses_the_uncapped_fit_exactly(xy):
+    """A unit whose cap lies above the depth the uncapped trees reached takes their fit; a cap
+    they reach is fitted: both give scikit-learn's own scores for that cap, fold by fold."""
+    X, y = xy
+    family = get_family("random_forest")
+    folds = kfold(len(y), 3)
+    free = make_trials([{"n_estimators": 6, "max_depth": None}], family.name, "fp", 3, 9)
+    [free_unit] = plan_units(free, family)
+    reference = cross_validate_unit(free_unit, family, X, y, folds, seed=9)
+    reached = [fold.depth for fold in reference.folds]
+    assert all(d is not None and d > 3 for d in reached)
+
+    space = [{"n_estimators": 6, "max_depth": cap} for cap in (max(reached) + 1, 3, max(reached))]
+    trials = make_trials(space, family.name, "fp", 3, 9)
+    units = sorted(plan_units(trials, family), key=lambda u: u.trials[0].index)
+    assert depth_references([free_unit, *units], family) == [None, 0, 0, 0]
+    above, below, at = (
+        cross_validate_unit(u, family, X, y, folds, 9, reference.folds) for u in units
+    )
+    assert [f.seconds for f in above.folds] == [0.0, 0.0, 0.0]  # all three folds reused
+    assert all(f.seconds > 0 for f in below.folds)  # a cap the trees reach: fitted
+    # a cap equal to the depth reached is fitted too (a leaf there may have been tried)
+    assert [f.seconds == 0.0 for f in at.folds] == [d < max(reached) for d in reached]
+    for run in (above, below, at):
+        [r] = run.results
+        expected = sklearn_fold_scores(family, r.params, X, y, 9)
+        np.testing.assert_allclose(r.fold_scores, expected, rtol=1e-12)
+
+
+def test_boosting_has_no_depth_shortcut():
+    family = get_family("xgboost")
+    trials = make_trials([{"max_depth": 2}, {"max_depth": 6}], family.name, "fp", 3, 0)
+    assert depth_references(plan_units(trials, family), family) == [None, None]

@@ -169,7 +169,7 @@ def warm_worker() -> None:
     """Import what a trial needs (a Dask worker runs this once, before the first trial)."""
     import sklearn.ensemble  # noqa: F401
 
-    import mlpipe.tune.steps  # noqa: F401
+    import mlpipe.tune.trials  # noqa: F401
 
 
 def start_prefect_backend() -> str:

@@ -26,7 +26,8 @@ from mlpipe.tracking import SHARDS_TAG, Tracker
 from mlpipe.trial import TrialResult
 from mlpipe.tune import artifacts
 from mlpipe.tune.progress import NullObserver
-from mlpipe.tune.steps import TuneOutcome, finish, observer_var, prepare, run_trials
+from mlpipe.tune.steps import TuneOutcome, finish, observer_var, prepare
+from mlpipe.tune.trials import run_trials
 
 SHARD_TAG = "mlpipe.shard.{index}"  # on the parent: "running", "completed: ...", "failed: ..."
 POLL_SECONDS = 2.0

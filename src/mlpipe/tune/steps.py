@@ -1,5 +1,5 @@
-"""The steps of a search: prepare it, cross-validate its units as Prefect tasks, then refit,
-register and promote the best (``finish``). The flows (``flows.py``) and the sharded search
+"""The steps of a search: prepare it, cross-validate its units (``trials.run_trials``), then
+refit, register and promote the best (``finish``). The flows (``flows.py``) and the sharded search
 (``sharded.py``) are made of these.
 
 The ML work is in ``search``/``trial``; MLflow calls go through ``tracking.Tracker``. Prefect
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.futures import as_completed
 
 from mlpipe import drift, signals
 from mlpipe.data import Dataset, Split, load_dataset, split_dataset
@@ -41,9 +40,15 @@ from mlpipe.tracking import (
     Tracker,
     infer_signature,
 )
-from mlpipe.trial import TrialResult, failed_results, fit_final, kfold, regression_metrics, run_unit
+from mlpipe.trial import (
+    TrialResult,
+    fit_final,
+    kfold,
+    regression_metrics,
+)
 from mlpipe.tune import artifacts, rerun
 from mlpipe.tune.progress import NullObserver, Observer
+from mlpipe.tune.trials import run_trials
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
 observer_var: ContextVar[Observer | None] = ContextVar("mlpipe_observer", default=None)
@@ -68,26 +73,11 @@ class TuneOutcome:
     unchanged: bool = False  # a rerun that found this search registered already (rerun.py)
 
 
-@task(name="cross-validate", cache_policy=NONE, task_run_name="cv {label}")
-def cross_validate(
-    unit: Unit, family: str, X: np.ndarray, y: np.ndarray, folds: list[Any], seed: int, label: str
-) -> list[TrialResult]:
-    """Cross-validate one unit of configs (a Prefect task; runs in a pool process)."""
-    return run_unit(unit, get_family(family), X, y, folds, seed)
-
-
 @task(name="refit", cache_policy=NONE)
 def refit(family: str, params: dict[str, Any], split: Split, seed: int) -> tuple[Any, np.ndarray]:
     """Refit the best config on the whole training split; predict the held-out split."""
     model = fit_final(get_family(family), params, split.X_train, split.y_train, seed)
     return model, np.asarray(model.predict(split.X_test))
-
-
-def unit_label(unit: Unit) -> str:
-    """A readable task-run name: the unit's fixed params and its sizes."""
-    fixed = {k: v for k, v in unit.trials[0].params.items() if k != unit.size_param}
-    sizes = "/".join(map(str, unit.sizes))
-    return ",".join([f"{unit.size_param}={sizes}", *(f"{k}={v}" for k, v in sorted(fixed.items()))])
 
 
 @dataclass(frozen=True)
@@ -218,39 +208,6 @@ def repeat(
         timings={"lookup": time.perf_counter() - started},
         unchanged=True,
     )
-
-
-def run_trials(
-    spec: Spec,
-    plan: Prepared,
-    todo: list[TrialConfig],
-    tracker: Tracker,
-    parent_run_id: str,
-    observer: Observer,
-    earlier: list[TrialResult],
-) -> list[TrialResult]:
-    """Cross-validate ``todo`` on the flow's task runner, costliest unit first, logging each
-    trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials."""
-    family = get_family(spec.model.family)
-    X, y = plan.split.train_arrays
-    cv_task = cross_validate.with_options(
-        retries=spec.search.retries, retry_delay_seconds=spec.search.retry_delay_seconds
-    )
-    futures = {
-        cv_task.submit(u, family.name, X, y, plan.folds, spec.seed, unit_label(u)): u
-        for u in plan_units(todo, family)
-    }
-    results: list[TrialResult] = []
-    for future in as_completed(list(futures)):
-        try:
-            unit_results = future.result()
-        except Exception as exc:  # the trial's own error: recorded, and the search goes on
-            unit_results = failed_results(futures[future], exc)
-        for result in unit_results:
-            tracker.log_trial(parent_run_id, plan.search_id, result)
-            results.append(result)
-            observer.trial_done(result, select_best(earlier + results))
-    return results
 
 
 def finish(

@@ -89,18 +89,6 @@ class UnitRun:
     folds: list[FoldFit]
 
 
-def run_unit(
-    unit: Unit,
-    family: Family,
-    X: np.ndarray,
-    y: np.ndarray,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    seed: int,
-) -> list[TrialResult]:
-    """Cross-validate every config of ``unit`` (``cross_validate_unit``'s results)."""
-    return cross_validate_unit(unit, family, X, y, folds, seed).results
-
-
 def cross_validate_unit(
     unit: Unit,
     family: Family,

@@ -9,7 +9,6 @@ from mlpipe.trial import (
     failed_results,
     kfold,
     regression_metrics,
-    run_unit,
 )
 
 
@@ -36,7 +35,7 @@ def test_prefix_scoring_equals_separate_fits(xy, family_name, params):
     family = get_family(family_name)
     trials = make_trials(list(ParameterGrid(params)), family_name, "fp", 3, 11)
     [unit] = plan_units(trials, family)
-    results = run_unit(unit, family, X, y, kfold(len(y), 3), seed=11)
+    results = cross_validate_unit(unit, family, X, y, kfold(len(y), 3), seed=11).results
     for r in results:
         expected = -cross_val_score(
             family.build(r.params, 11), X, y, cv=3, scoring="neg_mean_squared_error"
@@ -52,7 +51,7 @@ def test_a_failing_unit_raises_and_is_recorded(xy):
     family = get_family("random_forest")
     [unit] = plan_units(make_trials([{"max_features": 7.5}], family.name, "fp", 3, 0), family)
     with pytest.raises(ValueError, match="max_features") as info:
-        run_unit(unit, family, X, y, kfold(len(y), 3), seed=0)
+        cross_validate_unit(unit, family, X, y, kfold(len(y), 3), seed=0)
     [failed] = failed_results(unit, info.value)
     assert failed.status == "failed" and "max_features" in failed.error
     assert failed.to_json()["mean_score"] is None
@@ -84,7 +83,7 @@ def test_configs_under_the_split_floor_share_one_fit_with_scikit_learns_scores(x
     units = plan_units(trials, family)
     assert sorted(len(u.trials) for u in units) == [2, 4]  # split 10 stands apart
     for unit in units:
-        for r in run_unit(unit, family, X, y, kfold(len(y), 3), seed=5):
+        for r in cross_validate_unit(unit, family, X, y, kfold(len(y), 3), seed=5).results:
             expected = sklearn_fold_scores(family, r.params, X, y, 5)
             np.testing.assert_allclose(r.fold_scores, expected, rtol=1e-12)
 

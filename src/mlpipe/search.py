@@ -1,8 +1,8 @@
 """What to try: expand a search space into configs, give each a stable id, group them into units
 of work, and pick the best result. Pure: no Prefect, no MLflow.
 
-Roles, as in Ray Tune: ``expand`` decides what to try, ``trial.cross_validate_unit`` runs it, ``select_best``
-judges. Only ``tune/steps.py`` knows how units are fanned out.
+Roles, as in Ray Tune: ``expand`` decides what to try, ``trial.cross_validate_unit`` runs it,
+``select_best`` judges. Only ``tune/trials.py`` knows how units are fanned out.
 """
 
 from __future__ import annotations

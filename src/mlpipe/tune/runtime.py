@@ -11,11 +11,11 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlpipe.errors import UserError
 from mlpipe.models import get_family
@@ -26,6 +26,7 @@ from mlpipe.tune.flows import finalize_search, tune
 from mlpipe.tune.progress import Observer
 from mlpipe.tune.sharded import ShardOutcome
 from mlpipe.tune.steps import TuneOutcome, observer_var, prepare
+from mlpipe.tune.trials import compute_var
 
 
 def run_tuning(
@@ -64,38 +65,21 @@ def run_tuning(
         # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
         # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
         import prefect.server.database.orm_models  # noqa: F401
-    with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
-        prefect_ready = pool.submit(start_prefect_backend)
-        mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
-        mlflow_ready.result()
-        api_url = prefect_ready.result()
-    cold_start = time.perf_counter() - started
-    if not verbose:  # after mlflow's import, which installs its own stderr handler
-        _route_logs_to(log_dir / "mlpipe.log")
-    token = observer_var.set(observer)
-    try:
-        logs = None if verbose else backends_log
-        with task_runner(spec, api_url, logs, finalize is not None, units) as runner:
-            # return_state keeps our own exceptions (UserError, TuningError) as they are
-            state: Any
-            if finalize is not None:
-                state = finalize_search.with_options(task_runner=runner)(
-                    search_id=finalize,
-                    spec=spec.model_dump(mode="json"),
-                    tracking_uri=tracking_uri,
-                    wait_seconds=wait_seconds,
-                    return_state=True,
-                )
-            else:
-                state = tune.with_options(task_runner=runner)(
-                    spec=spec.model_dump(mode="json"),
-                    tracking_uri=tracking_uri,
-                    fresh=fresh,
-                    shard=None if shard is None else str(shard),
-                    return_state=True,
-                )
-    finally:
-        observer_var.reset(token)
+    logs = None if verbose else backends_log
+    with contextlib.ExitStack() as stack:
+        # the model work's processes start (and import) while the backends start
+        compute = stack.enter_context(compute_pool(spec, units, finalize is not None, logs))
+        with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
+            prefect_ready = pool.submit(start_prefect_backend)
+            mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
+            mlflow_ready.result()
+            api_url = prefect_ready.result()
+        cold_start = time.perf_counter() - started
+        if not verbose:  # after mlflow's import, which installs its own stderr handler
+            _route_logs_to(log_dir / "mlpipe.log")
+        runner = stack.enter_context(task_runner(spec, api_url, logs, finalize is not None, units))
+        state = _run_flow(runner, compute, observer, spec, tracking_uri, fresh, shard, finalize,
+                          wait_seconds)  # fmt: skip
     outcome: TuneOutcome | ShardOutcome = state.result()  # re-raises the flow's exception
     first = started if process_started is None else process_started
     outcome.timings = {
@@ -105,6 +89,41 @@ def run_tuning(
         "total": time.perf_counter() - first,
     }
     return outcome
+
+
+def _run_flow(
+    runner: Any,
+    compute: Executor | None,
+    observer: Observer,
+    spec: Spec,
+    tracking_uri: str,
+    fresh: bool,
+    shard: Shard | None,
+    finalize: str | None,
+    wait_seconds: float,
+) -> Any:
+    """The flow's final state (its exception kept as it is), run on ``runner``."""
+    tokens = observer_var.set(observer), compute_var.set(compute)
+    try:
+        # return_state keeps our own exceptions (UserError, TuningError) as they are
+        if finalize is not None:
+            return finalize_search.with_options(task_runner=runner)(
+                search_id=finalize,
+                spec=spec.model_dump(mode="json"),
+                tracking_uri=tracking_uri,
+                wait_seconds=wait_seconds,
+                return_state=True,
+            )
+        return tune.with_options(task_runner=runner)(
+            spec=spec.model_dump(mode="json"),
+            tracking_uri=tracking_uri,
+            fresh=fresh,
+            shard=None if shard is None else str(shard),
+            return_state=True,
+        )
+    finally:
+        observer_var.reset(tokens[0])
+        compute_var.reset(tokens[1])
 
 
 @contextlib.contextmanager
@@ -124,19 +143,12 @@ def task_runner(
     - ``dask://HOST:PORT``: an existing Dask cluster's scheduler (workers need mlpipe installed
       and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).
     """
-    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
-    if units is not None:  # never more worker processes than units of work (the search's)
-        workers = max(1, min(workers, units))
-    logs = None if log_path is None else str(log_path)
-    if spec.executor == "process" and (workers == 1 or finalize):
-        # One trial at a time (or finalize's one refit) gains nothing from another process, and
-        # starting one (spawn and imports) cost 3-4 s of a shard's 15 s here: use a thread.
-        yield ThreadPoolTaskRunner(max_workers=1)
-        return
+    workers = pool_size(spec, units)
     if spec.executor == "process":
-        yield ProcessPoolTaskRunner(
-            max_workers=workers, initializer=init_worker, initargs=(api_url, logs)
-        )
+        # Task runs on threads: each waits on the compute pool (``compute_pool``), or with one
+        # worker (or finalize's one refit) computes itself, as starting a process (spawn and
+        # imports) cost 3-4 s of a shard's 15 s here.
+        yield ThreadPoolTaskRunner(max_workers=1 if finalize else workers)
         return
     from prefect_dask import DaskTaskRunner
 
@@ -158,16 +170,52 @@ def task_runner(
         )
     try:
         with Client(cluster) as client:
-            client.run(warm_worker)  # imports once per worker now, not inside the first trials
+            client.run(
+                warm_worker, spec.model.family
+            )  # imports once per worker now, not inside the first trials
         # by address: a runner holding the live cluster object cannot be pickled with the flow
         yield DaskTaskRunner(address=cluster.scheduler_address)
     finally:
         cluster.close()
 
 
-def warm_worker() -> None:
-    """Import what a trial needs (a Dask worker runs this once, before the first trial)."""
-    import sklearn.ensemble  # noqa: F401
+@contextlib.contextmanager
+def compute_pool(
+    spec: Spec, units: int, finalize: bool, log_path: Path | None
+) -> Iterator[Executor | None]:
+    """The process pool a search's model work runs in on this machine: executor ``process``
+    with more than one worker (None otherwise). Its workers start at once, each importing what
+    a trial needs, so that happens while the backends start, not in the first trials."""
+    workers = pool_size(spec, units)
+    if spec.executor != "process" or workers == 1 or finalize:
+        yield None
+        return
+    import multiprocessing
+
+    # spawn, as Prefect's own process pool: this process already runs threads
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(None if log_path is None else str(log_path),),
+    )
+    try:
+        for _ in range(workers):  # none is idle yet, so each submit starts one more process
+            pool.submit(warm_worker, spec.model.family)
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pool_size(spec: Spec, units: int | None) -> int:
+    """How many trials run at once: ``n_jobs`` (-1: the cores), never more than units of work."""
+    workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
+    return workers if units is None else max(1, min(workers, units))
+
+
+def warm_worker(family: str = "random_forest") -> None:
+    """Import what a trial needs (each worker runs this once, before the first trial)."""
+    get_family(family).build({}, 0)
 
     import mlpipe.tune.trials  # noqa: F401
 
@@ -186,10 +234,8 @@ def start_prefect_backend() -> str:
     return server.api_url
 
 
-def init_worker(api_url: str, log_path: str | None) -> None:
-    """Set up a task-runner process: talk to the flow's API server (a spawned worker would
-    otherwise start an ephemeral server of its own) and keep its output in the log file."""
-    os.environ["PREFECT_API_URL"] = api_url
+def init_worker(log_path: str | None) -> None:
+    """Set up a worker process: keep its output in the log file (None: the terminal)."""
     if log_path is not None:
         with open(log_path, "ab") as log:
             os.dup2(log.fileno(), 1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -125,8 +126,9 @@ def bare_pool(spec: Any, plan: Any) -> float:
     units = plan_units(plan.trials, family)
     references = depth_references(units, family)
     started = time.perf_counter()
-    with ProcessPoolExecutor(min(spec.n_jobs if spec.n_jobs > 0 else os.cpu_count() or 1,
-                                 len(units))) as pool:  # fmt: skip
+    workers = min(spec.n_jobs if spec.n_jobs > 0 else os.cpu_count() or 1, len(units))
+    # spawn: a fork of this process, which runs GridSearchCV's loky threads, can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
 
         def submit(i: int, folds: Any = None) -> Future:
             args = (units[i], family, X, y, plan.folds, spec.seed, folds)

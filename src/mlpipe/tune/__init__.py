@@ -1,6 +1,7 @@
 """The tuning stage, one folder: a search from spec to registered, promoted model.
 
-- ``steps``: prepare, cross-validate (Prefect tasks), refit, register, promote (``finish``).
+- ``steps``: prepare, cross-validate, refit, register, promote (``finish``).
+- ``trials``: the units cross-validated as Prefect tasks (the model work in a process pool).
 - ``flows``: the ``tune`` and ``tune-finalize`` flows (what deployments name).
 - ``sharded``: one search across processes or pods, met in MLflow, then finalized.
 - ``runtime``: running a flow from a command (backends, task runner, log routing).

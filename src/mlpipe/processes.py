@@ -58,3 +58,12 @@ def stop_group(pid: int, grace: float = 20.0, sig: int = signal.SIGTERM) -> None
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def output_to_file(path: str | None) -> None:
+    """Send this process's stdout and stderr to the file at ``path`` (None: leave them): a
+    worker process's output then stays out of a user's terminal."""
+    if path is not None:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpipe.models import Family
+from mlpipe.models import Family, get_family
 from mlpipe.search import Unit
 
 SCORING = "mse"
@@ -157,6 +157,12 @@ def _reaches_no_cap(fit: FoldFit, cap: Any, sizes: list[int]) -> bool:
         and fit.depth < cap
         and all(k in fit.per_size for k in sizes)
     )
+
+
+def warm_up(family: str) -> None:
+    """Import what a trial of ``family`` needs (a pool or Dask worker runs this first, so the
+    imports happen before the trials, and no more than the trials need)."""
+    get_family(family).build({}, 0)
 
 
 def failed_results(unit: Unit, exc: BaseException) -> list[TrialResult]:

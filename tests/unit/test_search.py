@@ -78,8 +78,8 @@ def test_select_best_breaks_ties_by_grid_order_and_skips_failures():
     assert select_best([result(0, 0.1, "failed")]) is None
 
 
-# Seconds per unit of the reference grid (200 trees, 3 folds, one core; `cross_validate_unit`, best of 2),
-# by (max_depth, min_samples_split, min_samples_leaf): what Unit.cost is calibrated on.
+# Seconds per unit of the reference grid (200 trees, 3 folds, one core; `cross_validate_unit`,
+# best of 2), by (max_depth, min_samples_split, min_samples_leaf): what Unit.cost is calibrated on.
 MEASURED = {
     (None, 2, 1): 0.686, (None, 5, 1): 0.595, (None, 10, 1): 0.552,
     (20, 2, 1): 0.672, (20, 5, 1): 0.605, (20, 10, 1): 0.551,

@@ -19,9 +19,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlpipe.errors import UserError
 from mlpipe.models import get_family
+from mlpipe.processes import output_to_file
 from mlpipe.search import Shard, plan_units
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
+from mlpipe.trial import warm_up
 from mlpipe.tune.flows import finalize_search, tune
 from mlpipe.tune.progress import Observer
 from mlpipe.tune.sharded import ShardOutcome
@@ -170,9 +172,8 @@ def task_runner(
         )
     try:
         with Client(cluster) as client:
-            client.run(
-                warm_worker, spec.model.family
-            )  # imports once per worker now, not inside the first trials
+            # imports once per worker now, not inside the first trials
+            client.run(warm_up, spec.model.family)
         # by address: a runner holding the live cluster object cannot be pickled with the flow
         yield DaskTaskRunner(address=cluster.scheduler_address)
     finally:
@@ -196,12 +197,12 @@ def compute_pool(
     pool = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
+        initializer=output_to_file,
         initargs=(None if log_path is None else str(log_path),),
     )
     try:
         for _ in range(workers):  # none is idle yet, so each submit starts one more process
-            pool.submit(warm_worker, spec.model.family)
+            pool.submit(warm_up, spec.model.family)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -211,13 +212,6 @@ def pool_size(spec: Spec, units: int | None) -> int:
     """How many trials run at once: ``n_jobs`` (-1: the cores), never more than units of work."""
     workers = (os.cpu_count() or 1) if spec.n_jobs == -1 else spec.n_jobs
     return workers if units is None else max(1, min(workers, units))
-
-
-def warm_worker(family: str = "random_forest") -> None:
-    """Import what a trial needs (each worker runs this once, before the first trial)."""
-    get_family(family).build({}, 0)
-
-    import mlpipe.tune.trials  # noqa: F401
 
 
 def start_prefect_backend() -> str:
@@ -232,14 +226,6 @@ def start_prefect_backend() -> str:
     server = SubprocessASGIServer()
     server.start()
     return server.api_url
-
-
-def init_worker(log_path: str | None) -> None:
-    """Set up a worker process: keep its output in the log file (None: the terminal)."""
-    if log_path is not None:
-        with open(log_path, "ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
 
 
 def _route_logs_to(path: Path) -> None:

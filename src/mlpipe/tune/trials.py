@@ -49,22 +49,11 @@ def cross_validate(
 ) -> UnitRun:
     """Cross-validate one unit of configs (a Prefect task), in ``pool`` if given, reusing the
     folds of ``reference`` that are this unit's fit too."""
+    args = (unit, get_family(family), X, y, folds, seed, reference)
     if pool is None:
-        return compute(unit, family, X, y, folds, seed, reference)
-    return pool.submit(compute, unit, family, X, y, folds, seed, reference).result()
-
-
-def compute(
-    unit: Unit,
-    family: str,
-    X: np.ndarray,
-    y: np.ndarray,
-    folds: list[Any],
-    seed: int,
-    reference: list[FoldFit] | None,
-) -> UnitRun:
-    """The model work of one unit (what a pool process runs)."""
-    return cross_validate_unit(unit, get_family(family), X, y, folds, seed, reference)
+        return cross_validate_unit(*args)
+    # a pool process imports mlpipe.trial alone (not Prefect, not MLflow) to run it
+    return pool.submit(cross_validate_unit, *args).result()
 
 
 def unit_label(unit: Unit) -> str:

@@ -2,8 +2,9 @@
 
 Task runner, chosen by measurement (2 cores, the reference grid, same 27 units): a process pool
 took 8.6 s, a thread pool 14.9 s. RandomForest fits hold the GIL for a good share of their
-time on small tables, so threads serialise; processes do not. Hence ProcessPoolTaskRunner, except
-with one worker (a thread: no process to start) and on Dask (``runtime.task_runner``). The
+time on small tables, so threads serialise; processes do not. Hence ProcessPoolTaskRunner here
+(a deployment's run); from the CLI, task runs on threads that wait on a process pool started
+with the backends, one thread with one worker, and Dask's runner (``runtime.task_runner``). The
 flows take only JSON-able parameters (the spec and the tracking URI), so they run the same from
 the CLI, a deployment or a worker. A search split across machines (``tune(shard=...)``, then
 ``finalize_search``) is in ``sharded``.

@@ -139,8 +139,8 @@ def task_runner(
     """The Prefect task runner of ``spec.executor``, with its workers reporting to ``api_url``
     and (unless ``log_path`` is None) writing their output there, not to the terminal:
 
-    - ``process``: a pool of ``n_jobs`` processes on this machine (the default; one worker runs
-      in this process);
+    - ``process``: ``n_jobs`` threads, each running a task that waits on ``compute_pool``'s
+      processes on this machine (the default; with one worker, the thread computes itself);
     - ``dask-local``: a Dask LocalCluster of ``n_jobs`` single-threaded worker processes;
     - ``dask://HOST:PORT``: an existing Dask cluster's scheduler (workers need mlpipe installed
       and a Prefect API they can reach: set PREFECT_API_URL to a server, not the ephemeral one).

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from mlpipe.trial import warm_up
 from mlpipe.tune.flows import finalize_search, tune
 from mlpipe.tune.progress import Observer
 from mlpipe.tune.sharded import ShardOutcome
-from mlpipe.tune.steps import TuneOutcome, observer_var, prepare
-from mlpipe.tune.trials import compute_var
+from mlpipe.tune.steps import TuneOutcome, observer_var, pending_trials, prepare
+from mlpipe.tune.trials import Compute, compute_var
 
 
 def run_tuning(
@@ -69,8 +69,14 @@ def run_tuning(
         import prefect.server.database.orm_models  # noqa: F401
     logs = None if verbose else backends_log
     with contextlib.ExitStack() as stack:
-        # the model work's processes start (and import) while the backends start
+        # the model work's processes start (and import), and begin the search's units, while
+        # the backends start
         compute = stack.enter_context(compute_pool(spec, units, finalize is not None, logs))
+        if compute is not None and shard is None:  # a shard learns its part from MLflow
+            family = get_family(spec.model.family)
+            _, todo = pending_trials(spec, plan, fresh)
+            X, y = plan.split.train_arrays
+            compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed)
         with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
             prefect_ready = pool.submit(start_prefect_backend)
             mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
@@ -95,7 +101,7 @@ def run_tuning(
 
 def _run_flow(
     runner: Any,
-    compute: Executor | None,
+    compute: Compute | None,
     observer: Observer,
     spec: Spec,
     tracking_uri: str,
@@ -183,7 +189,7 @@ def task_runner(
 @contextlib.contextmanager
 def compute_pool(
     spec: Spec, units: int, finalize: bool, log_path: Path | None
-) -> Iterator[Executor | None]:
+) -> Iterator[Compute | None]:
     """The process pool a search's model work runs in on this machine: executor ``process``
     with more than one worker (None otherwise). Its workers start at once, each importing what
     a trial needs, so that happens while the backends start, not in the first trials."""
@@ -203,7 +209,7 @@ def compute_pool(
     try:
         for _ in range(workers):  # none is idle yet, so each submit starts one more process
             pool.submit(warm_up, spec.model.family)
-        yield pool
+        yield Compute(pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -140,20 +140,27 @@ def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
     return Prepared(dataset, split, kfold(n_train, spec.search.cv), trials, found_id)
 
 
+def pending_trials(
+    spec: Spec, plan: Prepared, fresh: bool
+) -> tuple[list[TrialResult], list[TrialConfig]]:
+    """The trials an earlier run of this search finished (in this run's grid order; none with
+    ``fresh``), and the trials left to run."""
+    out_dir = Path(spec.artifacts_dir) / plan.search_id
+    previous = {} if fresh else artifacts.completed_trials(out_dir)
+    reused = []
+    for trial in plan.trials:
+        if trial.trial_id in previous:
+            reused.append(previous[trial.trial_id])
+            reused[-1].index = trial.index  # grid order of this run decides ties
+    return reused, [t for t in plan.trials if t.trial_id not in previous]
+
+
 def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     """The body of the flow: must run inside a flow run (it submits tasks)."""
     observer = observer_var.get() or NullObserver()
     started = time.perf_counter()
     plan = prepare(spec)
-    out_dir = Path(spec.artifacts_dir) / plan.search_id
-
-    previous = {} if fresh else artifacts.completed_trials(out_dir)
-    reused = [previous[t.trial_id] for t in plan.trials if t.trial_id in previous]
-    for result, trial in zip(
-        reused, [t for t in plan.trials if t.trial_id in previous], strict=True
-    ):
-        result.index = trial.index  # grid order of this run decides ties
-    todo = [t for t in plan.trials if t.trial_id not in previous]
+    reused, todo = pending_trials(spec, plan, fresh)
     if not todo:
         params, name = plan.search_params(spec), spec.model_name
         earlier = rerun.find_earlier(tracker, plan.search_id, params, name)

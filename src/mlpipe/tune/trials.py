@@ -2,16 +2,18 @@
 first, each unit's trials logged to MLflow as it finishes, and a unit that differs from another
 only by a tighter depth cap started after it with its folds (``search.depth_references``).
 
-From the CLI on one machine the model work runs in a plain process pool that ``runtime`` starts
-(and warms) while the backends start, and each unit's task run waits on it from a thread of
-the flow's process: the same task runs, states and retries in the Prefect UI, without a
-Prefect engine, API client and context to set up in a subprocess for every task (about a
-quarter of a second each here, a third of a worker's time on the reference grid).
+From the CLI on one machine the model work runs in a plain process pool (``Compute``) that
+``runtime`` starts while the backends start, and that begins the search's units then; each
+unit's task run waits on it from a thread of the flow's process: the same task runs, states
+and retries in the Prefect UI, without a Prefect engine, API client and context to set up in a
+subprocess for every task (about a quarter of a second each here, a third of a worker's time
+on the reference grid). A task run that finds its unit started early covers the part of the
+work left when the flow reached it.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +32,52 @@ from mlpipe.tune.progress import Observer
 if TYPE_CHECKING:
     from mlpipe.tune.steps import Prepared
 
-# The process pool the model work runs in, set by the caller around the flow call (None: a
-# deployment's run or Dask, where each task computes where its task runner put it).
-compute_var: ContextVar[Executor | None] = ContextVar("mlpipe_compute", default=None)
+
+class Compute:
+    """The process pool a search's model work runs in, and the units it started before the
+    flow: ``start`` hands it units as soon as the search is planned, while the Prefect server
+    is still starting, and a unit's task run then waits on that work instead of starting it.
+    A unit is known by its trials' ids, which hash its family, params, data, folds and seed."""
+
+    def __init__(self, pool: Executor) -> None:
+        self.pool = pool
+        self._started: dict[tuple[str, ...], Future[UnitRun]] = {}
+
+    def start(
+        self, units: list[Unit], family: str, X: np.ndarray, y: np.ndarray, folds: Any, seed: int
+    ) -> None:
+        """Start ``units`` now (those that reuse no other unit's fit: ``depth_references``)."""
+        references = depth_references(units, get_family(family))
+        for unit, reference in zip(units, references, strict=True):
+            if reference is None:
+                self._started[_key(unit)] = self._submit(unit, family, X, y, folds, seed, None)
+
+    def run(
+        self,
+        unit: Unit,
+        family: str,
+        X: np.ndarray,
+        y: np.ndarray,
+        folds: Any,
+        seed: int,
+        reference: list[FoldFit] | None,
+    ) -> UnitRun:
+        """The unit's result: from its early start if it had one, else computed now."""
+        early = self._started.pop(_key(unit), None) if reference is None else None
+        return (early or self._submit(unit, family, X, y, folds, seed, reference)).result()
+
+    def _submit(self, unit: Unit, family: str, *args: Any) -> Future[UnitRun]:
+        # a pool process imports mlpipe.trial alone (not Prefect, not MLflow) to run it
+        return self.pool.submit(cross_validate_unit, unit, get_family(family), *args)
+
+
+def _key(unit: Unit) -> tuple[str, ...]:
+    return tuple(t.trial_id for t in unit.trials)
+
+
+# The model work's pool, set by the caller around the flow call (None: a deployment's run or
+# Dask, where each task computes where its task runner put it).
+compute_var: ContextVar[Compute | None] = ContextVar("mlpipe_compute", default=None)
 
 
 @task(name="cross-validate", cache_policy=NONE, task_run_name="cv {label}")
@@ -45,15 +90,13 @@ def cross_validate(
     seed: int,
     label: str,
     reference: list[FoldFit] | None = None,
-    pool: Executor | None = None,
+    compute: Compute | None = None,
 ) -> UnitRun:
-    """Cross-validate one unit of configs (a Prefect task), in ``pool`` if given, reusing the
-    folds of ``reference`` that are this unit's fit too."""
-    args = (unit, get_family(family), X, y, folds, seed, reference)
-    if pool is None:
-        return cross_validate_unit(*args)
-    # a pool process imports mlpipe.trial alone (not Prefect, not MLflow) to run it
-    return pool.submit(cross_validate_unit, *args).result()
+    """Cross-validate one unit of configs (a Prefect task), on ``compute`` if given, reusing
+    the folds of ``reference`` that are this unit's fit too."""
+    if compute is not None:
+        return compute.run(unit, family, X, y, folds, seed, reference)
+    return cross_validate_unit(unit, get_family(family), X, y, folds, seed, reference)
 
 
 def unit_label(unit: Unit) -> str:
@@ -92,12 +135,12 @@ def run_trials(
         if reference is not None:
             waiting.setdefault(reference, []).append(i)
 
-    pool = compute_var.get()
+    compute = compute_var.get()
 
     def submit(i: int, reference: list[FoldFit] | None = None) -> Any:
         unit = units[i]
         return cv_task.submit(
-            unit, family.name, X, y, plan.folds, spec.seed, unit_label(unit), reference, pool
+            unit, family.name, X, y, plan.folds, spec.seed, unit_label(unit), reference, compute
         )
 
     # costliest first; a unit with a reference waits for it, then starts with its folds

@@ -5,8 +5,9 @@ Each row runs, one after the other on the same machine:
     `-mean_test_score` is the MSE mlpipe reports);
 (b) `mlpipe train --fresh --quiet` end to end: imports, Prefect's ephemeral server, the MLflow
     store, every trial tracked as a nested run, refit, registration, alias, artifacts, report;
-    "warm" reuses a PREFECT_HOME and a project folder that a first, untimed run set up, "cold"
-    starts from a new folder and a new PREFECT_HOME (what `make run` meets);
+    "warm" reruns in a project folder (its PREFECT_HOME and MLflow store) that a first, untimed
+    run of a one-config search set up; "cold" starts from a new folder and a new PREFECT_HOME
+    (what `make run` meets);
 (c) the floor: the same units mlpipe plans, in a bare process pool of the same size (no Prefect,
     no MLflow, no files): what the machine needs for the model work alone.
 
@@ -109,8 +110,8 @@ def mlpipe_train(
     started = time.perf_counter()
     done = subprocess.run(command, cwd=project, env=env, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    [path] = project.glob("artifacts/*/tuning_results.json")
-    results = json.loads(path.read_text())
+    folder = next(ln.split()[1] for ln in done.stdout.splitlines() if ln.startswith("artifacts "))
+    results = json.loads((project / folder / "tuning_results.json").read_text())
     scores = {_key(t["params"]): t["mean_score"] for t in results["trials"]}
     return seconds, scores, results["best"]["params"], _phases(done.stdout)
 
@@ -160,10 +161,10 @@ def run(name: str, workload: Workload, keep: Path) -> None:
     spec, plan = load(workload.spec)
     with tempfile.TemporaryDirectory() as cold:
         folder = Path(cold) if workload.cold else keep
-        if not workload.cold and not (folder / "prefect").exists():
-            print("  warming a PREFECT_HOME (one untimed run) ...", flush=True)
-            warm_up = {"search": {"params": {"n_estimators": [5]}}}
-            mlpipe_train(warm_up, folder / "warm-up", folder / "prefect")
+        if not workload.cold:  # a project run before: its PREFECT_HOME and MLflow store exist
+            print("  warming the project (one untimed run) ...", flush=True)
+            warm_up = {**workload.spec, "search": {"params": {"n_estimators": [5]}}}
+            mlpipe_train(warm_up, folder / name, folder / "prefect")
         a, expected, a_best = grid_search(spec, plan)
         b, found, b_best, phases = mlpipe_train(workload.spec, folder / name, folder / "prefect")
     c = bare_pool(spec, plan)

@@ -119,13 +119,14 @@ def mlpipe_train(
 def bare_pool(spec: Any, plan: Any) -> float:
     """(c): the units mlpipe plans, depth references included, in a bare process pool."""
     from mlpipe.models import get_family
-    from mlpipe.search import depth_references, plan_units
+    from mlpipe.search import dependents, depth_references, plan_units
     from mlpipe.trial import cross_validate_unit
 
     family = get_family(spec.model.family)
     X, y = plan.split.train_arrays
     units = plan_units(plan.trials, family)
     references = depth_references(units, family)
+    waiting = dependents(references)
     started = time.perf_counter()
     workers = min(spec.n_jobs if spec.n_jobs > 0 else os.cpu_count() or 1, len(units))
     # spawn: a fork of this process, which runs GridSearchCV's loky threads, can hang
@@ -140,9 +141,8 @@ def bare_pool(spec: Any, plan: Any) -> float:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 i = pending.pop(future)
-                for j, r in enumerate(references):
-                    if r == i:
-                        pending[submit(j, future.result().folds)] = j
+                for j in waiting.get(i, []):
+                    pending[submit(j, future.result().folds)] = j
     return time.perf_counter() - started
 
 

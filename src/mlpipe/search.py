@@ -157,6 +157,15 @@ def depth_references(units: Sequence[Unit], family: Family) -> list[int | None]:
     return references
 
 
+def dependents(references: Sequence[int | None]) -> dict[int, list[int]]:
+    """``depth_references`` turned around: for a unit's index, the units waiting for its fit."""
+    waiting: dict[int, list[int]] = {}
+    for i, reference in enumerate(references):
+        if reference is not None:
+            waiting.setdefault(reference, []).append(i)
+    return waiting
+
+
 def _looseness(cap: int | None) -> float:
     return float("inf") if cap is None else float(cap)
 

@@ -23,7 +23,14 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
 from mlpipe.models import get_family
-from mlpipe.search import TrialConfig, Unit, depth_references, plan_units, select_best
+from mlpipe.search import (
+    TrialConfig,
+    Unit,
+    dependents,
+    depth_references,
+    plan_units,
+    select_best,
+)
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
 from mlpipe.trial import FoldFit, TrialResult, UnitRun, cross_validate_unit, failed_results
@@ -130,10 +137,7 @@ def run_trials(
     )
     units = plan_units(todo, family)
     references = depth_references(units, family)
-    waiting: dict[int, list[int]] = {}  # a unit's index -> the units that may reuse its fit
-    for i, reference in enumerate(references):
-        if reference is not None:
-            waiting.setdefault(reference, []).append(i)
+    waiting = dependents(references)
 
     compute = compute_var.get()
 

@@ -6,15 +6,17 @@ loads the native model (scikit-learn through skops with the types listed in its 
 in its own format; pickles only when the caller allows them), reads the signature into an
 ``InputContract`` and builds the ONNX predictor: from ``onnx/model.onnx`` logged beside the model
 at registration, else converted now. The ONNX predictor is used only after it matches the native
-model on the input example and a held-out sample; otherwise the native one serves, and
-``LoadedModel.fallback_reason`` says why.
+model's predictions on a held-out sample (those recorded at registration, else the native
+model's now, on the input example too); otherwise the native one serves, and
+``LoadedModel.fallback_reason`` says why. The native model is loaded only when something
+predicts with it (or converts it): a process serving a version's recorded fast path never
+imports skops and scikit-learn.
 
 MLflow is imported here for reading models only; writing stays in ``tracking.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
@@ -29,12 +31,12 @@ from mlpipe.contract import InputContract
 from mlpipe.drift import PROFILE_FILE, Profile
 from mlpipe.errors import UserError
 from mlpipe.fastpath import (
-    ONNX_FOLDER,
     PARITY_ROWS,
     NativePredictor,
     Parity,
     Predictor,
     choose_predictor,
+    recorded_parity,
     warm_up,
 )
 
@@ -205,13 +207,13 @@ def _load_folder(
     if meta.signature is None:
         raise UserError(f"model {ref.uri} has no signature; log it with one to serve it")
     contract = InputContract.from_signature_inputs(meta.signature.inputs.to_dict())
-    native = NativePredictor(_load_native(meta, path, ref, allow_pickle), contract.names)
-    samples = _parity_samples(meta, path, contract)
+    native = NativePredictor.deferred(_native_loader(meta, path, ref, allow_pickle), contract.names)
+    samples, recorded = _parity_samples(meta, path, contract)
     predictor: Predictor = native
     parity: Parity | None = None
     reason: str | None = "fast path disabled (--no-onnx)"
     if fast:
-        predictor, parity, reason = choose_predictor(native, contract, path, samples)
+        predictor, parity, reason = choose_predictor(native, contract, path, samples, recorded)
     warm_up(predictor, samples[:1])
     loaded = LoadedModel(
         ref=ref,
@@ -244,8 +246,17 @@ def _read_profile(path: Path) -> Profile | None:
         return None
 
 
-def _load_native(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> Any:
+def _native_loader(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> Any:
+    """What loads the native model, once its flavor and format are checked (now, so a pickle
+    or an unknown flavor is refused when the version loads, not at its first native predict).
+    It reads ``path``, or once that download is gone, the registry version again."""
     flavors = meta.flavors
+
+    def source() -> str:
+        if path.is_dir() or ref.name is None:
+            return str(path)
+        return f"models:/{ref.name}/{ref.version}"
+
     if "sklearn" in flavors:
         fmt = flavors["sklearn"].get("serialization_format", "pickle")
         if fmt != "skops" and not allow_pickle:
@@ -254,39 +265,51 @@ def _load_native(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> An
                 "code it holds; log it with serialization_format='skops' (mlpipe train does), "
                 "or pass --allow-pickle if you trust its source"
             )
-        import mlflow.sklearn
 
-        return mlflow.sklearn.load_model(str(path))
+        def load_sklearn() -> Any:
+            import mlflow.sklearn
+
+            return mlflow.sklearn.load_model(source())
+
+        return load_sklearn
     if "xgboost" in flavors:
-        import mlflow.xgboost
 
-        return mlflow.xgboost.load_model(str(path))
+        def load_xgboost() -> Any:
+            import mlflow.xgboost
+
+            return mlflow.xgboost.load_model(source())
+
+        return load_xgboost
     raise UserError(
         f"model {ref.uri} has flavors {sorted(flavors)}; mlpipe serves scikit-learn (skops) "
         "and XGBoost models"
     )
 
 
-def _parity_samples(meta: Any, path: Path, contract: InputContract) -> np.ndarray:
-    """The input example plus the held-out rows logged at registration; without those, the
-    input example and seeded draws around it."""
+def _parity_samples(
+    meta: Any, path: Path, contract: InputContract
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows the fast path is checked on, and the native predictions recorded for them at
+    registration (None: not recorded, the native model predicts them): the held-out rows
+    logged with the model; without their predictions, the input example plus those rows, or
+    the input example and seeded draws around it."""
+    held_out = recorded_parity(path, contract, getattr(meta, "model_id", None))
+    if held_out is not None and held_out[1] is not None:
+        return held_out
     rows: list[np.ndarray] = []
     example = meta.load_input_example(str(path))
     if example is not None:
         rows.append(_as_matrix(example, contract))
-    held_out = path / ONNX_FOLDER / "parity_sample.json"
-    has_held_out = held_out.is_file()
-    if has_held_out:
-        payload = json.loads(held_out.read_text())
-        rows.append(contract.matrix_from_rows(payload["columns"], payload["data"]))
+    if held_out is not None:
+        rows.append(held_out[0])
     if not rows:
         raise UserError("the model has no input example to check its predictor on")
     matrix = np.vstack(rows)
-    if not has_held_out:
+    if held_out is None:
         rng = np.random.default_rng(0)
         draws = matrix[rng.integers(0, len(matrix), PARITY_ROWS)]
         matrix = np.vstack([matrix, draws * rng.uniform(0.8, 1.2, draws.shape)])
-    return matrix
+    return matrix, None
 
 
 def _as_matrix(example: Any, contract: InputContract) -> np.ndarray:

@@ -117,7 +117,7 @@ class Registry:
             for name, text in files.items():
                 Path(tmp, name).write_text(text)
             if held_out is not None:
-                export_fast_path(model, held_out.shape[1], held_out, Path(tmp))
+                export_fast_path(model, held_out.shape[1], held_out, Path(tmp), model_id)
             if any(Path(tmp).iterdir()):
                 self.client.log_model_artifacts(model_id, tmp)
 

@@ -1,6 +1,6 @@
-"""Fixtures that run the real thing: a tuning flow in Prefect's ephemeral mode with a real
-SQLite MLflow store, and real `prefect server` / `mlflow server` processes on free loopback
-ports. Whatever a fixture starts, it stops (by pid)."""
+"""Fixtures that run the real thing: real `prefect server` / `mlflow server` processes on free
+loopback ports for the session, a tuning flow in-process against that Prefect server with a real
+SQLite MLflow store per test. Whatever a fixture starts, it stops (by pid)."""
 
 from __future__ import annotations
 
@@ -25,22 +25,50 @@ from mlpipe.processes import free_port, stop_group
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with MLflow's schema and nothing else, made once: creating the
+    schema (MLflow's migrations) takes 3-7 s here, for every new store."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = tmp_path_factory.mktemp("empty-store")
+    SqlAlchemyStore(f"sqlite:///{root / 'mlflow.db'}", str(root / "mlruns")).engine.dispose()
+    return root / "mlflow.db"
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A fresh working directory with its own MLflow SQLite store."""
+def workdir(tmp_path, monkeypatch, empty_store):
+    """A fresh working directory with its own MLflow SQLite store (a copy of ``empty_store``,
+    its default experiment's artifacts under this folder, as MLflow would have put them)."""
+    import shutil
+    import sqlite3
+
+    store = shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str((tmp_path / "mlruns" / "0").resolve()),),
+        )
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     return tmp_path
 
 
 @pytest.fixture
-def train(workdir):
-    """Run `mlpipe train` in-process (typer's runner) on a spec dict; returns the result."""
+def train(workdir, servers, monkeypatch):
+    """Run `mlpipe train` in-process (typer's runner) on a spec dict, its flow runs on the
+    session's Prefect server (Prefect's ephemeral mode has its own tests, run as a user runs
+    it: test_readme, test_terminal); returns the result."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = servers["PREFECT_API_URL"]
+    monkeypatch.setenv("PREFECT_API_URL", url)
 
     def run(spec: dict, *args: str, expect: int = 0):
         path = workdir / "spec.yaml"
         path.write_text(yaml.safe_dump(spec))
-        result = CliRunner().invoke(app, ["train", "--config", str(path), *args])
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            result = CliRunner().invoke(app, ["train", "--config", str(path), *args])
         assert result.exit_code == expect, result.output + repr(result.exception)
         return result
 

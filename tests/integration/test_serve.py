@@ -398,6 +398,43 @@ def test_fast_path_falls_back_to_native_when_parity_fails(model_folder, tmp_path
     assert "onnxruntime cannot load" in loaded.fallback_reason
 
 
+def test_the_fast_path_is_checked_on_recorded_predictions_without_the_native_model(
+    store, model_folder, tmp_path
+):
+    """A version registered by `mlpipe train` carries the native predictions of its held-out
+    sample: the ONNX graph is checked on them, and the native model (skops, scikit-learn) is
+    not loaded until something predicts with it."""
+    from mlpipe.predictor import load_model, open_model, parse_model_uri
+
+    loaded = open_model("models:/boston-rf/1", store["uri"])
+    assert loaded.predictor.kind == "onnx" and loaded.parity.max_abs_diff == 0.0
+    assert "recorded at registration" in loaded.parity.sample
+    assert not loaded.native.loaded
+    # on first use it loads, from the registry again (the download it came from is gone)
+    X = store["X"].to_numpy(np.float64)
+    np.testing.assert_array_equal(loaded.native.predict(X), loaded.predict(X))
+    assert loaded.native.loaded
+
+    # a process that scores with the fast path never imports scikit-learn
+    check = (
+        "import sys; from mlpipe.predictor import open_model; "
+        f"m = open_model('models:/boston-rf/1', {store['uri']!r}); "
+        "assert m.predictor.kind == 'onnx'; "
+        "print(sorted({k.split('.')[0] for k in sys.modules} & {'sklearn', 'skops'}))"
+    )
+    done = subprocess.run([str(BIN / "python"), "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+    # predictions recorded for another logged model are not trusted: the native model predicts
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    record_file = folder / "onnx" / "parity_sample.json"
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "model_id": "m-0"}))
+    other = load_model(parse_model_uri(str(folder)))
+    assert other.predictor.kind == "onnx" and other.native.loaded
+    assert other.parity.sample == "input example + held-out sample"
+
+
 def test_a_pickled_model_is_refused_unless_allowed(tmp_path):
     import mlflow.sklearn
     from sklearn.ensemble import RandomForestRegressor

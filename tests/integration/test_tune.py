@@ -1,4 +1,5 @@
-"""The tune flow for real: Prefect (ephemeral), MLflow (SQLite), registry, files on disk."""
+"""The tune flow for real: Prefect (the session's server), MLflow (SQLite), registry, files on
+disk."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def run_tuning(
             X, y = plan.split.train_arrays
             compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed)
         with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
-            prefect_ready = pool.submit(start_prefect_backend)
+            prefect_ready = pool.submit(start_prefect_backend, prefect_api_url)
             mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)
             mlflow_ready.result()
             api_url = prefect_ready.result()
@@ -220,11 +220,12 @@ def pool_size(spec: Spec, units: int | None) -> int:
     return workers if units is None else max(1, min(workers, units))
 
 
-def start_prefect_backend() -> str:
-    """Start Prefect's ephemeral API server unless PREFECT_API_URL names one; returns its URL."""
+def start_prefect_backend(api_url: str | None = None) -> str:
+    """Start Prefect's ephemeral API server unless ``api_url`` or Prefect's settings (its
+    profile, read in this thread) name one; returns its URL."""
     from prefect.settings import get_current_settings
 
-    url = get_current_settings().api.url
+    url = api_url or get_current_settings().api.url
     if url:
         return str(url)
     from prefect.server.api.server import SubprocessASGIServer

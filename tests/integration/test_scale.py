@@ -173,8 +173,3 @@ def test_an_existing_dask_cluster_equals_one_machine(work, single):
         out = train(work, "dask-remote", "--executor", f"dask://127.0.0.1:{port}").stdout
     assert "registered dask-remote version 1" in out
     assert scores(results(work, "dask-remote")) == scores(single)
-    no_api = run_mlpipe(
-        ["train", "--executor", f"dask://127.0.0.1:{port}"],
-        root, MLFLOW_TRACKING_URI=work["env"]["MLFLOW_TRACKING_URI"],
-    )  # fmt: skip
-    assert no_api.returncode == 2 and "set PREFECT_API_URL" in no_api.stderr

@@ -72,6 +72,14 @@ def test_commands_that_need_a_prefect_server_say_so_at_once_without_one(tmp_path
         assert time.monotonic() - started < 5  # no ephemeral server was started
 
 
+def test_a_dask_cluster_without_a_prefect_server_is_refused_before_anything_starts(tmp_path):
+    env = {"PREFECT_API_URL": None, "MLPIPE_HOME": str(tmp_path / "no-stack"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
+    result = runner.invoke(app, ["train", "--executor", "dask://127.0.0.1:8786"], env=env)
+    assert result.exit_code == 2 and "set PREFECT_API_URL" in result.output, result.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_data_errors_fail_before_any_server_starts(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "none.csv"), "--target", "y"])
     assert result.exit_code == 2 and "no such file" in result.output

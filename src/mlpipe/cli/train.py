@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -150,8 +149,6 @@ def _run(
     wait: float = 0.0,
 ) -> TuneOutcome | ShardOutcome:
     """Run the search (or a shard of it, or its finalize) with progress on stderr."""
-    # A fresh PREFECT_HOME took up to 26 s to start here; Prefect's default wait is shorter.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from mlpipe.cli import PROCESS_STARTED
     from mlpipe.tune.progress import NullObserver, PlainObserver, RichObserver
 

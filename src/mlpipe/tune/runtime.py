@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlpipe.errors import UserError
@@ -62,11 +63,6 @@ def run_tuning(
     units = len(plan_units(plan.trials, get_family(spec.model.family)))
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
-    if not prefect_api_url:
-        # Both threads below touch SQLAlchemy's global mapper registry: MLflow's store runs
-        # configure_mappers() while the ephemeral server's import defines Prefect's ORM classes,
-        # which failed now and then ("'WorkQueue' failed to locate a name"). Define them first.
-        import prefect.server.database.orm_models  # noqa: F401
     logs = None if verbose else backends_log
     with contextlib.ExitStack() as stack:
         # the model work's processes start (and import), and begin the search's units, while
@@ -83,6 +79,9 @@ def run_tuning(
             mlflow_ready.result()
             api_url = prefect_ready.result()
         cold_start = time.perf_counter() - started
+        # the flow's client and its task runs report there (Prefect would otherwise start an
+        # ephemeral server of its own: it reads its settings, not this process's environment)
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
         if not verbose:  # after mlflow's import, which installs its own stderr handler
             _route_logs_to(log_dir / "mlpipe.log")
         runner = stack.enter_context(task_runner(spec, api_url, logs, finalize is not None, units))
@@ -228,11 +227,9 @@ def start_prefect_backend(api_url: str | None = None) -> str:
     url = api_url or get_current_settings().api.url
     if url:
         return str(url)
-    from prefect.server.api.server import SubprocessASGIServer
+    from mlpipe.tune import ephemeral
 
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
+    return ephemeral.start()
 
 
 def _route_logs_to(path: Path) -> None:

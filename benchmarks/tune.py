@@ -183,8 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, []], default=DEFAULT)
+    # checked here: argparse (3.11) checks an empty list against a "*" positional's choices
+    parser.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)}")
     args = parser.parse_args()
+    unknown = sorted(set(args.workloads) - set(WORKLOADS))
+    if unknown:
+        parser.error(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
+        )
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as keep:
         for name in args.workloads or DEFAULT:

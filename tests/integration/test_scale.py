@@ -138,9 +138,13 @@ def test_a_killed_shard_reruns_only_its_unfinished_trials(work, single):
     assert "shard 0/2:" in failed.stderr and "it says: running" in failed.stderr
     assert "shard 1/2:" in failed.stderr and "never started" in failed.stderr
 
-    out = train(work, "killed", "--shard", "0/2", JOB_COMPLETION_INDEX="0").stdout
-    assert f"({len(done_before)} already in MLflow" in out
-    train(work, "killed", "--shard", "1/2", JOB_COMPLETION_INDEX="1")
+    # both shards' pods (again), side by side as an Indexed Job runs them
+    procs = [
+        start_shard(work, "killed", f"{i}/2", stdout=subprocess.PIPE, text=True) for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert f"({len(done_before)} already in MLflow" in outputs[0]
     runs = trial_runs(work, "killed")
     ids = [r.data.tags["mlpipe.trial_id"] for r in runs]
     assert sorted(ids) == sorted(t["trial_id"] for t in single["trials"])  # none run twice

@@ -251,39 +251,29 @@ def _native_loader(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> 
     or an unknown flavor is refused when the version loads, not at its first native predict).
     It reads ``path``, or once that download is gone, the registry version again."""
     flavors = meta.flavors
+    flavor = next((name for name in ("sklearn", "xgboost") if name in flavors), None)
+    if flavor is None:
+        raise UserError(
+            f"model {ref.uri} has flavors {sorted(flavors)}; mlpipe serves scikit-learn (skops) "
+            "and XGBoost models"
+        )
+    fmt = flavors[flavor].get("serialization_format", "pickle")
+    if flavor == "sklearn" and fmt != "skops" and not allow_pickle:
+        raise UserError(
+            f"model {ref.uri} is stored as a {fmt} file, and loading a pickle runs whatever "
+            "code it holds; log it with serialization_format='skops' (mlpipe train does), "
+            "or pass --allow-pickle if you trust its source"
+        )
 
-    def source() -> str:
-        if path.is_dir() or ref.name is None:
-            return str(path)
-        return f"models:/{ref.name}/{ref.version}"
+    def load() -> Any:
+        import importlib
 
-    if "sklearn" in flavors:
-        fmt = flavors["sklearn"].get("serialization_format", "pickle")
-        if fmt != "skops" and not allow_pickle:
-            raise UserError(
-                f"model {ref.uri} is stored as a {fmt} file, and loading a pickle runs whatever "
-                "code it holds; log it with serialization_format='skops' (mlpipe train does), "
-                "or pass --allow-pickle if you trust its source"
-            )
+        source = (
+            str(path) if path.is_dir() or ref.name is None else f"models:/{ref.name}/{ref.version}"
+        )
+        return importlib.import_module(f"mlflow.{flavor}").load_model(source)
 
-        def load_sklearn() -> Any:
-            import mlflow.sklearn
-
-            return mlflow.sklearn.load_model(source())
-
-        return load_sklearn
-    if "xgboost" in flavors:
-
-        def load_xgboost() -> Any:
-            import mlflow.xgboost
-
-            return mlflow.xgboost.load_model(source())
-
-        return load_xgboost
-    raise UserError(
-        f"model {ref.uri} has flavors {sorted(flavors)}; mlpipe serves scikit-learn (skops) "
-        "and XGBoost models"
-    )
+    return load
 
 
 def _parity_samples(

@@ -4,6 +4,7 @@
 time of a pid, recorded beside a pid so that a pid the system has since reused for another
 program is never mistaken for ours. ``stop_group`` is the terminate-then-kill every supervisor
 does: SIGTERM to the process group, SIGKILL to what is left after a grace period.
+``wait_until`` is the wait-until-ready loop of a starting server.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -58,6 +60,19 @@ def stop_group(pid: int, grace: float = 20.0, sig: int = signal.SIGTERM) -> None
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def wait_until(
+    ready: Callable[[], bool], running: Callable[[], bool], timeout: float, every: float = 0.3
+) -> bool:
+    """Ask ``ready()`` every ``every`` seconds: True once it is, False when ``running()`` turns
+    false or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running():
+        if ready():
+            return True
+        time.sleep(every)
+    return False
 
 
 def output_to_file(path: str | None) -> None:

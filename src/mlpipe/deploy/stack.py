@@ -18,13 +18,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlpipe.errors import UserError
-from mlpipe.processes import alive, start_time, stop_group
+from mlpipe.processes import alive, start_time, stop_group, wait_until
 from mlpipe.settings import DEFAULT_POOL, Settings
 
 STATE_FILE = "stack.json"
@@ -232,15 +231,12 @@ def _start(
 
 
 def _wait_ready(service: Service, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.running():
-            raise UserError(
-                f"{service.name} exited while starting; see {service.log}:\n{_tail(service.log)}"
-            )
-        if service.answering():
-            return
-        time.sleep(0.3)
+    if wait_until(service.answering, service.running, timeout):
+        return
+    if not service.running():
+        raise UserError(
+            f"{service.name} exited while starting; see {service.log}:\n{_tail(service.log)}"
+        )
     raise UserError(f"{service.name} was not ready in {timeout:.0f}s; see {service.log}")
 
 

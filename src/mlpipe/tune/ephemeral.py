@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from mlpipe.processes import free_port
+from mlpipe.processes import free_port, stop_group, wait_until
 
 SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",  # as Prefect's own ephemeral server
@@ -50,13 +50,20 @@ def start() -> str:
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
             env={**SKIPPED_AT_START, **os.environ, **SERVER_ENV},
+            start_new_session=True,  # a process group of its own, for stop_group
         )  # fmt: skip
-        atexit.register(_stop, process)
+        atexit.register(stop_group, process.pid, 5)
         url = f"http://127.0.0.1:{port}/api"
-        if _healthy(url, process, deadline):
+        healthy = wait_until(
+            lambda: _answers(f"{url}/health"),  # noqa: B023 - called before the next port
+            lambda: process.poll() is None,  # noqa: B023
+            deadline - time.monotonic(),
+            every=0.1,
+        )
+        if healthy:
             return url
         if process.poll() != PORT_IN_USE:
-            _stop(process)
+            stop_group(process.pid, 5)
             raise RuntimeError(
                 f"Prefect's temporary server did not start in {timeout:.0f} s "
                 f"(exit status {process.poll()}; its output is in the backends log); set "
@@ -64,23 +71,8 @@ def start() -> str:
             )
 
 
-def _healthy(url: str, process: subprocess.Popen, deadline: float) -> bool:
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if client.get(f"{url}/health").status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-    return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -65,7 +65,7 @@ bench: $(STAMP)  ## GridSearchCV vs mlpipe train, side by side
 bench-serve: $(STAMP)  ## mlflow models serve vs mlpipe serve under wrk (apt-get install wrk)
 	$(BIN)/python benchmarks/serve.py $(ARGS)
 
-bench-score: $(STAMP)  ## pyfunc + read_parquet vs mlpipe score on 5,000,000 rows
+bench-score: $(STAMP)  ## pyfunc + read_parquet vs mlpipe score on 5,000,000 rows (ARGS="--s3": and on S3)
 	$(BIN)/python benchmarks/score.py $(ARGS)
 
 bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 records, local Kinesis

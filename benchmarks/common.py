@@ -59,13 +59,15 @@ def measure(command: list[str], env: dict[str, str], cwd: str) -> tuple[float, f
     return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def arguments(doc: str | None, rows: int) -> argparse.Namespace:
-    """The scoring benchmarks' options: --rows and --tracking-uri."""
+def arguments(doc: str | None, rows: int, s3: bool = False) -> argparse.Namespace:
+    """The scoring benchmarks' options: --rows and --tracking-uri (and --s3 if asked)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=rows)
     parser.add_argument("--tracking-uri", help="a store with boston-rf@champion (else: train)")
+    if s3:
+        parser.add_argument("--s3", action="store_true", help="also from and to S3 (local)")
     return parser.parse_args()
 
 
@@ -79,11 +81,6 @@ def report(
     """Print both sides (seconds, rows/s, peak RSS; with ``fixed``, the peak RSS of the same
     command on a tiny input), the ratios against the targets (>= 3x rows/s, <= 1/5 memory), and
     whether the predictions ``a`` and ``b`` (frames of id, prediction) agree; exit 1 if not."""
-    import numpy as np
-
-    a, b = a.sort_values("id"), b.sort_values("id")
-    same_ids = len(a) == len(b) == rows and (a["id"].to_numpy() == b["id"].to_numpy()).all()
-    diff = float(np.max(np.abs(a["prediction"].to_numpy() - b["prediction"].to_numpy())))
     print(f"\n{rows:,} rows, {os.cpu_count()} cores, whole process each (imports included)")
     extra = f"{'of it, fixed':>14}" if fixed else ""
     print(f"{'side':<30}{'seconds':>9}{'rows/s':>12}{'peak RSS MiB':>14}{extra}")
@@ -96,6 +93,16 @@ def report(
     if fixed:
         fa, fb = fixed.values()
         print(f"memory the rows cost (peak minus fixed), ratio b/a: {(rb - fb) / (ra - fa):.3f}")
+    agree(rows, a, b)
+
+
+def agree(rows: int, a: Any, b: Any) -> None:
+    """Whether two sides' predictions (frames of id, prediction) agree; exit 1 if not."""
+    import numpy as np
+
+    a, b = a.sort_values("id"), b.sort_values("id")
+    same_ids = len(a) == len(b) == rows and (a["id"].to_numpy() == b["id"].to_numpy()).all()
+    diff = float(np.max(np.abs(a["prediction"].to_numpy() - b["prediction"].to_numpy())))
     print(f"same ids: {same_ids}; max |prediction difference|: {diff:.3g}")
     if not same_ids or diff > 1e-9:
         raise SystemExit("the two sides disagree")

@@ -94,3 +94,57 @@ def new_streams(client):
         return names
 
     return create
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's standalone server, S3 mode, as its own process on a free loopback port (what
+    MLflow's server, scorers and workers reach over HTTP). While the session runs, this process
+    and the processes it starts find it through AWS_ENDPOINT_URL_S3 (S3 clients only) with
+    moto's dummy credentials. Yields the endpoint, a boto3 client and ``bucket()``, which makes
+    a fresh bucket and returns its name."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    import httpx
+
+    from mlpipe.processes import stop_group
+    from mlpipe.stream import local
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url, timeout=2)
+            break
+        except httpx.TransportError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:]
+                raise RuntimeError(f"moto_server did not start: {tail}") from None
+            time.sleep(0.2)
+    env = {**local.LOCAL_CREDENTIALS, "AWS_ENDPOINT_URL_S3": url, "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        client = boto3.client("s3")
+
+        def bucket() -> str:
+            name = f"mlpipe-{uuid.uuid4().hex[:12]}"
+            client.create_bucket(Bucket=name)
+            return name
+
+        try:
+            yield {"url": url, "env": env, "client": client, "bucket": bucket}
+        finally:
+            stop_group(server.pid)

@@ -24,9 +24,9 @@ POOL = "test-process-pool"
 
 
 @pytest.fixture(scope="module")
-def deployed(served_project, receiver):
+def deployed(served_project, receiver, s3):
     """`mlpipe deploy apply` (work pool, both deployments, the failure automation), then a
-    process worker of that pool."""
+    process worker of that pool (which reaches the session's S3 endpoint)."""
     result = run_mlpipe(
         ["deploy", "apply", "--pool", POOL, "--cron", "batch_score=0 6 * * *",
          "--notify-webhook", receiver.url],
@@ -120,6 +120,49 @@ def test_backfill_runs_only_the_missing_partitions(deployed):
                          "2026-10-02", "--force"], root, **deployed["env"])  # fmt: skip
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert len(pd.read_parquet(done)) == 506
+
+
+def test_a_backfill_of_s3_partitions_writes_predictions_and_reports_beside_them(deployed, s3):
+    import io
+
+    bucket, client = s3["bucket"](), s3["client"]
+    result = run_mlpipe(["deploy", "apply", "--pool", POOL, "--name", "s3", "--flow",
+                         "batch_score", "--input-root", f"s3://{bucket}/incoming",
+                         "--output-root", f"s3://{bucket}/scored"],
+                        deployed["root"], **deployed["env"])  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    houses = pd.read_csv(BOSTON)
+    for day, key in (("2026-12-01", "part-0.csv"), ("2026-12-02", "part-0.csv")):
+        body = houses.to_csv(index=False).encode()
+        client.put_object(Bucket=bucket, Key=f"incoming/date={day}/{key}", Body=body)
+    client.put_object(Bucket=bucket, Key="scored/date=2026-12-02/predictions.parquet", Body=b"x")
+    result = run_mlpipe(["backfill", "batch_score", "--deployment", "s3", "--start",
+                         "2026-12-01", "--end", "2026-12-03"], deployed["root"],
+                        **deployed["env"])  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[1]: line for line in result.stdout.splitlines()
+             if line.startswith("│") and "date=" in line}  # fmt: skip
+    assert "Completed" in lines["date=2026-12-01"] and "506" in lines["date=2026-12-01"]
+    assert "skipped" in lines["date=2026-12-02"] and "no input" in lines["date=2026-12-03"]
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="scored/date=2026-12-01/")
+    assert sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]) == [
+        "drift_report.html",
+        "predictions.parquet",
+    ]
+    body = client.get_object(Bucket=bucket, Key="scored/date=2026-12-01/predictions.parquet")
+    assert len(pd.read_parquet(io.BytesIO(body["Body"].read()))) == 506
+
+    # the sensor on the same roots: only a partition with input and no predictions is announced
+    client.put_object(Bucket=bucket, Key="incoming/date=2026-12-04/part-0.csv", Body=b"a\n1\n")
+    client.put_object(Bucket=bucket, Key="incoming/_staging/part-0.csv", Body=b"a\n1\n")
+    client.put_object(Bucket=bucket, Key="incoming/date=2026-12-05/notes.txt", Body=b"")
+    look = ("from mlpipe.batch.flow import watch_incoming; "
+            f"print(watch_incoming('s3://{bucket}/incoming', 's3://{bucket}/scored'))")  # fmt: skip
+    sensor = subprocess.run([str(BIN / "python"), "-c", look], cwd=deployed["root"],
+                            env={**os.environ, **deployed["env"]}, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert sensor.returncode == 0, sensor.stderr
+    assert sensor.stdout.strip().splitlines()[-1] == "['date=2026-12-04']"
 
 
 def test_a_failed_run_is_visible_and_calls_the_webhook(deployed, receiver):

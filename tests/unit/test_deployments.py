@@ -131,12 +131,16 @@ def test_the_sensor_watches_for_its_window_and_stops_a_look_before_the_next_run(
 
 def test_partitions_are_relative_folder_names():
     paths = partition_paths("date=2026-11-22", "in", "out")
-    assert paths.input == Path("in/date=2026-11-22")
-    assert paths.output == Path("out/date=2026-11-22/predictions.parquet")
-    assert paths.rejects == Path("out/date=2026-11-22/rejects.parquet")
-    assert partition_paths("region=eu/date=2026-11-22", "in", "out").input == Path(
+    assert paths.input == "in/date=2026-11-22"
+    assert paths.output == "out/date=2026-11-22/predictions.parquet"
+    assert paths.rejects == "out/date=2026-11-22/rejects.parquet"
+    assert paths.report == "out/date=2026-11-22/drift_report.html"
+    assert partition_paths("region=eu/date=2026-11-22", "in", "out").input == (
         "in/region=eu/date=2026-11-22"
     )
+    on_s3 = partition_paths("date=2026-11-22", "s3://team/in", "s3://team/out/")
+    assert on_s3.input == "s3://team/in/date=2026-11-22"
+    assert on_s3.output == "s3://team/out/date=2026-11-22/predictions.parquet"
     for bad in ("../etc", "/abs", "", "date=2026-11-22/..", "a b"):
         with pytest.raises(UserError, match="relative folder name"):
             partition_paths(bad, "in", "out")

@@ -229,6 +229,17 @@ def test_mlflow_prefect_and_a_kubernetes_worker_with_its_rbac(rendered):
     assert any("jobs" in rule["resources"] and "create" in rule["verbs"] for rule in role["rules"])
     assert rendered[("RoleBinding", "prefect-worker")]["roleRef"]["name"] == "prefect-worker"
     mlflow_args = rendered[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    artifacts = [a for a in mlflow_args["args"] if a.startswith("--artifacts-destination=")]
+    if rendered["overlay"] == "aws":  # proxied S3 artifacts: only MLflow's pod has the role
+        assert artifacts == ["--artifacts-destination=s3://mlpipe-artifacts/mlflow"]
+        account = rendered[("ServiceAccount", "mlflow")]["metadata"]["annotations"]
+        assert account["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+        mlflow_pod = rendered[("Deployment", "mlflow")]["spec"]["template"]["spec"]
+        assert mlflow_pod["serviceAccountName"] == "mlflow"
+        others = [spec.get("serviceAccountName") for name, spec in pod_specs(rendered)]
+        assert others.count("mlflow") == 1
+    else:
+        assert artifacts == ["--artifacts-destination=/data/artifacts"]
     if rendered["overlay"] == "gke":
         assert ("StatefulSet", "mlflow-db") in rendered
         uri = {e["name"]: e.get("value") for e in mlflow_args["env"]}["MLFLOW_BACKEND_STORE_URI"]
@@ -261,10 +272,33 @@ def test_deploy_k8s_renders_a_spec_and_its_search(tmp_path):
     assert (job["completions"], job["parallelism"]) == (2, 2)  # never more pods than shards
 
 
+def test_deploy_k8s_sets_the_artifact_bucket_and_the_role(tmp_path):
+    out = tmp_path / "out.yaml"
+    role = "arn:aws:iam::123456789012:role/team-mlflow"
+    result = CliRunner().invoke(
+        app,
+        ["deploy", "k8s", "--image", "mlpipe:dev", "--overlay", "aws", "--artifacts",
+         "s3://team-models/mlpipe", "--role-arn", role, "-o", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.read_text())}
+    args = docs[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--artifacts-destination=s3://team-models/mlpipe" in args
+    assert docs[("ServiceAccount", "mlflow")]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": role
+    }
+    for doc in docs.values():
+        validate(doc)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--overlay", "aws"], "expected one of local, gke"), (["--shards", "0"], "at least 1"),
-     (["--image", "bad image"], "NAME[:TAG]")],
+    [(["--overlay", "azure"], "expected one of local, gke, aws"),
+     (["--shards", "0"], "at least 1"), (["--image", "bad image"], "NAME[:TAG]"),
+     (["--artifacts", "/data/artifacts"], "expected s3://BUCKET/PREFIX"),
+     (["--artifacts", "s3://"], "expected s3://BUCKET/KEY"),
+     (["--role-arn", "arn:aws:iam::111122223333:role/r"], "--role-arn is for --overlay aws"),
+     (["--overlay", "aws", "--role-arn", "my-role"], "expected arn:aws:iam::ACCOUNT:role/NAME")],
 )  # fmt: skip
 def test_deploy_k8s_rejects_bad_input(args, message):
     result = CliRunner().invoke(app, ["deploy", "k8s", "--image", "mlpipe:1", *args])

@@ -100,8 +100,26 @@ def test_the_function_may_write_where_it_writes(template, function):
         (kind, next(iter(target.values())).get("Ref", ""))
         for policy in function["Policies"]
         for kind, target in policy.items()
+        if kind != "Fn::If"
     }
     assert ("KinesisCrudPolicy", variables["MLPIPE_OUTPUT_STREAM"]["Ref"]) in granted
     assert ("KinesisCrudPolicy", variables["MLPIPE_DEAD_LETTER_STREAM"]["Ref"]) in granted
     assert ("DynamoDBCrudPolicy", variables["MLPIPE_IDEMPOTENCY_TABLE"]["Ref"]) in granted
     assert any("SQSSendMessagePolicy" in policy for policy in function["Policies"])
+
+
+def test_the_function_may_read_only_the_artifact_prefix_when_given_a_bucket(template, function):
+    assert template["Parameters"]["ArtifactBucket"]["Default"] == ""  # proxied: no S3 access
+    [conditional] = [p["Fn::If"] for p in function["Policies"] if "Fn::If" in p]
+    condition, policy, otherwise = conditional
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ArtifactBucket"}, ""]}]
+    }
+    actions = {s["Action"]: s for s in policy["Statement"]}
+    assert set(actions) == {"s3:GetObject", "s3:ListBucket"}  # nothing that writes
+    assert actions["s3:GetObject"]["Resource"]["Fn::Sub"].endswith(
+        ":s3:::${ArtifactBucket}/${ArtifactPrefix}/*"
+    )
+    listing = actions["s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${ArtifactPrefix}/*"}}}

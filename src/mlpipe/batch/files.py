@@ -1,13 +1,16 @@
 """Reading input tables in batches and writing Parquet atomically, for batch scoring.
 
-- ``input_files`` and ``Source``: a CSV or Parquet file, or a folder of one of them, read file by
+- ``FileSet`` and ``Source``: a CSV or Parquet file, or a folder of one of them, read file by
   file in record batches (Parquet page by page, not whole row groups), so memory stays a few
   batches whatever the input size. CSV feature columns are read as text and converted per batch,
-  so one bad value rejects its row instead of failing the read.
+  so one bad value rejects its row instead of failing the read. A file set's ``fetch`` gives each
+  file as a local path: the file itself here, a downloaded copy for objects (``objects.py``).
 - ``feature_values``: a batch's feature columns as float64, with what the reader saw where a value
   is missing or not a number (the contract's ``check_columns`` turns that into reasons).
-- ``AtomicParquet``: a file written under a hidden temporary name and renamed into place, so it
-  appears whole or not at all; readers of a folder (pyarrow, Spark, DuckDB) skip hidden files.
+- ``AtomicParquet``: Parquet written to a ``Destination`` that makes it appear whole or not at
+  all: ``LocalFile`` writes under a hidden temporary name and renames it into place (readers of a
+  folder, pyarrow, Spark or DuckDB, skip hidden files); ``objects.S3Object`` completes a
+  multipart upload.
 
 No MLflow, no Prefect.
 """
@@ -16,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -42,32 +45,66 @@ def input_files(path: Path) -> tuple[list[Path], str]:
         files = [path]
     else:
         files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in FILE_SUFFIXES
-            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+            p for p in path.rglob("*") if p.is_file() and is_data_file(p.relative_to(path).parts)
         )
         if not files:
             raise DataError(f"--input {path}: the folder has no .csv or .parquet files")
-    formats = {FILE_SUFFIXES.get(p.suffix.lower()) for p in files}
+    return files, one_format(str(path), [p.suffix for p in files], "folder", "file")
+
+
+def is_data_file(relative: Sequence[str]) -> bool:
+    """Whether a path under a folder (its parts) is a data file to read: a .csv or .parquet
+    name, and no part hidden or ``_``-prefixed (Spark's _SUCCESS, a writer's .tmp files)."""
+    return PurePosixPath(relative[-1]).suffix.lower() in FILE_SUFFIXES and not any(
+        part.startswith((".", "_")) for part in relative
+    )
+
+
+def one_format(location: str, suffixes: Iterable[str], folder: str, kind: str) -> str:
+    """The one format (csv, parquet) of files with these suffixes, or a ``DataError``."""
+    formats = {FILE_SUFFIXES.get(suffix.lower()) for suffix in suffixes}
     if None in formats:
-        raise DataError(f"--input {path}: expected a .csv or .parquet file")
+        raise DataError(f"--input {location}: expected a .csv or .parquet {kind}")
     if len(formats) > 1:
-        raise DataError(f"--input {path}: the folder mixes CSV and Parquet files; use one format")
-    return files, formats.pop()  # type: ignore[return-value]
+        raise DataError(
+            f"--input {location}: the {folder} mixes CSV and Parquet {kind}s; use one format"
+        )
+    return formats.pop()  # type: ignore[return-value]
+
+
+def local_copies(files: Iterable[Any]) -> Iterator[tuple[Any, Path]]:
+    """A local file is its own local copy."""
+    return ((f, Path(f)) for f in files)
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """Data files of one format, where they were asked for, and how to get each as a local file
+    (``fetch``: in order, each valid until the next is asked for)."""
+
+    location: str
+    files: list[Any]  # Path, or objects.S3Url
+    format: str
+    fetch: Callable[[Sequence[Any]], Iterator[tuple[Any, Path]]] = field(default=local_copies)
+    local: bool = True  # whether every file's schema can be read before the first batch
+
+    @classmethod
+    def at(cls, path: Path) -> FileSet:
+        files, fmt = input_files(path)
+        return cls(str(path), files, fmt)
 
 
 @dataclass(frozen=True)
 class Source:
     """The input files, their format, and the columns to read from each."""
 
-    files: list[Path]
+    files: list[Any]
     format: str
     columns: list[str]
     text_columns: tuple[str, ...]  # CSV features are read as text, converted per batch
+    fetch: Callable[[Sequence[Any]], Iterator[tuple[Any, Path]]] = field(default=local_copies)
 
-    def schema(self, path: Path) -> pa.Schema:
+    def schema(self, path: Path, name: object = None) -> pa.Schema:
         """The columns ``path`` has (Parquet: its footer; CSV: its header and first block)."""
         try:
             if self.format == "parquet":
@@ -75,12 +112,17 @@ class Source:
             with self._open_csv(path, columns=None) as reader:
                 return reader.schema
         except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from exc
+            raise DataError(f"cannot read {name or path}: {exc}") from exc
 
-    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, batch_rows: int, check: Callable[[pa.Schema, str], object] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """Every file's rows in order, one batch at a time. Parquet is read page by page
-        (no pre-buffering of whole row groups), so memory stays a few batches."""
-        for path in self.files:
+        (no pre-buffering of whole row groups), so memory stays a few batches. ``check`` sees
+        each file's schema before its rows (for files whose schema was not read ahead)."""
+        for name, path in self.fetch(self.files):
+            if check is not None:
+                check(self.schema(path, name), str(name))
             try:
                 if self.format == "parquet":
                     parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
@@ -89,7 +131,7 @@ class Source:
                     with self._open_csv(path, self.columns) as reader:
                         yield from reader
             except pa.ArrowInvalid as exc:
-                raise DataError(f"cannot read {path}: {exc}") from exc
+                raise DataError(f"cannot read {name}: {exc}") from exc
 
     def _open_csv(self, path: Path, columns: list[str] | None) -> Any:
         import pyarrow.csv as pacsv
@@ -176,41 +218,81 @@ def clear_stale_temporaries(output: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-class AtomicParquet:
-    """A Parquet file written under a hidden temporary name and renamed into place on commit."""
+class Destination(Protocol):
+    """Where one output file goes, so that it appears whole or not at all."""
 
-    def __init__(self, target: Path, schema: pa.Schema) -> None:
+    def prepare(self) -> None: ...  # before writing: clear what a killed earlier run left
+
+    def open(self) -> Any: ...  # a path or a writable file for the Parquet writer
+
+    def commit(self) -> None: ...  # make what was written appear, replacing an earlier one
+
+    def discard(self) -> None: ...  # drop what was written
+
+    def remove(self) -> None: ...  # remove an earlier output at the target
+
+
+class LocalFile:
+    """A file written under a hidden temporary name and renamed into place on commit."""
+
+    def __init__(self, target: Path) -> None:
         self.target = target
         self.tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}")
+
+    def __str__(self) -> str:
+        return str(self.target)
+
+    def prepare(self) -> None:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_temporaries(self.target)
+
+    def open(self) -> Path:
+        return self.tmp
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.target)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        self.target.unlink(missing_ok=True)
+
+
+class AtomicParquet:
+    """A Parquet file written to a ``Destination``, appearing there on commit."""
+
+    def __init__(self, destination: Destination, schema: pa.Schema) -> None:
+        self.destination = destination
         self.schema = schema
         self.writer: pq.ParquetWriter | None = None
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            self.writer = pq.ParquetWriter(self.destination.open(), self.schema, compression="zstd")
         self.writer.write_table(table)
         self.rows += table.num_rows
 
     def commit(self, keep_empty: bool = True) -> bool:
-        """Rename into place; with ``keep_empty`` False, an empty file is not kept (and an
+        """Make it appear; with ``keep_empty`` False, an empty file is not kept (and an
         earlier one at the target is removed). True when the target now exists."""
         if self.writer is None and keep_empty:
             self.write(self.schema.empty_table())
         if self.writer is not None:
             self.writer.close()
         if self.rows == 0 and not keep_empty:
-            self.tmp.unlink(missing_ok=True)
-            self.target.unlink(missing_ok=True)
+            self.destination.discard()
+            self.destination.remove()
             return False
-        os.replace(self.tmp, self.target)
+        self.destination.commit()
         return True
 
     def discard(self) -> None:
         if self.writer is not None:
             with contextlib.suppress(Exception):  # already failing: keep the first error
                 self.writer.close()
-        self.tmp.unlink(missing_ok=True)
+        self.destination.discard()
 
 
 def as_type(column: pa.Array, kind: pa.DataType) -> pa.Array:

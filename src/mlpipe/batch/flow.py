@@ -3,19 +3,20 @@
 A partition is a folder name under the input root, such as ``date=2026-11-22``:
 ``INPUT_ROOT/date=2026-11-22/`` (CSV or Parquet files) is scored into
 ``OUTPUT_ROOT/date=2026-11-22/predictions.parquet`` (and ``rejects.parquet`` beside it when rows
-were rejected). The flow takes only JSON-able parameters, so a deployment, a schedule or a
-backfill can start it. The scoring itself is ``score.score``; this module adds retries, logging
-and a summary artifact in the Prefect UI, and monitoring: the inputs and predictions are compared
-with the model version's training profile (``drift.py``), the figures and an HTML report are
-logged to an MLflow run (experiment ``<model>-scoring``), and ``mlpipe.drift.detected`` is emitted
-when a threshold is crossed. ``partition="latest"`` scores the newest partition folder (what the
-promotion trigger asks for).
+were rejected, and ``drift_report.html`` when the model has a training profile). Either root may be
+a local folder or an S3 prefix (``s3://BUCKET/PREFIX``; ``locations.py``). The flow takes only
+JSON-able parameters, so a deployment, a schedule or a backfill can start it. The scoring itself is
+``score.score``; this module adds retries, logging and a summary artifact in the Prefect UI, and
+monitoring: the inputs and predictions are compared with the model version's training profile
+(``drift.py``), the figures and an HTML report are logged to an MLflow run (experiment
+``<model>-scoring``), and ``mlpipe.drift.detected`` is emitted when a threshold is crossed.
+``partition="latest"`` scores the newest partition folder (what the promotion trigger asks for).
 
-``watch_incoming`` is the sensor: a scheduled flow that looks at the input root every minute for
-an hour and emits ``mlpipe.data.arrived`` once for each partition folder that has input files and
-no predictions yet; a deployment trigger on that event starts ``batch_score`` for the partition
-(``deploy/triggers.py``). One run an hour, not one a minute: Prefect's scheduler keeps at least
-an hour of runs scheduled ahead, so a one-minute schedule fills the runs page with 60 of them.
+``watch_incoming`` is the sensor: a scheduled flow that looks at the input root every minute for an
+hour and emits ``mlpipe.data.arrived`` once for each partition folder that has input files and no
+predictions yet; a deployment trigger on that event starts ``batch_score`` for the partition
+(``deploy/triggers.py``). One run an hour, not one a minute: Prefect's scheduler keeps at least an
+hour of runs scheduled ahead, so a one-minute schedule fills the runs page with 60 of them.
 
 Retries are for what may pass on a second try (the tracking server briefly away, a file system
 hiccup); an input that breaks the contract fails at once with the reason as the state message.
@@ -27,7 +28,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -35,6 +36,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from mlpipe import drift
+from mlpipe.batch import locations
 from mlpipe.errors import DataError, UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, Settings
 
@@ -48,12 +50,13 @@ _PARTITION_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
 
 @dataclass(frozen=True)
 class PartitionPaths:
-    """Where one partition is read from and written to."""
+    """Where one partition is read from and written to (local paths or S3 URLs)."""
 
     partition: str
-    input: Path
-    output: Path
-    rejects: Path
+    input: str
+    output: str
+    rejects: str
+    report: str
 
 
 def partition_paths(partition: str, input_root: str, output_root: str) -> PartitionPaths:
@@ -64,9 +67,16 @@ def partition_paths(partition: str, input_root: str, output_root: str) -> Partit
             f"partition {partition!r}: expected a relative folder name such as date=2026-11-22 "
             "(letters, digits, '_', '-', '.', '='; no '..' or absolute paths)"
         )
-    folder = Path(output_root, *parts)
+
+    def out(name: str) -> str:
+        return locations.join(output_root, *parts, name)
+
     return PartitionPaths(
-        partition, Path(input_root, *parts), folder / PREDICTIONS_FILE, folder / REJECTS_FILE
+        partition,
+        locations.join(input_root, *parts),
+        out(PREDICTIONS_FILE),
+        out(REJECTS_FILE),
+        out(REPORT_FILE),
     )
 
 
@@ -120,11 +130,10 @@ def score_partition(
     monitor = drift.Counts(loaded.profile) if loaded.profile else None
     summary = scoring.score(
         loaded,
-        paths.input,
-        paths.output,
+        locations.data_files(paths.input),
+        locations.parquet_output(paths.output, paths.rejects),
         id_columns=id_columns,
         max_rejects=max_rejects,
-        rejects=paths.rejects,
         monitor=monitor,
     )
     outcome: dict[str, Any] = {"summary": summary.to_dict(), "drift": None}
@@ -132,7 +141,9 @@ def score_partition(
         logger.warning("version %s has no training profile: drift not checked", loaded.version)
         return outcome
     result = drift.compare(monitor)
-    run_id = log_drift(tracking_uri, paths.partition, loaded, outcome["summary"], result)
+    report = report_html(paths.partition, loaded, result)
+    locations.write_text(paths.report, report)  # beside the predictions
+    run_id = log_drift(tracking_uri, paths.partition, loaded, outcome["summary"], result, report)
     outcome["drift"] = result.summary() | {"mlflow_run_id": run_id}
     if result.drifted:
         logger.warning("drift in %s: %s", paths.partition, outcome["drift"])
@@ -147,16 +158,26 @@ def score_partition(
     return outcome
 
 
+def report_html(partition: str, loaded: Any, result: Any) -> str:
+    """The drift report of one partition (HTML)."""
+    name = loaded.ref.name or "local"
+    title = f"Drift of {partition} from {name} version {loaded.version}"
+    return drift.html_report(result, loaded.profile, title)
+
+
 def log_drift(
-    tracking_uri: str, partition: str, loaded: Any, summary: dict[str, Any], result: Any
+    tracking_uri: str,
+    partition: str,
+    loaded: Any,
+    summary: dict[str, Any],
+    result: Any,
+    report: str,
 ) -> str:
     """An MLflow run of this scoring run: the drift figures and the HTML report."""
-    from mlpipe import drift
     from mlpipe.tracking import Tracker
 
     name = loaded.ref.name or "local"
     tracker = Tracker.connect(tracking_uri, f"{name}-scoring")
-    title = f"Drift of {partition} from {name} version {loaded.version}"
     return tracker.log_scoring(
         run_name=f"score-{partition}",
         params={"partition": partition, "model_version": loaded.version, "input": summary["input"]},
@@ -168,7 +189,7 @@ def log_drift(
             "mlpipe.model_version": str(loaded.version),
             "mlpipe.drifted": str(result.drifted).lower(),
         },
-        texts={REPORT_FILE: drift.html_report(result, loaded.profile, title)},
+        texts={REPORT_FILE: report},
     )
 
 
@@ -181,23 +202,17 @@ def latest_partition(input_root: str) -> str:
 
 
 def input_partitions(input_root: str) -> dict[str, int]:
-    """Folders directly under ``input_root`` holding data files, with their file counts, in name
-    order. Hidden and ``_``-prefixed names are skipped: land files under such a name and rename
-    them when whole."""
-    from mlpipe.batch.files import input_files
-
-    root = Path(input_root)
-    if not root.is_dir():
-        return {}
+    """Folders directly under ``input_root`` (a local folder or an S3 prefix) holding data
+    files, with their file counts, in name order. Hidden and ``_``-prefixed names are skipped:
+    land files under such a name and rename them when whole (on S3, an object appears whole)."""
     found = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name.startswith((".", "_")) or not _PARTITION_PART.match(folder.name):
+    for name in locations.subfolders(input_root):
+        if name.startswith((".", "_")) or not _PARTITION_PART.match(name):
             continue
         try:
-            files, _ = input_files(folder)
+            found[name] = len(locations.data_files(locations.join(input_root, name)).files)
         except DataError:
             continue
-        found[folder.name] = len(files)
     return found
 
 
@@ -298,11 +313,11 @@ def _look(input_root: str, output_root: str) -> list[str]:
     waiting = {
         p: files
         for p, files in input_partitions(input_root).items()
-        if not partition_paths(p, input_root, output_root).output.exists()
+        if not locations.exists(partition_paths(p, input_root, output_root).output)
     }
     # What earlier looks announced and is still waiting; kept in a Prefect variable, so the
     # sensor holds no state of its own. Deployed with a concurrency limit of 1.
-    name = f"mlpipe_announced_{zlib.crc32(str(Path(input_root).resolve()).encode()):08x}"
+    name = f"mlpipe_announced_{zlib.crc32(locations.absolute(input_root).encode()):08x}"
     announced: set[str] = set(Variable.get(name, default=[]) or [])
     new = [p for p in waiting if p not in announced]
     for partition in new:

@@ -1,5 +1,5 @@
-"""Batch scoring: a CSV or Parquet file (or a folder of them), or a database table or query, in;
-a Parquet file or a database table of predictions out.
+"""Batch scoring: a CSV or Parquet file (or a folder of them, local or on S3), or a database table
+or query, in; a Parquet file (local or on S3) or a database table of predictions out.
 
 The input is read in record batches (``files.Source``, ``sql.SqlSource``), each batch is checked
 against the model's input contract (the same rules as the online API), predicted with the fast
@@ -8,9 +8,9 @@ whatever the input size.
 
 - Missing feature columns stop the run before anything is written; rows with bad values go to
   the rejects (a file or a table) with their id and the reason, up to ``max_rejects``.
-- The output appears whole or not at all (``files.AtomicParquet``; one database transaction per
-  partition, ``sql.SqlSink``); a rerun replaces it, never appends, so scoring the same input twice
-  gives the same rows.
+- The output appears whole or not at all (``files.AtomicParquet``: a rename, or a multipart upload
+  completed at the end; one database transaction per partition, ``sql.SqlSink``); a rerun
+  replaces it, never appends, so scoring the same input twice gives the same rows.
 - With a ``monitor`` (``drift.Counts``), every scored row and its prediction are counted into the
   training profile's bins, for the caller to compare.
 
@@ -37,13 +37,14 @@ import pyarrow.compute as pc
 
 from mlpipe.batch.files import (
     AtomicParquet,
+    Destination,
+    FileSet,
+    LocalFile,
     Source,
     as_type,
     check_columns,
     check_schema,
-    clear_stale_temporaries,
     feature_values,
-    input_files,
 )
 from mlpipe.batch.sql import SqlSource
 from mlpipe.batch.sql_sink import SqlSink
@@ -117,15 +118,6 @@ def rejects_path_for(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects.parquet")
 
 
-@dataclass(frozen=True)
-class SqlTarget:
-    """A database table to write predictions to; ``partition`` (KEY, VALUE) or the whole table."""
-
-    url: Any
-    table: str
-    partition: tuple[str, str] | None = None
-
-
 class Sink(Protocol):
     """Where predictions and rejects go; nothing is visible before ``commit``."""
 
@@ -138,13 +130,49 @@ class Sink(Protocol):
     def discard(self) -> None: ...
 
 
-class ParquetSink:
-    """Predictions and rejects as Parquet files, each renamed into place on commit."""
+class Target(Protocol):
+    """An output: opens its sink for the run's schemas; says where predictions and rejects go."""
 
-    def __init__(self, output: Path, rejects: Path, predictions: pa.Schema, rejected: pa.Schema):
-        output.parent.mkdir(parents=True, exist_ok=True)
-        clear_stale_temporaries(output)
-        clear_stale_temporaries(rejects)
+    def open_sink(self, predictions: pa.Schema, rejected: pa.Schema) -> tuple[Sink, str, str]: ...
+
+
+@dataclass(frozen=True)
+class SqlTarget:
+    """A database table to write predictions to; ``partition`` (KEY, VALUE) or the whole table."""
+
+    url: Any
+    table: str
+    partition: tuple[str, str] | None = None
+
+    def open_sink(self, predictions: pa.Schema, rejected: pa.Schema) -> tuple[Sink, str, str]:
+        sink = SqlSink(self.url, self.table, self.partition, predictions, rejected)
+        return sink, sink.describe(), sink.describe(sink.rejects)
+
+
+@dataclass(frozen=True)
+class ParquetTarget:
+    """Predictions and rejects as Parquet files at two destinations (local files, objects)."""
+
+    output: Destination
+    rejects: Destination
+
+    @classmethod
+    def local(cls, output: Path, rejects: Path | None = None) -> ParquetTarget:
+        return cls(LocalFile(output), LocalFile(rejects or rejects_path_for(output)))
+
+    def open_sink(self, predictions: pa.Schema, rejected: pa.Schema) -> tuple[Sink, str, str]:
+        sink = ParquetSink(self.output, self.rejects, predictions, rejected)
+        return sink, str(self.output), str(self.rejects)
+
+
+class ParquetSink:
+    """Predictions and rejects as Parquet files, each appearing on commit."""
+
+    def __init__(
+        self, output: Destination, rejects: Destination, predictions: pa.Schema, rejected: pa.Schema
+    ) -> None:
+        output.prepare()
+        rejects.prepare()
         self.predictions = AtomicParquet(output, predictions)
         self.rejects = AtomicParquet(rejects, rejected)
 
@@ -167,8 +195,8 @@ class ParquetSink:
 
 def score(
     model: ScoringModel,
-    source: Path | SqlSource,
-    output: Path | SqlTarget,
+    source: Path | FileSet | SqlSource,
+    output: Path | Target,
     id_columns: Sequence[str] = (),
     max_rejects: int | None = 1000,
     batch_rows: int = BATCH_ROWS,
@@ -202,16 +230,8 @@ def score(
         metadata=meta,
     )
     rejects_schema = pa.schema([*id_fields, pa.field("reason", pa.string())])
-    sink: Sink
-    if isinstance(output, SqlTarget):
-        table = SqlSink(
-            output.url, output.table, output.partition, predictions_schema, rejects_schema
-        )
-        sink, shown_output, shown_rejects = table, table.describe(), table.describe(table.rejects)
-    else:
-        rejects = rejects or rejects_path_for(output)
-        sink = ParquetSink(output, rejects, predictions_schema, rejects_schema)
-        shown_output, shown_rejects = str(output), str(rejects)
+    target = ParquetTarget.local(output, rejects) if isinstance(output, Path) else output
+    sink, shown_output, shown_rejects = target.open_sink(predictions_schema, rejects_schema)
     constants = [
         pa.scalar(name, pa.string()),
         pa.scalar(version, pa.string()),
@@ -288,7 +308,7 @@ def score(
         pool.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
     return ScoreSummary(
-        input=source.describe() if isinstance(source, SqlSource) else str(source),
+        input=_describe(source),
         output=shown_output,
         rejects=shown_rejects if has_rejects else None,
         rows=rows,
@@ -303,16 +323,35 @@ def score(
     )
 
 
+def _describe(source: Path | FileSet | SqlSource) -> str:
+    if isinstance(source, SqlSource):
+        return source.describe()
+    return source.location if isinstance(source, FileSet) else str(source)
+
+
 def _open(
-    source: Path | SqlSource, contract: InputContract, ids: list[str], batch_rows: int
+    source: Path | FileSet | SqlSource, contract: InputContract, ids: list[str], batch_rows: int
 ) -> tuple[Iterator[pa.RecordBatch], pa.Schema, int]:
-    """The input's batches, the schema they share (checked) and its file count."""
+    """The input's batches, the schema they share (checked) and its file count. Files that are
+    not local are checked as each arrives (the first before anything is written)."""
     if isinstance(source, SqlSource):
         batches = source.batches(batch_rows)
         first = next(batches)
         schema = check_columns(first.schema, source.describe(), contract, ids)
         return itertools.chain([first], batches), schema, 0
-    files, fmt = input_files(source)
-    reader = Source(files, fmt, [*ids, *contract.names], contract.names if fmt == "csv" else ())
-    schema = check_schema(reader, contract, ids)
-    return reader.batches(batch_rows), schema, len(files)
+    found = FileSet.at(source) if isinstance(source, Path) else source
+    columns, text = [*ids, *contract.names], contract.names if found.format == "csv" else ()
+    reader = Source(found.files, found.format, columns, text, found.fetch)
+    if found.local:
+        return reader.batches(batch_rows), check_schema(reader, contract, ids), len(found.files)
+    schemas: list[pa.Schema] = []
+
+    def check(schema: pa.Schema, where: str) -> None:
+        schemas.append(check_columns(schema, where, contract, ids))
+
+    batches = reader.batches(batch_rows, check)
+    first = next(batches, None)
+    if first is None:  # files without rows: the output still gets their (empty) schema
+        first_schema = schemas[0]
+        return iter(()), first_schema, len(found.files)
+    return itertools.chain([first], batches), schemas[0], len(found.files)

@@ -40,10 +40,15 @@ IntervalOption = Annotated[
 
 ModelOption = Annotated[str, typer.Option(help="batch_score's model URI.")]
 
-InputRootOption = Annotated[Path, typer.Option(help="batch_score reads INPUT_ROOT/PARTITION/.")]
+InputRootOption = Annotated[
+    str, typer.Option(help="batch_score reads INPUT_ROOT/PARTITION/ (a folder or s3://B/PREFIX).")
+]
 
 OutputRootOption = Annotated[
-    Path, typer.Option(help="batch_score writes OUTPUT_ROOT/PARTITION/predictions.parquet.")
+    str,
+    typer.Option(
+        help="batch_score writes OUTPUT_ROOT/PARTITION/predictions.parquet (a folder or s3://...)."
+    ),
 ]
 
 SpecOption = Annotated[
@@ -68,8 +73,8 @@ def deploy_apply(
     cron: CronOption = None,
     interval: IntervalOption = None,
     model: ModelOption = DEFAULT_MODEL_URI,
-    input_root: InputRootOption = DEFAULT_INPUT_ROOT,
-    output_root: OutputRootOption = DEFAULT_OUTPUT_ROOT,
+    input_root: InputRootOption = str(DEFAULT_INPUT_ROOT),
+    output_root: OutputRootOption = str(DEFAULT_OUTPUT_ROOT),
     config: SpecOption = None,
     notify_webhook: WebhookOption = None,
     pool: Annotated[str, typer.Option(help="the work pool (created if missing).")] = DEFAULT_POOL,
@@ -126,8 +131,8 @@ def deploy_apply(
 @user_errors
 def deploy_triggers(
     model: ModelOption = DEFAULT_MODEL_URI,
-    input_root: InputRootOption = DEFAULT_INPUT_ROOT,
-    output_root: OutputRootOption = DEFAULT_OUTPUT_ROOT,
+    input_root: InputRootOption = str(DEFAULT_INPUT_ROOT),
+    output_root: OutputRootOption = str(DEFAULT_OUTPUT_ROOT),
     config: SpecOption = None,
     pool: Annotated[
         str, typer.Option(help="the process work pool (created if missing).")
@@ -205,8 +210,8 @@ def deploy_serve(
     cron: CronOption = None,
     interval: IntervalOption = None,
     model: ModelOption = DEFAULT_MODEL_URI,
-    input_root: InputRootOption = DEFAULT_INPUT_ROOT,
-    output_root: OutputRootOption = DEFAULT_OUTPUT_ROOT,
+    input_root: InputRootOption = str(DEFAULT_INPUT_ROOT),
+    output_root: OutputRootOption = str(DEFAULT_OUTPUT_ROOT),
     config: SpecOption = None,
     notify_webhook: WebhookOption = None,
     limit: Annotated[
@@ -233,7 +238,9 @@ def deploy_k8s(
     image: Annotated[
         str, typer.Option(help="the mlpipe image every pod runs, e.g. REGISTRY/mlpipe:0.1.0.")
     ],
-    overlay: Annotated[str, typer.Option(help="local (kind, minikube) | gke.")] = "local",
+    overlay: Annotated[
+        str, typer.Option(help="local (kind, minikube) | gke | aws (EKS, artifacts on S3).")
+    ] = "local",
     config: SpecOption = None,
     shards: Annotated[int, typer.Option(help="shards of the tuning search (Indexed Job).")] = 4,
     parallelism: Annotated[
@@ -245,6 +252,14 @@ def deploy_k8s(
     do_apply: Annotated[
         bool, typer.Option("--apply", help="kubectl apply it (the current kubectl context).")
     ] = False,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(help="MLflow's artifact store, s3://BUCKET/PREFIX (proxied by MLflow)."),
+    ] = None,
+    role_arn: Annotated[
+        str | None,
+        typer.Option(help="aws: the IAM role MLflow's service account assumes (IRSA)."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Render mlpipe's Kubernetes manifests (MLflow, Prefect server and kubernetes worker, the
@@ -261,6 +276,8 @@ def deploy_k8s(
         shards=shards,
         parallelism=parallelism,
         spec_yaml=config.read_text() if config else None,
+        artifacts=artifacts,
+        role_arn=role_arn,
     )
     rendered = k8s.render(settings)
     if output is not None:
@@ -288,8 +305,8 @@ def _settings(
     cron: list[str] | None,
     interval: list[str] | None,
     model: str,
-    input_root: Path,
-    output_root: Path,
+    input_root: str,
+    output_root: str,
     config: Path | None,
     **pool: Any,
 ) -> Any:

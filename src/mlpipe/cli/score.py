@@ -25,14 +25,18 @@ def score(
         typer.Option(
             "--input",
             "-i",
-            help="a CSV or Parquet file or folder; or a database: postgresql://USER@HOST/DB, "
-            "sqlite:///FILE, env:VARIABLE or secret:PREFECT_SECRET (with --table or --query).",
+            help="a CSV or Parquet file or folder, local or s3://BUCKET/KEY-or-PREFIX/; or a "
+            "database: postgresql://USER@HOST/DB, sqlite:///FILE, env:VARIABLE or "
+            "secret:PREFECT_SECRET (with --table or --query).",
         ),
     ],
     output: Annotated[
         str,
         typer.Option(
-            "--output", "-o", help="the Parquet file to write, or a database (with --output-table)."
+            "--output",
+            "-o",
+            help="the Parquet file to write (local or s3://BUCKET/KEY.parquet), or a database "
+            "(with --output-table).",
         ),
     ],
     table: Annotated[str | None, typer.Option(help="the input table (database input).")] = None,
@@ -68,8 +72,11 @@ def score(
     ] = True,
     workers: Annotated[int, typer.Option(help="batches predicted at once; 0: one per core.")] = 0,
     drift_report: Annotated[
-        Path | None,
-        typer.Option(help="write the drift report (HTML) here; needs a model with a profile."),
+        str | None,
+        typer.Option(
+            help="write the drift report (HTML) here (a file or s3://...); needs a model with a "
+            "profile."
+        ),
     ] = None,
     allow_pickle: Annotated[
         bool,
@@ -81,7 +88,7 @@ def score(
     """Score a file, folder, table or query into Parquet or a table in bounded memory; bad rows
     to rejects; the inputs' drift from the training data."""
     from mlpipe import drift
-    from mlpipe.batch import files
+    from mlpipe.batch import files, locations
     from mlpipe.batch import score as scoring
     from mlpipe.batch.locations import resolve_ends
     from mlpipe.cli import PROCESS_STARTED
@@ -112,5 +119,5 @@ def score(
     out.print(f"drift: {render.drift_line(result)}")
     if drift_report is not None:
         title = f"Drift of {summary.input} from {summary.model_name} v{summary.model_version}"
-        drift_report.write_text(drift.html_report(result, monitor.profile, title))
+        locations.write_text(drift_report, drift.html_report(result, monitor.profile, title))
         out.print(f"drift report {drift_report}")

@@ -33,6 +33,14 @@ def up(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port (0: any free).")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port (0: any free).")] = 5000,
     pool: Annotated[str, typer.Option(help="the process work pool of the worker.")] = DEFAULT_POOL,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow's artifact store: s3://BUCKET/PREFIX (served through MLflow: clients "
+            "need no S3 credentials; MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL for S3-compatible "
+            "stores). Default: a folder under MLPIPE_HOME."
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Start a local Prefect server, MLflow server and process worker in the background."""
@@ -40,11 +48,13 @@ def up(
 
     folder = local.state_dir()
     typer.echo(f"starting the stack in {folder} (logs in {folder / 'logs'}) ...", err=True)
-    started = local.up(folder, prefect_port, mlflow_port, pool)
+    started = local.up(folder, prefect_port, mlflow_port, pool, artifacts=artifacts)
     for service in started.services:
         typer.echo(f"{service.name:<8} pid {service.pid:<8} {service.url}")
     ui = started.prefect_api_url.removesuffix("/api")
     typer.echo(f"Prefect UI {ui}   MLflow UI {started.mlflow_url}")
+    if artifacts:
+        typer.echo(f"MLflow artifacts in {artifacts} (through the MLflow server)")
     typer.echo("mlpipe train, score and serve use this stack while it runs; for other tools:")
     for name, value in started.environment().items():
         typer.echo(f"export {name}={value}")

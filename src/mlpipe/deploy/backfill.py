@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from mlpipe.batch import locations
 from mlpipe.batch.flow import SUMMARY_ARTIFACT, partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
@@ -41,22 +42,37 @@ def plan(
     partitions: list[str], parameters: dict[str, Any], force: bool, base: Path
 ) -> list[PartitionStatus]:
     """What to do with each partition, from the deployment's input and output roots."""
-    input_root = str(base / parameters.get("input_root", DEFAULT_INPUT_ROOT))
-    output_root = str(base / parameters.get("output_root", DEFAULT_OUTPUT_ROOT))
+    input_root = _root(parameters.get("input_root", DEFAULT_INPUT_ROOT), base)
+    output_root = _root(parameters.get("output_root", DEFAULT_OUTPUT_ROOT), base)
     statuses = []
     for partition in partitions:
         paths = partition_paths(partition, input_root, output_root)
-        if paths.output.exists() and not force:
+        if locations.exists(paths.output) and not force:
             statuses.append(
                 PartitionStatus(partition, "skipped", message="output exists (--force rescores)")
             )
-        elif not paths.input.is_dir():
+        elif not _has_files(paths.input):
             statuses.append(
-                PartitionStatus(partition, "no input", message=f"no folder {paths.input}")
+                PartitionStatus(partition, "no input", message=f"no input files at {paths.input}")
             )
         else:
             statuses.append(PartitionStatus(partition, "run"))
     return statuses
+
+
+def _root(root: str | Path, base: Path) -> str:
+    """A deployment's root: an S3 URL as it is, a local folder relative to ``base``."""
+    root = str(root)
+    return root if root.startswith("s3://") else str(base / root)
+
+
+def _has_files(folder: str) -> bool:
+    from mlpipe.errors import DataError
+
+    try:
+        return bool(locations.data_files(folder).files)
+    except DataError:
+        return False
 
 
 def backfill(

@@ -270,14 +270,15 @@ def deploy_settings(
     cron: list[str],
     interval: list[str],
     model: str,
-    input_root: Path,
-    output_root: Path,
+    input_root: str | Path,
+    output_root: str | Path,
     config: Path | None,
     tracking_uri: str,
     **pool: Any,
 ) -> DeploySettings:
     """What ``mlpipe deploy`` creates: the chosen flows with their parameters (absolute paths:
     runs start in other folders), schedules and pool settings."""
+    from mlpipe.batch.locations import absolute
     from mlpipe.predictor import parse_model_uri
     from mlpipe.spec import load_spec
 
@@ -290,8 +291,8 @@ def deploy_settings(
     parameters: dict[str, dict[str, Any]] = {
         "batch_score": {
             "model": model,
-            "input_root": str(input_root.resolve()),
-            "output_root": str(output_root.resolve()),
+            "input_root": absolute(input_root),
+            "output_root": absolute(output_root),
             "tracking_uri": tracking_uri,
         },
         "tune": {
@@ -299,8 +300,8 @@ def deploy_settings(
             "tracking_uri": tracking_uri,
         },
         "watch_incoming": {
-            "input_root": str(input_root.resolve()),
-            "output_root": str(output_root.resolve()),
+            "input_root": absolute(input_root),
+            "output_root": absolute(output_root),
         },
     }
     return DeploySettings(

@@ -1,16 +1,18 @@
-"""Kubernetes: the manifests shipped in this package (a kustomize base and the overlays ``local``
-and ``gke``, in ``deploy/manifests/``) rendered for one image, spec and shard count; and the Prefect
-kubernetes work pool's base job template.
+"""Kubernetes: the manifests shipped in this package (a kustomize base and the overlays ``local``,
+``gke`` and ``aws``, in ``deploy/manifests/``) rendered for one image, spec and shard count; and
+the Prefect kubernetes work pool's base job template.
 
 Rendering copies the manifests to a temporary folder, adds a generated overlay on top of the one
 asked for (the image, the spec, the search id, the shard count) and runs ``kubectl kustomize``:
-the same output as `kubectl kustomize overlays/NAME` plus those four settings.
+the same output as `kubectl kustomize overlays/NAME` plus those four settings; then sets MLflow's
+artifact destination (an S3 bucket) and the role of its service account (IRSA), when given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,10 @@ import yaml
 from mlpipe.errors import UserError
 
 MANIFESTS = Path(__file__).parent / "manifests"
-OVERLAYS = ("local", "gke")
+OVERLAYS = ("local", "gke", "aws")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+ARTIFACTS_ARG = "--artifacts-destination="
+IRSA = "eks.amazonaws.com/role-arn"
 SHARDS_JOB = "mlpipe-tune-shards"
 RUN_AS = 10001  # the image's user (Dockerfile)
 
@@ -39,10 +44,25 @@ class Render:
     shards: int = 4
     parallelism: int | None = None  # None: the overlay's, capped at shards
     spec_yaml: str | None = None  # None: the base's spec.yaml
+    artifacts: str | None = None  # MLflow's artifact destination, s3://BUCKET/PREFIX
+    role_arn: str | None = None  # the IAM role of MLflow's service account (the aws overlay)
 
     def __post_init__(self) -> None:
+        from mlpipe.batch.objects import S3Url, is_s3
+
         if self.overlay not in OVERLAYS:
             raise UserError(f"--overlay {self.overlay!r}: expected one of {', '.join(OVERLAYS)}")
+        if self.artifacts is not None:
+            if not is_s3(self.artifacts):
+                raise UserError(f"--artifacts {self.artifacts}: expected s3://BUCKET/PREFIX")
+            S3Url.parse(self.artifacts, "--artifacts")
+        if self.role_arn is not None:
+            if self.overlay != "aws":
+                raise UserError("--role-arn is for --overlay aws (IAM roles for service accounts)")
+            if not ROLE_ARN.match(self.role_arn):
+                raise UserError(
+                    f"--role-arn {self.role_arn}: expected arn:aws:iam::ACCOUNT:role/NAME"
+                )
         if self.shards < 1:
             raise UserError(f"--shards {self.shards}: give at least 1")
         if self.parallelism is not None and self.parallelism < 1:
@@ -109,15 +129,27 @@ def render(settings: Render) -> str:
         }
         (out / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         rendered = _kubectl(["kustomize", str(out)])
-    return _cap_parallelism(rendered, settings)
+    return _finish(rendered, settings)
 
 
-def _cap_parallelism(rendered: str, settings: Render) -> str:
-    """More pods at once than shards would only sit idle: cap an overlay's parallelism."""
+def _finish(rendered: str, settings: Render) -> str:
+    """More pods at once than shards would only sit idle: cap an overlay's parallelism. Set
+    MLflow's artifact destination and its service account's role when asked."""
     docs = list(yaml.safe_load_all(rendered))
     for doc in docs:
-        if doc and doc.get("kind") == "Job" and doc["metadata"]["name"] == SHARDS_JOB:
+        if not doc:
+            continue
+        kind, name = doc.get("kind"), doc["metadata"]["name"]
+        if kind == "Job" and name == SHARDS_JOB:
             doc["spec"]["parallelism"] = min(doc["spec"]["parallelism"], settings.shards)
+        if kind == "Deployment" and name == "mlflow" and settings.artifacts:
+            args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+            args[:] = [
+                f"{ARTIFACTS_ARG}{settings.artifacts}" if a.startswith(ARTIFACTS_ARG) else a
+                for a in args
+            ]
+        if kind == "ServiceAccount" and name == "mlflow" and settings.role_arn:
+            doc["metadata"]["annotations"][IRSA] = settings.role_arn
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 

@@ -124,15 +124,19 @@ def up(
     pool: str = DEFAULT_POOL,
     timeout: float = 180,
     with_worker: bool = True,
+    artifacts: str | None = None,
 ) -> Stack:
     """Start the three services (see the module docstring; without ``with_worker``, the two
     servers only); fail with the log's tail if one does not come up, stopping those already
-    started."""
+    started. ``artifacts``: MLflow's artifact destination (an ``s3://BUCKET/PREFIX``, checked
+    before anything starts; default: a folder of the stack's)."""
     existing = Stack.load(folder)
     if existing and any(s.running() for s in existing.services):
         raise UserError(
             f"a stack is already running from {folder} (mlpipe status); stop it with mlpipe down"
         )
+    if artifacts is not None:
+        _check_artifacts(artifacts)
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (folder / "mlflow").mkdir(exist_ok=True)
@@ -167,7 +171,7 @@ def up(
                 "mlflow",
                 [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port),
                  "--backend-store-uri", f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}",
-                 "--artifacts-destination", str(folder / "mlflow" / "artifacts"),
+                 "--artifacts-destination", artifacts or str(folder / "mlflow" / "artifacts"),
                  "--workers", "1"],
                 env, logs, mlflow_url, f"{mlflow_url}/health",
             )
@@ -193,6 +197,17 @@ def up(
         down(stack)
         raise
     return stack
+
+
+def _check_artifacts(artifacts: str) -> None:
+    """An S3 artifact destination whose bucket answers (MLflow's server would start and fail at
+    the first upload otherwise)."""
+    from mlpipe.batch import objects
+
+    if not objects.is_s3(artifacts):
+        raise UserError(f"--artifacts {artifacts}: expected s3://BUCKET/PREFIX")
+    url = objects.S3Url.parse(artifacts, "--artifacts")
+    objects.ObjectStore.from_env().check_bucket(url)
 
 
 def _port(port: int, option: str) -> int:

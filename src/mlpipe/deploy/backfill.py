@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from mlpipe.batch import locations
+from mlpipe.batch.objects import is_s3
 from mlpipe.batch.flow import SUMMARY_ARTIFACT, partition_paths
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
@@ -63,7 +64,7 @@ def plan(
 def _root(root: str | Path, base: Path) -> str:
     """A deployment's root: an S3 URL as it is, a local folder relative to ``base``."""
     root = str(root)
-    return root if root.startswith("s3://") else str(base / root)
+    return root if is_s3(root) else str(base / root)
 
 
 def _has_files(folder: str) -> bool:

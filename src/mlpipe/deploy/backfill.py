@@ -16,8 +16,8 @@ from typing import Any
 from uuid import UUID
 
 from mlpipe.batch import locations
-from mlpipe.batch.objects import is_s3
 from mlpipe.batch.flow import SUMMARY_ARTIFACT, partition_paths
+from mlpipe.batch.objects import is_s3
 from mlpipe.deploy.deployments import DEPLOYMENT_NAME
 from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_OUTPUT_ROOT

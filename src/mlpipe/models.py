@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -161,15 +161,16 @@ def _cached_hyperparameters(name: str) -> frozenset[str]:
     return FAMILIES[name].list_hyperparameters()
 
 
-def refused_value(family: Family, space: Mapping[str, Sequence[Any]]) -> str | None:
+def refused_value(family: Family, space: Mapping[str, Any]) -> str | None:
     """The first value in ``space`` that ``family``'s estimator refuses, as one line naming the
-    parameter, the value and what the library allows; None when every value is accepted.
+    parameter, the value and what the library allows; None when every value is accepted. A range
+    (``spec.Range``) is checked at both ends.
 
     Each value is checked on its own (the others at their defaults) before anything is fitted
     or tracked, so a bad spec fails up front instead of as failed trials.
     """
     for name, values in space.items():
-        for value in values:
+        for value in getattr(values, "ends", values):
             if name == family.size_param:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     allowed = "give whole numbers >= 1"

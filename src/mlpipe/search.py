@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mlpipe.models import Family
 
@@ -62,10 +62,33 @@ class Unit:
         return max(self.sizes) * (1.0 + 0.4 * growth)
 
 
+class RangeLike(Protocol):
+    """A parameter's range (``spec.Range``): both ends included."""
+
+    @property
+    def low(self) -> int | float: ...
+
+    @property
+    def high(self) -> int | float: ...
+
+    @property
+    def log(self) -> bool: ...
+
+    @property
+    def kind(self) -> str: ...  # "int" | "float"
+
+
 def expand(
-    space: dict[str, list[Any]], strategy: str, seed: int, n_trials: int | None = None
+    space: Mapping[str, Sequence[Any] | RangeLike],
+    strategy: str,
+    seed: int,
+    n_trials: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The configs to try, in scikit-learn's order (ParameterGrid, or a seeded ParameterSampler)."""
+    """The configs to try, in scikit-learn's order: ParameterGrid, or a seeded ParameterSampler
+    (RandomizedSearchCV's own sampler). Lists only: ``n_trials`` distinct grid points at most.
+    With ranges, each draw takes every parameter in name order (a list: a uniform choice; a
+    range: its scipy distribution, ``distribution``), with replacement, as RandomizedSearchCV
+    draws with the same seed."""
     from sklearn.model_selection import ParameterGrid, ParameterSampler
 
     if strategy == "grid":
@@ -73,11 +96,50 @@ def expand(
     if strategy == "random":
         if n_trials is None:
             raise ValueError("random search needs n_trials")
-        total = len(ParameterGrid(space))
+        lists = {k: v for k, v in space.items() if not hasattr(v, "low")}
+        if len(lists) == len(space):
+            n_trials = min(n_trials, len(ParameterGrid(lists)))
+        sampled = {k: v if k in lists else distribution(v) for k, v in space.items()}  # type: ignore[arg-type]
         return [
-            dict(p) for p in ParameterSampler(space, n_iter=min(n_trials, total), random_state=seed)
+            {k: _plain(v) for k, v in p.items()}
+            for p in ParameterSampler(sampled, n_iter=n_trials, random_state=seed)
         ]
     raise ValueError(f"unknown search strategy {strategy!r}")
+
+
+def distribution(bounds: RangeLike) -> Any:
+    """The scipy distribution of a range, both ends included: ``randint(low, high + 1)``,
+    ``uniform(low, high - low)``, ``loguniform(low, high)``; an int range on a log scale draws
+    ``loguniform(low, high + 1)`` and rounds down."""
+    from scipy import stats
+
+    low, high = bounds.low, bounds.high
+    if bounds.kind == "int":
+        if bounds.log:
+            return _FlooredLogUniform(int(low), int(high))
+        return stats.randint(int(low), int(high) + 1)
+    if bounds.log:
+        return stats.loguniform(float(low), float(high))
+    return stats.uniform(float(low), float(high) - float(low))
+
+
+class _FlooredLogUniform:
+    """Whole numbers from ``low`` to ``high``, even on a log scale."""
+
+    def __init__(self, low: int, high: int) -> None:
+        from scipy import stats
+
+        self.low, self.high = low, high
+        self.continuous = stats.loguniform(low, high + 1)
+
+    def rvs(self, random_state: Any = None) -> int:
+        drawn = int(self.continuous.rvs(random_state=random_state))
+        return min(max(drawn, self.low), self.high)
+
+
+def _plain(value: Any) -> Any:
+    """numpy's scalars as Python's (JSON, MLflow params, trial ids); the value is the same."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
 
 
 def _digest(payload: Any, length: int = 12) -> str:
@@ -104,11 +166,16 @@ def make_search_id(family: str, trial_ids: Iterable[str], data_fingerprint: str,
 def make_trials(
     configs: Sequence[dict[str, Any]], family: str, data_fingerprint: str, cv: int, seed: int
 ) -> list[TrialConfig]:
-    """Number the configs and give each its id."""
-    return [
-        TrialConfig(make_trial_id(family, p, data_fingerprint, cv, seed), index, dict(p))
-        for index, p in enumerate(configs)
-    ]
+    """Number the configs and give each its id. A config drawn again (random search draws with
+    replacement, as RandomizedSearchCV does) is a trial of its own: its id counts the repeat."""
+    trials: list[TrialConfig] = []
+    seen: dict[str, int] = {}
+    for index, params in enumerate(configs):
+        base = make_trial_id(family, params, data_fingerprint, cv, seed)
+        repeat = seen[base] = seen.get(base, -1) + 1
+        trial_id = base if repeat == 0 else _digest({"trial": base, "repeat": repeat})
+        trials.append(TrialConfig(trial_id, index, dict(params)))
+    return trials
 
 
 def plan_units(trials: Sequence[TrialConfig], family: Family) -> list[Unit]:

@@ -57,22 +57,78 @@ class ModelSpec(_Strict):
     family: Literal["random_forest", "xgboost"] = "random_forest"
 
 
+class Range(_Strict):
+    """A parameter's range: ``{low: 0.01, high: 0.3, log: true}``, ``{low: 50, high: 500, type:
+    int}``. Both ends are included. ``type`` defaults to int when both ends are whole numbers
+    written without a point, float otherwise; ``log`` samples evenly on a log scale."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    type: Literal["int", "float"] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        whole = float(self.low).is_integer() and float(self.high).is_integer()
+        if self.kind == "int" and not whole:
+            raise ValueError(f"an int range needs whole ends (got {self.low}, {self.high})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.type is not None:
+            return self.type
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+        return "int" if whole else "float"
+
+    @property
+    def ends(self) -> list[int | float]:
+        """Both ends, as the estimator gets them (checked before anything runs)."""
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+def _range(name: str, value: dict[str, Any]) -> Range:
+    try:
+        return Range.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        problem = error["msg"].removeprefix("Value error, ")
+        raise ValueError(
+            f"search.params.{name}{'.' + where if where else ''}: {problem} (a range is "
+            "{low: L, high: H}, with log: true and type: int or float if needed)"
+        ) from None
+
+
 class SearchSpec(_Strict):
-    """What to try. ``params: null`` means the family's default search space."""
+    """What to try. ``params: null`` means the family's default search space. A parameter is a
+    list of values, or a ``Range`` (random search)."""
 
     strategy: Literal["grid", "random"] = "grid"
     cv: int = Field(3, ge=2)
-    params: dict[str, list[Scalar]] | None = None
+    params: dict[str, list[Scalar] | Range] | None = None
     n_trials: int | None = Field(None, ge=1, description="random only")
     retries: int = Field(0, ge=0, description="Prefect task retries per trial")
     retry_delay_seconds: float = Field(0.0, ge=0)
 
     @field_validator("params", mode="before")
     @classmethod
-    def _scalars_are_one_value_lists(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
-        return value
+    def _lists_and_ranges(cls, value: Any) -> Any:
+        """A scalar is a one-value list; a mapping is a ``Range`` (its errors named as such)."""
+        if not isinstance(value, dict):
+            return value
+        return {k: _range(k, v) if isinstance(v, dict) else v if isinstance(v, (list, Range))
+                else [v] for k, v in value.items()}  # fmt: skip
+
+    @property
+    def ranges(self) -> list[str]:
+        """The parameters given as ranges."""
+        return [k for k, v in (self.params or {}).items() if isinstance(v, Range)]
 
 
 class TrackingSpec(_Strict):
@@ -141,7 +197,13 @@ class Spec(_Strict):
                 raise ValueError(
                     f"search.params.{empty[0]}: the list is empty; give at least one value"
                 )
-            refused = refused_value(family, params)
+            if self.search.ranges and self.search.strategy == "grid":
+                name = self.search.ranges[0]
+                raise ValueError(
+                    f"search.params.{name}: a range needs search.strategy random (with "
+                    "n_trials); a grid takes a list of values"
+                )
+            refused = refused_value(family, self.search_space)
             if refused:
                 raise ValueError(refused)
         if self.search.strategy == "random" and self.search.n_trials is None:
@@ -156,8 +218,8 @@ class Spec(_Strict):
         return self
 
     @property
-    def search_space(self) -> dict[str, list[Any]]:
-        """The grid to search: the spec's, else the family's default."""
+    def search_space(self) -> dict[str, list[Any] | Range]:
+        """The space to search: the spec's, else the family's default grid."""
         if self.search.params is not None:
             return dict(self.search.params)
         return {k: list(v) for k, v in get_family(self.model.family).default_space.items()}
@@ -196,7 +258,7 @@ search:
   cv: 3                   # KFold splits of the training split
   # n_trials: 20          # random only
   retries: 0              # Prefect retries of a failed trial
-  params:
+  params:                 # a list of values, or (random) a range: {low: 0.01, high: 0.3, log: true}
     n_estimators: [50, 100, 200]
     max_depth: [null, 10, 20]
     min_samples_split: [2, 5, 10]

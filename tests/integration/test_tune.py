@@ -167,6 +167,81 @@ def test_xgboost_search_equals_grid_search(train, workdir):
     )
 
 
+def assert_same_as_randomized_search(payload: dict, search) -> None:
+    """The same configs in the same order, each mean CV MSE equal to 1e-9 relative, same best."""
+    trials = sorted(payload["trials"], key=lambda t: t["index"])
+    drawn = [{k: v.item() if hasattr(v, "item") else v for k, v in p.items()}
+             for p in search.cv_results_["params"]]  # fmt: skip
+    assert [t["params"] for t in trials] == drawn
+    for trial, neg_mse in zip(trials, search.cv_results_["mean_test_score"], strict=True):
+        assert trial["mean_score"] == pytest.approx(-neg_mse, rel=1e-9, abs=0)
+    assert payload["best"]["params"] == drawn[search.best_index_]
+    assert payload["best"]["mean_score"] == pytest.approx(-search.best_score_, rel=1e-9)
+
+
+def randomized_search(estimator, X, y, space, n_iter, seed, cv=3):
+    from sklearn.model_selection import RandomizedSearchCV
+
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=seed)
+    search = RandomizedSearchCV(estimator, space, n_iter=n_iter, cv=cv, random_state=seed,
+                                scoring="neg_mean_squared_error", n_jobs=1)  # fmt: skip
+    return search.fit(X_train, y_train)
+
+
+def test_random_ranges_on_boston_equal_randomized_search_cv(train, workdir):
+    from scipy import stats
+    from sklearn.ensemble import RandomForestRegressor
+
+    ranges = {
+        "n_estimators": {"low": 5, "high": 25},
+        "max_features": {"low": 0.3, "high": 1.0},
+        "min_impurity_decrease": {"low": 1e-3, "high": 1.0, "log": True},
+        "min_samples_leaf": [1, 3],
+    }
+    train({"seed": 5, "search": {"strategy": "random", "n_trials": 8, "params": ranges}}, "--quiet")
+    _, payload = results_of(workdir)
+    scipy_space = {
+        "n_estimators": stats.randint(5, 26),
+        "max_features": stats.uniform(0.3, 0.7),
+        "min_impurity_decrease": stats.loguniform(1e-3, 1.0),
+        "min_samples_leaf": [1, 3],
+    }
+    X, y = boston()
+    assert_same_as_randomized_search(
+        payload, randomized_search(RandomForestRegressor(random_state=5), X, y, scipy_space, 8, 5)
+    )
+
+
+def test_random_ranges_on_xgboost_equal_randomized_search_cv(train, workdir):
+    from scipy import stats
+    from sklearn.datasets import make_regression
+    from xgboost import XGBRegressor
+
+    ranges = {
+        "n_estimators": {"low": 10, "high": 40},
+        "max_depth": {"low": 2, "high": 5},
+        "learning_rate": {"low": 0.02, "high": 0.3, "log": True},
+        "subsample": {"low": 0.6, "high": 1.0},
+    }
+    spec = {
+        "seed": 3,
+        "data": {"source": "synthetic", "rows": 200, "features": 4},
+        "model": {"family": "xgboost"},
+        "search": {"strategy": "random", "n_trials": 6, "params": ranges},
+    }
+    train(spec, "--quiet")
+    _, payload = results_of(workdir)
+    scipy_space = {
+        "n_estimators": stats.randint(10, 41),
+        "max_depth": stats.randint(2, 6),
+        "learning_rate": stats.loguniform(0.02, 0.3),
+        "subsample": stats.uniform(0.6, 0.4),
+    }
+    X, y = make_regression(n_samples=200, n_features=4, noise=10.0, random_state=3)
+    estimator = XGBRegressor(random_state=3, n_jobs=1)
+    assert_same_as_randomized_search(payload, randomized_search(estimator, X, y, scipy_space, 6, 3))
+
+
 def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir):
     weak = {"search": {"params": {"n_estimators": [1], "max_depth": [1]}}}
     strong = {"search": {"params": {"n_estimators": [20], "max_depth": [None]}}}

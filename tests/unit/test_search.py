@@ -32,6 +32,50 @@ def test_random_is_seeded_and_drawn_from_the_grid():
     assert len(expand(SPACE, "random", seed=7, n_trials=500)) == 81  # never more than the grid
 
 
+def test_ranges_draw_what_randomized_search_cv_draws():
+    """ParameterSampler (RandomizedSearchCV's sampler) with the matching scipy distributions and
+    the same seed gives the same configs, value for value; an int range includes its high end,
+    and an int log range stays within its ends."""
+    from scipy import stats
+    from sklearn.model_selection import ParameterSampler
+
+    from mlpipe.spec import Spec
+
+    raw = {
+        "n_estimators": {"low": 10, "high": 60},
+        "max_features": {"low": 0.3, "high": 1.0},
+        "min_impurity_decrease": {"low": 1e-4, "high": 1e-1, "log": True},
+        "min_samples_leaf": [1, 2, 4],
+    }
+    spec = Spec.model_validate({"search": {"strategy": "random", "n_trials": 50, "params": raw}})
+    ours = expand(spec.search_space, "random", seed=11, n_trials=50)
+    scipy_space = {
+        "n_estimators": stats.randint(10, 61),
+        "max_features": stats.uniform(0.3, 0.7),
+        "min_impurity_decrease": stats.loguniform(1e-4, 1e-1),
+        "min_samples_leaf": [1, 2, 4],
+    }
+    theirs = list(ParameterSampler(scipy_space, n_iter=50, random_state=11))
+    assert ours == [
+        {k: v.item() if hasattr(v, "item") else v for k, v in t.items()} for t in theirs
+    ]
+    assert all(type(c["n_estimators"]) is int and type(c["max_features"]) is float for c in ours)
+    assert expand(spec.search_space, "random", seed=11, n_trials=20) == ours[:20]  # a prefix
+
+    wide = Spec.model_validate({"search": {"strategy": "random", "n_trials": 2000, "params": {
+        "min_samples_leaf": {"low": 1, "high": 8, "log": True}}}})  # fmt: skip
+    drawn = [c["min_samples_leaf"] for c in expand(wide.search_space, "random", 0, 2000)]
+    assert set(drawn) == set(range(1, 9))
+    counts = np.bincount(drawn)[1:]
+    assert counts[0] > counts[-1] * 3  # log scale: 1 is drawn far more often than 8
+
+
+def test_a_config_drawn_twice_is_two_trials():
+    trials = make_trials([{"a": 1}, {"a": 2}, {"a": 1}], "random_forest", "fp", 3, 0)
+    assert len({t.trial_id for t in trials}) == 3
+    assert trials[0].trial_id == make_trials([{"a": 1}], "random_forest", "fp", 3, 0)[0].trial_id
+
+
 def test_trial_ids_are_stable_and_distinct():
     trials = make_trials(expand(SPACE, "grid", 42), "random_forest", "fp", 3, 42)
     again = make_trials(expand(SPACE, "grid", 42), "random_forest", "fp", 3, 42)

@@ -30,6 +30,23 @@ def test_overrides_set_single_fields():
     assert "learning_rate" in spec.search_space  # the family's default space
 
 
+RANDOM = "search:\n  strategy: random\n  n_trials: 5\n  params:\n"
+
+
+def test_a_range_is_int_or_float_linear_or_log():
+    raw = {
+        "n_estimators": {"low": 10, "high": 50},
+        "max_features": {"low": 0.2, "high": 1},
+        "min_samples_leaf": {"low": 1, "high": 20, "log": True},
+        "min_impurity_decrease": {"low": 1e-4, "high": 1e-1, "log": True, "type": "float"},
+        "max_depth": 4,
+    }
+    search = {"strategy": "random", "n_trials": 4, "params": raw}
+    params = Spec.model_validate({"search": search}).search.params
+    assert [params[k].kind for k in list(raw)[:4]] == ["int", "float", "int", "float"]
+    assert params["max_features"].ends == [0.2, 1.0] and params["max_depth"] == [4]
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
@@ -50,6 +67,31 @@ def test_overrides_set_single_fields():
         ("model:\n  family: svm\n", "model.family: Input should be 'random_forest' or 'xgboost'"),
         ("data:\n  test_size: 1.5\n", "data.test_size: Input should be less than 1 (got 1.5)"),
         ("n_jobs: 0\n", "n_jobs: 0 is not allowed"),
+        (
+            "search:\n  params:\n    max_features: {low: 0.2, high: 0.9}\n",
+            "search.params.max_features: a range needs search.strategy random",
+        ),
+        (
+            RANDOM + "    max_features: {low: 0.9, high: 0.2}\n",
+            "search.params.max_features: low (0.9) must be below high (0.2)",
+        ),
+        (
+            RANDOM + "    min_impurity_decrease: {low: 0, high: 0.1, log: true}\n",
+            "search.params.min_impurity_decrease: a log range needs low > 0 (got 0)",
+        ),
+        (
+            RANDOM + "    max_depth: {low: 2.5, high: 9, type: int}\n",
+            "search.params.max_depth: an int range needs whole ends (got 2.5, 9)",
+        ),
+        (RANDOM + "    max_depth: {low: 2}\n", "search.params.max_depth.high: Field required"),
+        (
+            RANDOM + "    max_features: {low: 0.5, high: 1.5}\n",
+            "search.params.max_features: 1.5 is not allowed: The 'max_features' parameter",
+        ),
+        (
+            RANDOM + "    n_estimators: {low: 10.0, high: 50.0}\n",
+            "search.params.n_estimators: 10.0 is not allowed; give whole numbers >= 1",
+        ),
     ],
 )
 def test_bad_spec_names_field_value_and_allowed(tmp_path, text, needle):

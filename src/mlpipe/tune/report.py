@@ -39,11 +39,18 @@ def write_report(
         1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3), squeeze=False
     )
     for ax, name in zip(axes[0], names, strict=False):
-        labels = sorted({_label(r.params.get(name)) for r in done}, key=_sort_key)
-        positions = {label: i for i, label in enumerate(labels)}
-        xs = [positions[_label(r.params.get(name))] for r in done]
-        ax.scatter(xs, [r.mean_score for r in done], alpha=0.6, s=14)
-        ax.set_xticks(range(len(labels)), labels)
+        values = [r.params.get(name) for r in done]
+        if _continuous(values):  # drawn from a range: a numeric axis, log when it spans decades
+            numbers = [float(v) for v in values]  # type: ignore[arg-type]
+            ax.scatter(numbers, [r.mean_score for r in done], alpha=0.6, s=14)
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
+                ax.set_xscale("log")
+        else:
+            labels = sorted({_label(v) for v in values}, key=_sort_key)
+            positions = {label: i for i, label in enumerate(labels)}
+            xs = [positions[_label(v)] for v in values]
+            ax.scatter(xs, [r.mean_score for r in done], alpha=0.6, s=14)
+            ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(name)
     axes[0][0].set_ylabel("mean CV MSE")
     fig.suptitle(f"{family}: hyperparameters vs CV MSE ({len(done)} trials)")
@@ -74,6 +81,12 @@ def write_report(
         fig.tight_layout()
         written.append(_save(fig, folder / "feature_importances.png"))
     return written
+
+
+def _continuous(values: Sequence[Any]) -> bool:
+    """Numbers with more distinct values than a grid axis holds (a range's draws)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return numbers and len(set(values)) > 12
 
 
 def _label(value: Any) -> str:

@@ -12,7 +12,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # runs it in one process; more processes than cores made servers time out.
 PYTEST_ARGS ?= --numprocesses=2 --dist=loadfile
 
-.PHONY: run test unit integration lint system-deps bench bench-serve bench-score bench-stream bench-scale \
+.PHONY: run test unit integration lint system-deps bench bench-search bench-serve bench-score \
+	bench-stream bench-scale \
 	bench-db lock clean
 
 # --compile-bytecode: every command imports seconds faster, even where PYTHONDONTWRITEBYTECODE
@@ -61,6 +62,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## GridSearchCV vs mlpipe train, side by side
 	$(BIN)/python benchmarks/tune.py $(ARGS)
+
+bench-search: $(STAMP)  ## HalvingGridSearchCV vs mlpipe train's halving, side by side
+	$(BIN)/python benchmarks/search.py $(ARGS)
 
 bench-serve: $(STAMP)  ## mlflow models serve vs mlpipe serve under wrk (apt-get install wrk)
 	$(BIN)/python benchmarks/serve.py $(ARGS)

@@ -142,6 +142,57 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
 
 
+@dataclass(frozen=True)
+class HalvingSchedule:
+    """Successive halving's rungs, as scikit-learn's ``BaseSuccessiveHalving._run_search`` lays
+    them out: the resources of each rung and how many candidates it evaluates."""
+
+    resources: list[int]
+    candidates: list[int]
+    required_iterations: int
+    possible_iterations: int
+
+
+def halving_schedule(
+    n_candidates: int,
+    factor: int,
+    smallest: int,
+    max_resources: int,
+    min_resources: int | str = "exhaust",
+    aggressive: bool = False,
+) -> HalvingSchedule:
+    """The rungs for ``n_candidates``: ``smallest`` is scikit-learn's "smallest" minimum (2 x
+    the folds for n_samples, else 1); "exhaust" raises it so the last rung gets as close to
+    ``max_resources`` as the candidates allow. Each rung keeps ceil(n / factor) candidates."""
+    from math import ceil, floor, log
+
+    required = 1 + floor(log(n_candidates, factor))
+    low = smallest if isinstance(min_resources, str) else min_resources
+    if min_resources == "exhaust":
+        low = max(low, max_resources // factor ** (required - 1))
+    possible = 1 + floor(log(max_resources // low, factor))
+    iterations = required if aggressive else min(possible, required)
+    resources, counts, n = [], [], n_candidates
+    for itr in range(iterations):
+        power = max(0, itr - required + possible) if aggressive else itr
+        resources.append(min(int(factor**power * low), max_resources))
+        counts.append(n)
+        n = ceil(n / factor)
+    return HalvingSchedule(resources, counts, required, possible)
+
+
+def top_k(mean_scores: Sequence[float], k: int) -> list[int]:
+    """The positions of the ``k`` best (lowest) mean CV errors of a rung, in the order
+    scikit-learn's ``_top_k`` hands them to the next rung: worst kept first, a failed (NaN)
+    candidate last to be kept. It sorts the negated scores with numpy's default argsort, so ties
+    fall exactly as they do there."""
+    import numpy as np
+
+    scores = -np.asarray(mean_scores, dtype=np.float64)
+    order = np.roll(np.argsort(scores), np.count_nonzero(np.isnan(scores)))
+    return [int(i) for i in order[-k:]]
+
+
 def _digest(payload: Any, length: int = 12) -> str:
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
@@ -315,6 +366,10 @@ def ranked(results: Sequence[Any]) -> list[Any]:
 
 
 def select_best(results: Sequence[Any]) -> Any:
-    """The best completed result (``ranked``'s first); None if nothing completed."""
+    """The best completed result (``ranked``'s first); None if nothing completed. In a halving
+    search, the best of the last rung, as scikit-learn picks it."""
+    rungs = [r.rung for r in results if getattr(r, "rung", None) is not None]
+    if rungs:
+        results = [r for r in results if r.rung == max(rungs)]
     done = ranked(results)
     return done[0] if done else None

@@ -109,12 +109,23 @@ class SearchSpec(_Strict):
     """What to try. ``params: null`` means the family's default search space. A parameter is a
     list of values, or a ``Range`` (random search)."""
 
-    strategy: Literal["grid", "random"] = "grid"
+    strategy: Literal["grid", "random", "halving"] = "grid"
     cv: int = Field(3, ge=2)
     params: dict[str, list[Scalar] | Range] | None = None
-    n_trials: int | None = Field(None, ge=1, description="random only")
+    n_trials: int | None = Field(None, ge=1, description="random (halving: its candidates)")
     retries: int = Field(0, ge=0, description="Prefect task retries per trial")
     retry_delay_seconds: float = Field(0.0, ge=0)
+    # successive halving, as scikit-learn's HalvingGridSearchCV / HalvingRandomSearchCV
+    candidates: Literal["grid", "random"] = Field(
+        "grid", description="halving: what it starts from"
+    )
+    resource: str = Field("n_samples", description="halving: n_samples or the family's size")
+    factor: int = Field(3, ge=2, description="halving: 1/factor of the candidates go on")
+    min_resources: int | Literal["smallest", "exhaust"] | None = Field(
+        None, description="halving; None: scikit-learn's (grid: exhaust, random: smallest)"
+    )
+    max_resources: int | None = Field(None, ge=1, description="halving; n_samples: the rows")
+    aggressive_elimination: bool = False
 
     @field_validator("params", mode="before")
     @classmethod
@@ -126,9 +137,52 @@ class SearchSpec(_Strict):
                 else [v] for k, v in value.items()}  # fmt: skip
 
     @property
+    def first_resources(self) -> int | str:
+        """Halving's min_resources, with scikit-learn's default for the candidates' kind."""
+        if self.min_resources is not None:
+            return self.min_resources
+        return "exhaust" if self.candidates == "grid" else "smallest"
+
+    @property
+    def sampling(self) -> str:
+        """How the configs (halving: its first candidates) are chosen: grid or random."""
+        return self.candidates if self.strategy == "halving" else self.strategy
+
+    @property
     def ranges(self) -> list[str]:
         """The parameters given as ranges."""
         return [k for k, v in (self.params or {}).items() if isinstance(v, Range)]
+
+
+def _check_halving(search: SearchSpec, size: str, space: dict[str, Any], default: bool) -> None:
+    """A resource the family has, not searched; resources that fit (``min <= max``)."""
+    if search.resource not in ("n_samples", size):
+        raise ValueError(
+            f"search.resource: {search.resource!r} is not a resource of this family; use "
+            f"n_samples or {size}"
+        )
+    if search.resource in space:
+        where = " (the family's default space has it: give search.params)" if default else ""
+        raise ValueError(
+            f"search.params.{search.resource}: it is the halving resource; remove it from the "
+            f"searched parameters (halving sets it){where}"
+        )
+    if search.resource != "n_samples" and search.max_resources is None:
+        raise ValueError(
+            f"search.max_resources: required when search.resource is {search.resource} (the "
+            f"largest {search.resource} the last rung gets)"
+        )
+    if (
+        isinstance(search.min_resources, int)
+        and search.max_resources is not None
+        and search.min_resources > search.max_resources
+    ):
+        raise ValueError(
+            f"search.min_resources: {search.min_resources} is larger than search.max_resources "
+            f"{search.max_resources}"
+        )
+    if isinstance(search.min_resources, int) and search.min_resources < 1:
+        raise ValueError(f"search.min_resources: {search.min_resources}; give at least 1")
 
 
 class TrackingSpec(_Strict):
@@ -197,7 +251,7 @@ class Spec(_Strict):
                 raise ValueError(
                     f"search.params.{empty[0]}: the list is empty; give at least one value"
                 )
-            if self.search.ranges and self.search.strategy == "grid":
+            if self.search.ranges and self.search.sampling == "grid":
                 name = self.search.ranges[0]
                 raise ValueError(
                     f"search.params.{name}: a range needs search.strategy random (with "
@@ -208,6 +262,8 @@ class Spec(_Strict):
                 raise ValueError(refused)
         if self.search.strategy == "random" and self.search.n_trials is None:
             raise ValueError("search.n_trials: required when search.strategy is random")
+        if self.search.strategy == "halving":
+            _check_halving(self.search, family.size_param, self.search_space, params is None)
         if not _valid_executor(self.executor):
             raise ValueError(
                 f"executor: {self.executor!r} is not one of process, dask-local, "
@@ -254,7 +310,7 @@ data:
 model:
   family: random_forest   # random_forest | xgboost
 search:
-  strategy: grid          # grid | random (with n_trials)
+  strategy: grid          # grid | random (with n_trials) | halving (see the README)
   cv: 3                   # KFold splits of the training split
   # n_trials: 20          # random only
   retries: 0              # Prefect retries of a failed trial

@@ -193,6 +193,11 @@ class Tracker(Registry):
                 "mlpipe.trial_id": result.trial_id,
                 "mlpipe.status": result.status,
                 **({"mlpipe.error": result.error[:4000]} if result.error else {}),
+                **(
+                    {"mlpipe.rung": str(result.rung), "mlpipe.resources": str(result.resources)}
+                    if result.rung is not None
+                    else {}
+                ),
                 **({RESULT_TAG: record} if len(record) <= MAX_TAG_LENGTH else {}),
             },
         )
@@ -206,6 +211,10 @@ class Tracker(Registry):
         self._log(run_id, params=result.params, metrics=metrics, steps=steps)
         self.client.set_terminated(run_id, "FINISHED" if result.status == "completed" else "FAILED")
         return str(run_id)
+
+    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for name, value in tags.items():
+            self.client.set_tag(run_id, name, value)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
         self._log(run_id, metrics=metrics)

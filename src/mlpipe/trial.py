@@ -31,6 +31,11 @@ class TrialResult:
     fit_seconds: float = 0.0
     status: str = "completed"
     error: str | None = None
+    # successive halving: the rung (0 first), its resources, and whether the candidate stopped
+    # here while others went on; None in other searches
+    rung: int | None = None
+    resources: int | None = None
+    eliminated: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record written to tuning_results.json (NaN becomes null)."""

@@ -242,6 +242,75 @@ def test_random_ranges_on_xgboost_equal_randomized_search_cv(train, workdir):
     assert_same_as_randomized_search(payload, randomized_search(estimator, X, y, scipy_space, 6, 3))
 
 
+def assert_same_as_halving_search(payload: dict, search) -> None:
+    """Every rung's candidates, resources and mean CV MSE (1e-9 relative) as cv_results_ has
+    them, row for row; the same best (the best of the last rung)."""
+    trials = sorted(payload["trials"], key=lambda t: t["index"])
+    results = search.cv_results_
+    assert len(trials) == len(results["params"])
+    for trial, params, score, rung, amount in zip(
+        trials, results["params"], results["mean_test_score"], results["iter"],
+        results["n_resources"], strict=True,
+    ):  # fmt: skip
+        plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
+        assert (trial["params"], trial["rung"], trial["resources"]) == (plain, rung, amount)
+        assert trial["mean_score"] == pytest.approx(-score, rel=1e-9, abs=0)
+    best = {k: v.item() if hasattr(v, "item") else v for k, v in search.best_params_.items()}
+    assert payload["best"]["params"] == best
+    last = max(t["rung"] for t in trials)
+    kept = [t for t in trials if t["rung"] < last and not t["eliminated"]]
+    assert len(kept) == sum(1 for t in trials if t["rung"] > 0)  # each went one rung on
+
+
+def test_halving_on_boston_equals_halving_grid_search_cv(train, workdir):
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    grid = {"max_depth": [None, 3, 6], "min_samples_leaf": [1, 2, 4], "max_features": [0.5, 1.0],
+            "n_estimators": [20]}  # fmt: skip
+    train({"seed": 4, "search": {"strategy": "halving", "params": grid}}, "--quiet")
+    _, payload = results_of(workdir)
+    X, y = boston()
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=4)
+    search = HalvingGridSearchCV(
+        RandomForestRegressor(random_state=4), grid, cv=3, factor=3,
+        scoring="neg_mean_squared_error", random_state=4, n_jobs=1,
+    )  # fmt: skip
+    assert_same_as_halving_search(payload, search.fit(X_train, y_train))
+    assert [sum(t["rung"] == r for t in payload["trials"]) for r in range(3)] == [18, 6, 2]
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("boston-rf")
+    runs = client.search_runs([experiment.experiment_id], "tags.`mlpipe.eliminated` = 'true'")
+    assert len(runs) == 12 + 4 and {r.data.tags["mlpipe.rung"] for r in runs} == {"0", "1"}
+
+
+def test_halving_over_trees_on_diabetes_equals_halving_random_search_cv(train, workdir):
+    from scipy import stats
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingRandomSearchCV
+
+    space = {"max_features": {"low": 0.3, "high": 1.0}, "min_samples_leaf": [1, 3, 6]}
+    spec = {"seed": 7, "data": {"source": "diabetes"},
+            "search": {"strategy": "halving", "candidates": "random", "n_trials": 9,
+                       "resource": "n_estimators", "max_resources": 24, "factor": 2,
+                       "params": space}}  # fmt: skip
+    train(spec, "--quiet")
+    _, payload = results_of(workdir)
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=7)
+    scipy_space = {"max_features": stats.uniform(0.3, 0.7), "min_samples_leaf": [1, 3, 6]}
+    search = HalvingRandomSearchCV(
+        RandomForestRegressor(random_state=7), scipy_space, n_candidates=9, cv=3, factor=2,
+        resource="n_estimators", max_resources=24, scoring="neg_mean_squared_error",
+        random_state=7, n_jobs=1,
+    )  # fmt: skip
+    assert_same_as_halving_search(payload, search.fit(X_train, y_train))
+    assert search.n_resources_ == [1, 2, 4, 8]  # "smallest", HalvingRandomSearchCV's default
+
+
 def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir):
     weak = {"search": {"params": {"n_estimators": [1], "max_depth": [1]}}}
     strong = {"search": {"params": {"n_estimators": [20], "max_depth": [None]}}}

@@ -217,3 +217,15 @@ def test_readers_in_an_empty_folder_name_the_store_and_create_none(tmp_path, mon
         ), result.output
         assert "does not exist: train one there with `mlpipe train`" in result.output
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"], command  # no store
+
+
+def test_a_halving_search_refuses_shards_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("search:\n  strategy: halving\n")
+    started = time.perf_counter()
+    result = runner.invoke(app, ["train", "--config", "s.yaml", "--shard", "0/2"])
+    assert result.exit_code == 2, result.output
+    assert "a halving search runs its rungs one after another" in result.output
+    assert time.perf_counter() - started < 10 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "s.yaml"
+    ]

@@ -11,6 +11,7 @@ from mlpipe.search import (
     make_trials,
     plan_units,
     select_best,
+    top_k,
 )
 from mlpipe.spec import load_spec
 from mlpipe.trial import TrialResult
@@ -68,6 +69,61 @@ def test_ranges_draw_what_randomized_search_cv_draws():
     assert set(drawn) == set(range(1, 9))
     counts = np.bincount(drawn)[1:]
     assert counts[0] > counts[-1] * 3  # log scale: 1 is drawn far more often than 8
+
+
+@pytest.mark.parametrize(
+    ("n_candidates", "factor", "min_resources", "max_resources", "aggressive"),
+    [(18, 3, "exhaust", 404, False), (81, 3, "exhaust", 404, False), (9, 2, "smallest", 24, False),
+     (50, 3, "smallest", 100, True), (50, 3, "smallest", 100, False), (7, 4, 5, 300, False),
+     (100, 2, "exhaust", 60, True), (2, 3, "exhaust", 30, False)],
+)  # fmt: skip
+def test_the_halving_schedule_is_scikit_learns(
+    n_candidates, factor, min_resources, max_resources, aggressive
+):
+    """The rungs' resources and candidate counts equal what HalvingGridSearchCV ran (an
+    estimator that fits in microseconds, resource n_estimators, the same settings)."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    from mlpipe.search import halving_schedule
+
+    class Mean(RegressorMixin, BaseEstimator):
+        def __init__(self, a=0, n_estimators=1):
+            self.a, self.n_estimators = a, n_estimators
+
+        def fit(self, X, y):
+            self.mean_ = float(np.mean(y)) + self.a * 1e-3
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), self.mean_)
+
+    X, y = np.arange(60.0).reshape(30, 2), np.arange(30.0)
+    search = HalvingGridSearchCV(
+        Mean(), {"a": list(range(n_candidates))}, factor=factor, resource="n_estimators",
+        min_resources=min_resources, max_resources=max_resources, cv=3,
+        aggressive_elimination=aggressive,
+    ).fit(X, y)  # fmt: skip
+    ours = halving_schedule(n_candidates, factor, 1, max_resources, min_resources, aggressive)
+    assert ours.resources == search.n_resources_
+    assert ours.candidates == search.n_candidates_
+    assert (ours.required_iterations, ours.possible_iterations) == (
+        search.n_required_iterations_, search.n_possible_iterations_
+    )  # fmt: skip
+
+
+def test_top_k_keeps_what_scikit_learn_keeps_in_its_order():
+    from sklearn.model_selection._search_successive_halving import _top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        errors = rng.choice([1.0, 2.0, 2.5, 3.0, np.nan], size=int(rng.integers(1, 12)))
+        k = int(rng.integers(1, len(errors) + 1))
+        params = np.array([{"i": i} for i in range(len(errors))])
+        results = {"iter": np.zeros(len(errors)), "mean_test_score": -errors, "params": params}
+        theirs = [p["i"] for p in _top_k(results, k, 0)]
+        assert top_k(list(errors), k) == theirs
 
 
 def test_a_config_drawn_twice_is_two_trials():

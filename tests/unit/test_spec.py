@@ -31,6 +31,7 @@ def test_overrides_set_single_fields():
 
 
 RANDOM = "search:\n  strategy: random\n  n_trials: 5\n  params:\n"
+HALVING = "search:\n  strategy: halving\n"
 
 
 def test_a_range_is_int_or_float_linear_or_log():
@@ -59,7 +60,10 @@ def test_a_range_is_int_or_float_linear_or_log():
         ("search:\n  params: {}\n", "the grid is empty"),
         ("search:\n  params:\n    max_depth: []\n", "search.params.max_depth: the list is empty"),
         ("search:\n  cv: 1\n", "search.cv: Input should be greater than or equal to 2 (got 1)"),
-        ("search:\n  strategy: bayes\n", "search.strategy: Input should be 'grid' or 'random'"),
+        (
+            "search:\n  strategy: bayes\n",
+            "search.strategy: Input should be 'grid', 'random' or 'halving'",
+        ),
         (
             "search:\n  strategy: random\n",
             "search.n_trials: required when search.strategy is random",
@@ -88,6 +92,22 @@ def test_a_range_is_int_or_float_linear_or_log():
             RANDOM + "    max_features: {low: 0.5, high: 1.5}\n",
             "search.params.max_features: 1.5 is not allowed: The 'max_features' parameter",
         ),
+        (HALVING + "  factor: 1\n", "search.factor: Input should be greater than or equal to 2"),
+        (HALVING + "  resource: max_depth\n", "search.resource: 'max_depth' is not a resource"),
+        (
+            HALVING + "  resource: n_estimators\n",
+            "search.max_resources: required when search.resource is n_estimators",
+        ),
+        (
+            HALVING + "  resource: n_estimators\n  max_resources: 50\n  params:\n"
+            "    n_estimators: [10]\n",
+            "search.params.n_estimators: it is the halving resource",
+        ),
+        (
+            HALVING + "  min_resources: 100\n  max_resources: 50\n",
+            "search.min_resources: 100 is larger than search.max_resources 50",
+        ),
+        (HALVING + "  min_resources: 0\n", "search.min_resources: 0; give at least 1"),
         (
             RANDOM + "    n_estimators: {low: 10.0, high: 50.0}\n",
             "search.params.n_estimators: 10.0 is not allowed; give whole numbers >= 1",

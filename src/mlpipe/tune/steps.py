@@ -46,7 +46,7 @@ from mlpipe.trial import (
     kfold,
     regression_metrics,
 )
-from mlpipe.tune import artifacts, rerun
+from mlpipe.tune import artifacts, halving, rerun
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
 
@@ -100,6 +100,18 @@ class Prepared:
             "data": spec.data.source,
             "n_trials": len(self.trials),
             "test_size": spec.data.test_size,
+        } | (self._halving(spec) if spec.search.strategy == "halving" else {})
+
+    @staticmethod
+    def _halving(spec: Spec) -> dict[str, Any]:
+        search = spec.search
+        return {
+            "candidates": search.candidates,
+            "resource": search.resource,
+            "factor": search.factor,
+            "min_resources": search.first_resources,
+            "max_resources": search.max_resources or "n_samples",
+            "aggressive_elimination": search.aggressive_elimination,
         }
 
     @property
@@ -127,17 +139,21 @@ def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
             f"search.cv: {spec.search.cv} folds need at least {spec.search.cv} training rows; "
             f"{dataset.name} has {n_train} after the test split. Lower search.cv"
         )
-    configs = expand(spec.search_space, spec.search.strategy, spec.seed, spec.search.n_trials)
-    trials = make_trials(configs, family.name, dataset.fingerprint, spec.search.cv, spec.seed)
-    found_id = make_search_id(
-        family.name, (t.trial_id for t in trials), dataset.fingerprint, spec.search.cv
-    )
+    folds = kfold(n_train, spec.search.cv)
+    if spec.search.strategy == "halving":
+        trials, folds, key = halving.first_rung(spec, dataset.fingerprint, folds, n_train)
+        ids = [key, *(t.trial_id for t in trials)]
+    else:
+        configs = expand(spec.search_space, spec.search.strategy, spec.seed, spec.search.n_trials)
+        trials = make_trials(configs, family.name, dataset.fingerprint, spec.search.cv, spec.seed)
+        ids = [t.trial_id for t in trials]
+    found_id = make_search_id(family.name, ids, dataset.fingerprint, spec.search.cv)
     if search_id is not None and search_id != found_id:
         raise UserError(
             f"--finalize {search_id}: this spec and data give search {found_id}. Finalize with "
             "the same spec file and flags the shards ran with"
         )
-    return Prepared(dataset, split, kfold(n_train, spec.search.cv), trials, found_id)
+    return Prepared(dataset, split, folds, trials, found_id)
 
 
 def pending_trials(
@@ -160,6 +176,8 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     observer = observer_var.get() or NullObserver()
     started = time.perf_counter()
     plan = prepare(spec)
+    if spec.search.strategy == "halving":
+        return halving.run_search(spec, plan, tracker, fresh, observer, started)
     reused, todo = pending_trials(spec, plan, fresh)
     if not todo:
         params, name = plan.search_params(spec), spec.model_name

@@ -127,9 +127,13 @@ def run_trials(
     parent_run_id: str,
     observer: Observer,
     earlier: list[TrialResult],
+    marks: dict[str, Any] | None = None,
+    run_ids: dict[str, str] | None = None,
 ) -> list[TrialResult]:
     """Cross-validate ``todo`` on the flow's task runner, costliest unit first, logging each
-    trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials."""
+    trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials.
+    ``marks`` are set on each result before it is logged (a halving rung's); ``run_ids`` gets
+    each trial's MLflow run id."""
     family = get_family(spec.model.family)
     X, y = plan.split.train_arrays
     cv_task = cross_validate.with_options(
@@ -162,7 +166,11 @@ def run_trials(
         for j in waiting.get(i, []):
             pending[submit(j, reference)] = j
         for result in unit_results:
-            tracker.log_trial(parent_run_id, plan.search_id, result)
+            for name, value in (marks or {}).items():
+                setattr(result, name, value)
+            run_id = tracker.log_trial(parent_run_id, plan.search_id, result)
+            if run_ids is not None:
+                run_ids[result.trial_id] = run_id
             results.append(result)
             observer.trial_done(result, select_best(earlier + results))
     return results

@@ -60,6 +60,7 @@ def store(tmp_path_factory, trained):
     tracker.set_alias("boston-rf", "legacy", version)
     assert version == "2"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return {"root": root, "uri": uri, "X": X, "y": table["MEDV"], "tracker": tracker}
 
 

@@ -33,7 +33,9 @@ def store(tmp_path_factory, trained):
 def pyfunc(store, restore_mlflow_uris):
     import mlflow.pyfunc
 
+    # both: an in-process `mlpipe train` of another module may have set the registry's
     mlflow.set_tracking_uri(store["env"]["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(store["env"]["MLFLOW_TRACKING_URI"])
     return mlflow.pyfunc.load_model(MODEL)
 
 

@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.model_selection import GridSearchCV, train_test_split
 
-pytestmark = pytest.mark.integration
+# the in-process `mlpipe train` sets MLflow's global URIs: put them back after the module
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
 
 
 def results_of(workdir: Path) -> tuple[Path, dict]:

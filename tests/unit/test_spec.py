@@ -95,8 +95,13 @@ def test_a_range_is_int_or_float_linear_or_log():
         (HALVING + "  factor: 1\n", "search.factor: Input should be greater than or equal to 2"),
         (HALVING + "  resource: max_depth\n", "search.resource: 'max_depth' is not a resource"),
         (
-            HALVING + "  resource: n_estimators\n",
+            HALVING + "  resource: n_estimators\n  params:\n    max_depth: [3]\n",
             "search.max_resources: required when search.resource is n_estimators",
+        ),
+        (
+            HALVING + "  resource: n_estimators\n  max_resources: 50\n",
+            "it is the halving resource; remove it from the searched parameters (halving sets "
+            "it) (the family's default space has it: give search.params)",
         ),
         (
             HALVING + "  resource: n_estimators\n  max_resources: 50\n  params:\n"

@@ -1,5 +1,6 @@
-"""Benchmark: successive halving, scikit-learn's HalvingGridSearchCV(n_jobs=-1) against `mlpipe
-train` with `search.strategy: halving`, back to back on the same machine.
+"""Benchmarks of the search strategies: successive halving against scikit-learn's
+HalvingGridSearchCV(n_jobs=-1), back to back on the same machine; and the time the TPE sampler
+adds per trial as a search grows to 1,000 trials.
 
 The default grid (less n_estimators, the resource) on the bundled Boston data, resource
 n_estimators up to 200 (the default grid's largest), factor 3, min_resources "exhaust"
@@ -11,7 +12,14 @@ n_estimators up to 200 (the default grid's largest), factor 3, min_resources "ex
 
 Prints both wall times, the ratio b/a, mlpipe's phases, whether every rung's candidates, scores
 and the best equal scikit-learn's, and the trees fitted against GridSearchCV over the full
-default grid (81 configs, n_estimators 50/100/200, 3 folds). Usage: python benchmarks/search.py
+default grid (81 configs, n_estimators 50/100/200, 3 folds).
+
+TPE's overhead: mlpipe's batched study (``tune.tpe.Study``: Optuna's TPESampler, batches of 4,
+trial ids included) asked and told 1,000 trials over five XGBoost parameters (three on a log
+scale), the score a cheap function of the params: the milliseconds per trial around trial 100,
+500 and 1,000 (target: below 20 ms at 1,000).
+
+Usage: python benchmarks/search.py [halving] [tpe-overhead]   (default: both)
 """
 
 from __future__ import annotations
@@ -62,8 +70,52 @@ def halving_grid_search() -> tuple[float, Any]:
     return time.perf_counter() - started, search
 
 
+def tpe_overhead(trials: int = 1000, batch: int = 4) -> dict[int, float]:
+    """Milliseconds the sampler takes per trial, averaged over the batches up to each hundred."""
+    from mlpipe.spec import Spec
+    from mlpipe.trial import TrialResult
+    from mlpipe.tune.tpe import Study
+
+    log = {"log": True}
+    space = {
+        "learning_rate": {"low": 0.01, "high": 0.3, **log},
+        "min_child_weight": {"low": 0.1, "high": 10.0, **log},
+        "reg_lambda": {"low": 1e-3, "high": 10.0, **log},
+        "max_depth": {"low": 2, "high": 10},
+        "subsample": {"low": 0.5, "high": 1.0},
+    }
+    search = {"strategy": "tpe", "n_trials": trials, "batch_size": batch, "params": space}
+    study = Study(Spec.model_validate({"model": {"family": "xgboost"}, "search": search}), "fp")
+    seconds: dict[int, list[float]] = {}
+    done = 0
+    while done < trials:
+        started = time.perf_counter()
+        asked = study.ask(batch)
+        study.tell([TrialResult(t.trial_id, t.index, t.params,
+                                mean_score=sum(float(v) for v in t.params.values()))
+                    for t in asked])  # fmt: skip
+        done += batch
+        seconds.setdefault(-(-done // 100) * 100, []).append(
+            (time.perf_counter() - started) / batch
+        )
+    return {n: 1000 * sum(v) / len(v) for n, v in seconds.items()}
+
+
 def main() -> None:
+    parts = sys.argv[1:] or ["halving", "tpe-overhead"]
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
+    if "tpe-overhead" in parts:
+        per_trial = tpe_overhead()
+        print("tpe, ms the sampler adds per trial (batches of 4, 5 parameters):")
+        print(
+            "  " + "  ".join(f"trials {n - 99}-{n}: {per_trial[n]:.1f}" for n in (100, 500, 1000))
+        )
+        print(f"  at 1,000 trials: {per_trial[1000]:.1f} ms (target < 20)")
+    if "halving" in parts:
+        halving()
+
+
+def halving() -> None:
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder) / "project"
         print("  warming the project (one untimed run) ...", flush=True)

@@ -24,9 +24,12 @@ DEFAULT_HOME = Path.home() / ".mlpipe"  # `mlpipe up`'s state folder
 # start) unless the user has set them: MLflow printed a "View run ... at" pair on stdout for
 # every run against a server (166 lines for the default search; the summary links the parent
 # run instead), and Prefect's and MLflow's usage telemetry printed a notice under the progress
-# bar and, offline, "Failed to send telemetry" errors. Set one yourself to choose otherwise.
+# bar and, offline, "Failed to send telemetry" errors; with tqdm installed (Optuna brings it),
+# MLflow draws a "Downloading artifacts" bar on stderr for every model it downloads, under
+# mlpipe's own. Set one yourself to choose otherwise.
 LIBRARY_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",  # Prefect's client telemetry and its first-run notice

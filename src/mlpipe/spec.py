@@ -109,10 +109,13 @@ class SearchSpec(_Strict):
     """What to try. ``params: null`` means the family's default search space. A parameter is a
     list of values, or a ``Range`` (random search)."""
 
-    strategy: Literal["grid", "random", "halving"] = "grid"
+    strategy: Literal["grid", "random", "halving", "tpe"] = "grid"
     cv: int = Field(3, ge=2)
     params: dict[str, list[Scalar] | Range] | None = None
-    n_trials: int | None = Field(None, ge=1, description="random (halving: its candidates)")
+    n_trials: int | None = Field(None, ge=1, description="random, tpe (halving: its candidates)")
+    batch_size: int = Field(
+        4, ge=1, description="tpe: configs asked before their scores are told back"
+    )
     retries: int = Field(0, ge=0, description="Prefect task retries per trial")
     retry_delay_seconds: float = Field(0.0, ge=0)
     # successive halving, as scikit-learn's HalvingGridSearchCV / HalvingRandomSearchCV
@@ -145,7 +148,7 @@ class SearchSpec(_Strict):
 
     @property
     def sampling(self) -> str:
-        """How the configs (halving: its first candidates) are chosen: grid or random."""
+        """How the configs (halving: its first candidates) are chosen: grid, random or tpe."""
         return self.candidates if self.strategy == "halving" else self.strategy
 
     @property
@@ -254,14 +257,16 @@ class Spec(_Strict):
             if self.search.ranges and self.search.sampling == "grid":
                 name = self.search.ranges[0]
                 raise ValueError(
-                    f"search.params.{name}: a range needs search.strategy random (with "
+                    f"search.params.{name}: a range needs search.strategy random or tpe (with "
                     "n_trials); a grid takes a list of values"
                 )
             refused = refused_value(family, self.search_space)
             if refused:
                 raise ValueError(refused)
-        if self.search.strategy == "random" and self.search.n_trials is None:
-            raise ValueError("search.n_trials: required when search.strategy is random")
+        if self.search.strategy in ("random", "tpe") and self.search.n_trials is None:
+            raise ValueError(
+                f"search.n_trials: required when search.strategy is {self.search.strategy}"
+            )
         if self.search.strategy == "halving":
             _check_halving(self.search, family.size_param, self.search_space, params is None)
         if not _valid_executor(self.executor):
@@ -310,7 +315,7 @@ data:
 model:
   family: random_forest   # random_forest | xgboost
 search:
-  strategy: grid          # grid | random (with n_trials) | halving (see the README)
+  strategy: grid          # grid | random or tpe (with n_trials) | halving (see the README)
   cv: 3                   # KFold splits of the training split
   # n_trials: 20          # random only
   retries: 0              # Prefect retries of a failed trial

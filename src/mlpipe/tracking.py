@@ -140,11 +140,11 @@ class Tracker(Registry):
         self.client.delete_run(other_parent_id)
 
     def gather_trials(
-        self, search_id: str, parent_run_ids: list[str]
+        self, search_id: str, parent_run_ids: list[str] | None
     ) -> dict[str, tuple[str, TrialResult]]:
-        """The trials of a search logged under these parents and ended (finished or failed), by
-        trial id: (run id, result). A trial logged twice (a shard killed mid-log, then rerun)
-        counts once."""
+        """The trials of a search logged under these parents (None: any) and ended (finished or
+        failed), by trial id: (run id, result). A trial logged twice (a shard killed mid-log,
+        then rerun) counts once."""
         runs = self._search(
             f"tags.`mlpipe.search_id` = '{search_id}' and tags.`{ROLE_TAG}` = 'trial'"
         )
@@ -152,7 +152,10 @@ class Tracker(Registry):
         for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
             record = run.data.tags.get(RESULT_TAG)
             if (
-                run.data.tags.get("mlflow.parentRunId") not in parent_run_ids
+                (
+                    parent_run_ids is not None
+                    and run.data.tags.get("mlflow.parentRunId") not in parent_run_ids
+                )
                 or run.info.status not in ("FINISHED", "FAILED")
                 or record is None
             ):
@@ -211,10 +214,6 @@ class Tracker(Registry):
         self._log(run_id, params=result.params, metrics=metrics, steps=steps)
         self.client.set_terminated(run_id, "FINISHED" if result.status == "completed" else "FAILED")
         return str(run_id)
-
-    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for name, value in tags.items():
-            self.client.set_tag(run_id, name, value)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
         self._log(run_id, metrics=metrics)

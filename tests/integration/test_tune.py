@@ -312,6 +312,57 @@ def test_halving_over_trees_on_diabetes_equals_halving_random_search_cv(train, w
     assert search.n_resources_ == [1, 2, 4, 8]  # "smallest", HalvingRandomSearchCV's default
 
 
+TPE_SPEC = {
+    "seed": 5,
+    "search": {
+        "strategy": "tpe",
+        "n_trials": 12,
+        "batch_size": 4,
+        "params": {
+            "n_estimators": {"low": 5, "high": 30},
+            "max_features": {"low": 0.3, "high": 1.0},
+            "min_samples_leaf": [1, 2, 4],
+        },
+    },
+}
+
+
+def tpe_trials(workdir: Path) -> list[tuple]:
+    _, payload = results_of(workdir)
+    trials = sorted(payload["trials"], key=lambda t: t["index"])
+    return [(t["trial_id"], t["params"], t["mean_score"]) for t in trials]
+
+
+def test_tpe_tries_the_same_configs_with_one_worker_two_or_dask(train, workdir):
+    """The configs depend on the seed and batch_size only, not on how many evaluate them or
+    which finishes first."""
+    train(TPE_SPEC, "--quiet", "--fresh", "--n-jobs", "1")
+    one = tpe_trials(workdir)
+    train(TPE_SPEC, "--quiet", "--fresh", "--n-jobs", "2")
+    assert tpe_trials(workdir) == one
+    train(TPE_SPEC, "--quiet", "--fresh", "--executor", "dask-local", "--n-jobs", "2")
+    assert tpe_trials(workdir) == one
+    assert len(one) == 12 and len({t[0] for t in one}) == 12  # (batch size: tests/unit/test_tpe)
+
+
+def test_an_extended_tpe_search_computes_only_the_new_trials(train, workdir):
+    short = {**TPE_SPEC, "search": {**TPE_SPEC["search"], "n_trials": 8}}
+    train(short, "--quiet")
+    _, first = results_of(workdir)
+    train(TPE_SPEC, "--quiet")  # 12 trials: the first 8 are the same, told their logged scores
+    _, longer = results_of(workdir)
+    assert first["search_id"] == longer["search_id"]
+    before = {t["trial_id"]: t for t in first["trials"]}
+    after = sorted(longer["trials"], key=lambda t: t["index"])
+    assert [t["trial_id"] for t in after[:8]] == [t["trial_id"] for t in sorted(
+        first["trials"], key=lambda t: t["index"])]  # fmt: skip
+    # a reused trial keeps the fit time it was measured with: nothing fitted again
+    assert all(t["fit_seconds"] == before[t["trial_id"]]["fit_seconds"] for t in after[:8])
+    assert not any(t["trial_id"] in before for t in after[8:])
+    again = train(TPE_SPEC, "--quiet")
+    assert "unchanged: every trial reused" in again.output
+
+
 def test_champion_moves_only_when_beaten_and_reruns_reuse_trials(train, workdir):
     weak = {"search": {"params": {"n_estimators": [1], "max_depth": [1]}}}
     strong = {"search": {"params": {"n_estimators": [20], "max_depth": [None]}}}

@@ -62,7 +62,7 @@ def test_a_range_is_int_or_float_linear_or_log():
         ("search:\n  cv: 1\n", "search.cv: Input should be greater than or equal to 2 (got 1)"),
         (
             "search:\n  strategy: bayes\n",
-            "search.strategy: Input should be 'grid', 'random' or 'halving'",
+            "search.strategy: Input should be 'grid', 'random', 'halving' or 'tpe'",
         ),
         (
             "search:\n  strategy: random\n",
@@ -91,6 +91,11 @@ def test_a_range_is_int_or_float_linear_or_log():
         (
             RANDOM + "    max_features: {low: 0.5, high: 1.5}\n",
             "search.params.max_features: 1.5 is not allowed: The 'max_features' parameter",
+        ),
+        ("search:\n  strategy: tpe\n", "search.n_trials: required when search.strategy is tpe"),
+        (
+            "search:\n  strategy: tpe\n  n_trials: 5\n  batch_size: 0\n",
+            "search.batch_size: Input should be greater than or equal to 1",
         ),
         (HALVING + "  factor: 1\n", "search.factor: Input should be greater than or equal to 2"),
         (HALVING + "  resource: max_depth\n", "search.resource: 'max_depth' is not a resource"),

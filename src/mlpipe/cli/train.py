@@ -33,7 +33,7 @@ def train(
         str | None, typer.Option(help="model.family: random_forest | xgboost.")
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="search.strategy: grid | random | halving.")
+        str | None, typer.Option(help="search.strategy: grid | random | halving | tpe.")
     ] = None,
     n_trials: Annotated[int | None, typer.Option(help="search.n_trials (random search).")] = None,
     cv: Annotated[int | None, typer.Option(help="search.cv: number of KFold splits.")] = None,

@@ -217,7 +217,7 @@ def run_halving(
         for position, result in enumerate(rung_results):
             result.eliminated = False if last else position not in keep
             if result.eliminated:
-                tracker.tag_run(run_ids[result.trial_id], {"mlpipe.eliminated": "true"})
+                tracker.set_tags(run_ids[result.trial_id], {"mlpipe.eliminated": "true"})
         results += rung_results
         first += len(rung_results)
         configs = [configs[position] for position in keep]

@@ -59,10 +59,12 @@ def run_tuning(
             f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
             "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
         )
-    if spec.search.strategy == "halving" and (shard is not None or finalize is not None):
+    if spec.search.strategy in ("halving", "tpe") and (shard is not None or finalize is not None):
+        steps = "rungs" if spec.search.strategy == "halving" else "batches"
         raise UserError(
-            "--shard/--finalize: a halving search runs its rungs one after another in one flow; "
-            "run it without shards (on this machine's pool, or --executor dask-local/dask://)"
+            f"--shard/--finalize: a {spec.search.strategy} search runs its {steps} one after "
+            "another in one flow; run it without shards (on this machine's pool, or --executor "
+            "dask-local/dask://)"
         )
     plan = prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
     units = len(plan_units(plan.trials, get_family(spec.model.family)))

@@ -46,7 +46,7 @@ from mlpipe.trial import (
     kfold,
     regression_metrics,
 )
-from mlpipe.tune import artifacts, halving, rerun
+from mlpipe.tune import artifacts, halving, rerun, tpe
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
 
@@ -92,19 +92,24 @@ class Prepared:
 
     def search_params(self, spec: Spec) -> dict[str, Any]:
         """What the parent run records about the search."""
+        search = spec.search
         return {
             "family": spec.model.family,
-            "strategy": spec.search.strategy,
-            "cv": spec.search.cv,
+            "strategy": search.strategy,
+            "cv": search.cv,
             "seed": spec.seed,
             "data": spec.data.source,
-            "n_trials": len(self.trials),
+            "n_trials": search.n_trials if search.strategy == "tpe" else len(self.trials),
             "test_size": spec.data.test_size,
-        } | (self._halving(spec) if spec.search.strategy == "halving" else {})
+        } | self._strategy(spec)
 
     @staticmethod
-    def _halving(spec: Spec) -> dict[str, Any]:
+    def _strategy(spec: Spec) -> dict[str, Any]:
         search = spec.search
+        if search.strategy == "tpe":
+            return {"batch_size": search.batch_size}
+        if search.strategy != "halving":
+            return {}
         return {
             "candidates": search.candidates,
             "resource": search.resource,
@@ -143,6 +148,9 @@ def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
     if spec.search.strategy == "halving":
         trials, folds, key = halving.first_rung(spec, dataset.fingerprint, folds, n_train)
         ids = [key, *(t.trial_id for t in trials)]
+    elif spec.search.strategy == "tpe":  # the first batch; the id leaves n_trials out
+        trials, key = tpe.first_batch(spec, dataset.fingerprint)
+        ids = [key]
     else:
         configs = expand(spec.search_space, spec.search.strategy, spec.seed, spec.search.n_trials)
         trials = make_trials(configs, family.name, dataset.fingerprint, spec.search.cv, spec.seed)
@@ -176,8 +184,9 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     observer = observer_var.get() or NullObserver()
     started = time.perf_counter()
     plan = prepare(spec)
-    if spec.search.strategy == "halving":
-        return halving.run_search(spec, plan, tracker, fresh, observer, started)
+    if spec.search.strategy in ("halving", "tpe"):
+        module = halving if spec.search.strategy == "halving" else tpe
+        return module.run_search(spec, plan, tracker, fresh, observer, started)
     reused, todo = pending_trials(spec, plan, fresh)
     if not todo:
         params, name = plan.search_params(spec), spec.model_name

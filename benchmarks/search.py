@@ -19,7 +19,14 @@ trial ids included) asked and told 1,000 trials over five XGBoost parameters (th
 scale), the score a cheap function of the params: the milliseconds per trial around trial 100,
 500 and 1,000 (target: below 20 ms at 1,000).
 
-Usage: python benchmarks/search.py [halving] [tpe-overhead]   (default: both)
+TPE against random: XGBoost over five parameters (learning_rate and min_child_weight on a log
+scale, max_depth, subsample, colsample_bytree; 100 rounds) on the diabetes data, 3-fold CV, five
+seeds. For each seed, mlpipe's TPE study (batches of 4) evaluates 40 trials and its random search
+120, with mlpipe's own trial code in one process (the flow tries the same configs whatever runs
+them: tests/integration/test_tune.py); printed: the best CV MSE so far every 10 trials, and the
+median over the seeds of TPE's best after 40 against random's after 120.
+
+Usage: python benchmarks/search.py [halving] [tpe-overhead] [tpe-vs-random]   (default: all)
 """
 
 from __future__ import annotations
@@ -101,8 +108,74 @@ def tpe_overhead(trials: int = 1000, batch: int = 4) -> dict[int, float]:
     return {n: 1000 * sum(v) / len(v) for n, v in seconds.items()}
 
 
+XGB_SPACE = {
+    "learning_rate": {"low": 0.01, "high": 0.3, "log": True},
+    "min_child_weight": {"low": 0.1, "high": 20.0, "log": True},
+    "max_depth": {"low": 2, "high": 8},
+    "subsample": {"low": 0.5, "high": 1.0},
+    "colsample_bytree": {"low": 0.4, "high": 1.0},
+}
+
+
+def best_so_far(strategy: str, seed: int, n_trials: int) -> list[float]:
+    """The best mean CV MSE after each trial of one search (mlpipe's samplers and trial code)."""
+    from mlpipe.data import load_dataset, split_dataset
+    from mlpipe.models import get_family
+    from mlpipe.search import Unit, expand, make_trials
+    from mlpipe.spec import Spec
+    from mlpipe.trial import cross_validate_unit, kfold
+    from mlpipe.tune.tpe import Study
+
+    search = {"strategy": strategy, "n_trials": n_trials, "params": XGB_SPACE}
+    spec = Spec.model_validate(
+        {"seed": seed, "data": {"source": "diabetes"}, "model": {"family": "xgboost"},
+         "search": search}
+    )  # fmt: skip
+    split = split_dataset(load_dataset(spec.data, seed), spec.data.test_size, seed)
+    X, y = split.train_arrays
+    folds, family = kfold(len(y), spec.search.cv), get_family("xgboost")
+
+    def evaluate(trials: list) -> list:
+        return [
+            cross_validate_unit(Unit((t,), "n_estimators", 100), family, X, y, folds, seed).results[
+                0
+            ]
+            for t in trials
+        ]
+
+    scores: list[float] = []
+    if strategy == "random":
+        configs = expand(spec.search_space, "random", seed, n_trials)
+        for result in evaluate(make_trials(configs, "xgboost", "fp", spec.search.cv, seed)):
+            scores.append(result.mean_score)
+    else:
+        study = Study(spec, "fp")
+        while len(scores) < n_trials:
+            results = evaluate(study.ask(min(spec.search.batch_size, n_trials - len(scores))))
+            study.tell(results)
+            scores += [r.mean_score for r in results]
+    return [min(scores[: i + 1]) for i in range(len(scores))]
+
+
+def tpe_vs_random(seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+    import statistics
+
+    tpe_best, random_best = [], []
+    print("tpe vs random, XGBoost on diabetes: best CV MSE so far (every 10 trials)")
+    for seed in seeds:
+        tpe, rnd = best_so_far("tpe", seed, 40), best_so_far("random", seed, 120)
+        tpe_best.append(tpe[-1])
+        random_best.append(rnd[-1])
+        print(f"  seed {seed} tpe:    " + " ".join(f"{v:7.1f}" for v in tpe[9::10]))
+        print(f"  seed {seed} random: " + " ".join(f"{v:7.1f}" for v in rnd[9::10]), flush=True)
+    a, b = statistics.median(tpe_best), statistics.median(random_best)
+    verdict = "tpe at least as good" if a <= b else "random better"
+    print(f"  median best: tpe after 40 trials {a:.2f}, random after 120 {b:.2f} "
+          f"({verdict}; target: tpe <= random)")  # fmt: skip
+
+
 def main() -> None:
-    parts = sys.argv[1:] or ["halving", "tpe-overhead"]
+    parts = sys.argv[1:] or ["halving", "tpe-overhead", "tpe-vs-random"]
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     if "tpe-overhead" in parts:
         per_trial = tpe_overhead()
@@ -111,6 +184,8 @@ def main() -> None:
             "  " + "  ".join(f"trials {n - 99}-{n}: {per_trial[n]:.1f}" for n in (100, 500, 1000))
         )
         print(f"  at 1,000 trials: {per_trial[1000]:.1f} ms (target < 20)")
+    if "tpe-vs-random" in parts:
+        tpe_vs_random()
     if "halving" in parts:
         halving()
 

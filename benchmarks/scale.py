@@ -148,7 +148,7 @@ def run(folder: Path, env: dict, servers: list[int]) -> None:
 
     print("(b) 2 shards at once, one core each, and finalize waiting for them ...")
     from mlpipe.spec import load_spec
-    from mlpipe.tune.steps import prepare
+    from mlpipe.tune.plan import prepare
 
     search_id = prepare(load_spec()).search_id  # as `mlpipe deploy k8s` computes it
     started = time.perf_counter()

@@ -64,7 +64,7 @@ def halving_grid_search() -> tuple[float, Any]:
     from sklearn.model_selection import HalvingGridSearchCV
 
     from mlpipe.spec import Spec
-    from mlpipe.tune.steps import prepare
+    from mlpipe.tune.plan import prepare
 
     spec = Spec.model_validate(SPEC)
     split = prepare(spec).split

@@ -62,7 +62,7 @@ DEFAULT = [name for name in WORKLOADS if name != "synthetic-8000"]  # 8000 rows:
 def load(spec_dict: dict[str, Any]) -> tuple[Any, Any]:
     """The validated spec and its prepared search (data, split, folds, trials)."""
     from mlpipe.spec import Spec
-    from mlpipe.tune.steps import prepare
+    from mlpipe.tune.plan import prepare
 
     spec = Spec.model_validate(spec_dict)
     return spec, prepare(spec)

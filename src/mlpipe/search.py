@@ -215,13 +215,20 @@ def make_search_id(family: str, trial_ids: Iterable[str], data_fingerprint: str,
 
 
 def make_trials(
-    configs: Sequence[dict[str, Any]], family: str, data_fingerprint: str, cv: int, seed: int
+    configs: Sequence[dict[str, Any]],
+    family: str,
+    data_fingerprint: str,
+    cv: int,
+    seed: int,
+    first: int = 0,
+    seen: dict[str, int] | None = None,
 ) -> list[TrialConfig]:
-    """Number the configs and give each its id. A config drawn again (random search draws with
-    replacement, as RandomizedSearchCV does) is a trial of its own: its id counts the repeat."""
+    """Number the configs (from ``first``) and give each its id. A config drawn again (random
+    search draws with replacement, as RandomizedSearchCV does) is a trial of its own: its id
+    counts the repeat (``seen``: the counts so far, for a search made in batches)."""
     trials: list[TrialConfig] = []
-    seen: dict[str, int] = {}
-    for index, params in enumerate(configs):
+    seen = {} if seen is None else seen
+    for index, params in enumerate(configs, start=first):
         base = make_trial_id(family, params, data_fingerprint, cv, seed)
         repeat = seen[base] = seen.get(base, -1) + 1
         trial_id = base if repeat == 0 else _digest({"trial": base, "repeat": repeat})

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlpipe.errors import SpecError
 from mlpipe.models import FAMILIES, get_family, refused_value
+from mlpipe.space import Range, parse_range
 
 BUILTIN_SOURCES = ("boston", "diabetes", "synthetic")
 BUILTIN_TARGETS = {"boston": "MEDV", "diabetes": "target", "synthetic": "target"}
@@ -57,54 +58,6 @@ class ModelSpec(_Strict):
     family: Literal["random_forest", "xgboost"] = "random_forest"
 
 
-class Range(_Strict):
-    """A parameter's range: ``{low: 0.01, high: 0.3, log: true}``, ``{low: 50, high: 500, type:
-    int}``. Both ends are included. ``type`` defaults to int when both ends are whole numbers
-    written without a point, float otherwise; ``log`` samples evenly on a log scale."""
-
-    low: int | float
-    high: int | float
-    log: bool = False
-    type: Literal["int", "float"] | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0 (got {self.low})")
-        whole = float(self.low).is_integer() and float(self.high).is_integer()
-        if self.kind == "int" and not whole:
-            raise ValueError(f"an int range needs whole ends (got {self.low}, {self.high})")
-        return self
-
-    @property
-    def kind(self) -> str:
-        if self.type is not None:
-            return self.type
-        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
-        return "int" if whole else "float"
-
-    @property
-    def ends(self) -> list[int | float]:
-        """Both ends, as the estimator gets them (checked before anything runs)."""
-        cast = int if self.kind == "int" else float
-        return [cast(self.low), cast(self.high)]
-
-
-def _range(name: str, value: dict[str, Any]) -> Range:
-    try:
-        return Range.model_validate(value)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        problem = error["msg"].removeprefix("Value error, ")
-        raise ValueError(
-            f"search.params.{name}{'.' + where if where else ''}: {problem} (a range is "
-            "{low: L, high: H}, with log: true and type: int or float if needed)"
-        ) from None
-
-
 class SearchSpec(_Strict):
     """What to try. ``params: null`` means the family's default search space. A parameter is a
     list of values, or a ``Range`` (random search)."""
@@ -136,7 +89,7 @@ class SearchSpec(_Strict):
         """A scalar is a one-value list; a mapping is a ``Range`` (its errors named as such)."""
         if not isinstance(value, dict):
             return value
-        return {k: _range(k, v) if isinstance(v, dict) else v if isinstance(v, (list, Range))
+        return {k: parse_range(k, v) if isinstance(v, dict) else v if isinstance(v, (list, Range))
                 else [v] for k, v in value.items()}  # fmt: skip
 
     @property

@@ -19,7 +19,7 @@ from mlpipe.cli import app
 from mlpipe.deploy import k8s
 from mlpipe.errors import UserError
 from mlpipe.spec import load_spec
-from mlpipe.tune.steps import prepare
+from mlpipe.tune.plan import prepare
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mlpipe.batch import objects
+from mlpipe.batch import multipart, objects
 from mlpipe.batch import score as scoring
 from mlpipe.batch.locations import resolve_ends
 from mlpipe.cli import app
@@ -97,11 +97,11 @@ def test_one_csv_object_to_a_local_file(s3, store, frame, model, tmp_path):
 
 
 def test_the_upload_is_multipart_and_the_object_appears_only_at_commit(s3, store, monkeypatch):
-    monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(multipart, "PART_BYTES", 5 << 20)  # S3's smallest part
     bucket = s3["bucket"]()
     url = objects.S3Url(bucket, "big.bin")
     data = bytes(range(256)) * (12 << 12)  # 12 MiB: two full parts and a last one
-    upload = store.upload(url)
+    upload = multipart.MultipartUpload(store, url)
     for start in range(0, len(data), 1 << 20):
         upload.write(data[start : start + (1 << 20)])
     assert keys(s3, bucket) == [] and open_uploads(s3, bucket) == ["big.bin"]
@@ -109,14 +109,14 @@ def test_the_upload_is_multipart_and_the_object_appears_only_at_commit(s3, store
     assert s3["client"].get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
     assert open_uploads(s3, bucket) == []
 
-    dropped = store.upload(objects.S3Url(bucket, "dropped.bin"))
+    dropped = multipart.MultipartUpload(store, objects.S3Url(bucket, "dropped.bin"))
     dropped.write(data)
     dropped.abort()
     assert keys(s3, bucket) == ["big.bin"] and open_uploads(s3, bucket) == []
 
 
 def test_a_failed_run_leaves_no_object_and_no_open_upload(s3, store, frame, model, monkeypatch):
-    monkeypatch.setattr(objects, "PART_BYTES", 1 << 10)  # parts go up from the first batch
+    monkeypatch.setattr(multipart, "PART_BYTES", 1 << 10)  # parts go up from the first batch
     bucket = s3["bucket"]()
     bad = pd.concat([frame] * 20, ignore_index=True)
     bad.loc[len(bad) - 5 :, "RM"] = float("nan")

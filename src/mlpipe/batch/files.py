@@ -9,7 +9,7 @@
   is missing or not a number (the contract's ``check_columns`` turns that into reasons).
 - ``AtomicParquet``: Parquet written to a ``Destination`` that makes it appear whole or not at
   all: ``LocalFile`` writes under a hidden temporary name and renames it into place (readers of a
-  folder, pyarrow, Spark or DuckDB, skip hidden files); ``objects.S3Object`` completes a
+  folder, pyarrow, Spark or DuckDB, skip hidden files); ``multipart.S3Object`` completes a
   multipart upload.
 
 No MLflow, no Prefect.

@@ -16,6 +16,7 @@ from typing import Any
 
 from mlpipe.batch import objects
 from mlpipe.batch.files import FileSet
+from mlpipe.batch.multipart import S3Object
 from mlpipe.batch.score import ParquetTarget, SqlTarget, Target, rejects_path_for
 from mlpipe.batch.sql import SqlSource, is_database, parse_pairs, resolve_url
 from mlpipe.errors import UserError
@@ -81,7 +82,7 @@ def s3_output(
     store.check_output(url)
     _check_parquet(str(url))
     rejects = rejects or url.with_name(rejects_path_for(Path(url.name)).name)
-    return ParquetTarget(objects.S3Object(store, url), objects.S3Object(store, rejects))
+    return ParquetTarget(S3Object(store, url), S3Object(store, rejects))
 
 
 def prefect_secret(name: str) -> str:

@@ -266,7 +266,7 @@ def deploy_k8s(
     serving API, the sharded tuning Jobs) for an overlay, image, spec and shard count."""
     from mlpipe.deploy import k8s
     from mlpipe.spec import load_spec
-    from mlpipe.tune.steps import prepare
+    from mlpipe.tune.plan import prepare
 
     spec = load_spec(config)
     settings = k8s.Render(

@@ -35,7 +35,8 @@ from mlpipe.trial import TrialResult, kfold
 from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
-    from mlpipe.tune.steps import Prepared, TuneOutcome
+    from mlpipe.tune.plan import Prepared
+    from mlpipe.tune.steps import TuneOutcome
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
 SMALLEST_PER_FOLD = 2  # scikit-learn's "smallest" n_samples: 2 rows per fold (a regressor)

@@ -26,9 +26,10 @@ from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
 from mlpipe.trial import warm_up
 from mlpipe.tune.flows import finalize_search, tune
+from mlpipe.tune.plan import pending_trials, prepare
 from mlpipe.tune.progress import Observer
 from mlpipe.tune.sharded import ShardOutcome
-from mlpipe.tune.steps import TuneOutcome, observer_var, pending_trials, prepare
+from mlpipe.tune.steps import TuneOutcome, observer_var
 from mlpipe.tune.trials import Compute, compute_var
 
 

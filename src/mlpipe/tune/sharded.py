@@ -25,8 +25,9 @@ from mlpipe.spec import Spec
 from mlpipe.tracking import SHARDS_TAG, Tracker
 from mlpipe.trial import TrialResult
 from mlpipe.tune import artifacts
+from mlpipe.tune.plan import prepare
 from mlpipe.tune.progress import NullObserver
-from mlpipe.tune.steps import TuneOutcome, finish, observer_var, prepare
+from mlpipe.tune.steps import TuneOutcome, finish, observer_var
 from mlpipe.tune.trials import run_trials
 
 SHARD_TAG = "mlpipe.shard.{index}"  # on the parent: "running", "completed: ...", "failed: ..."

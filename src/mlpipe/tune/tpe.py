@@ -19,13 +19,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mlpipe.search import TrialConfig, make_trials
-from mlpipe.spec import Range, Spec
+from mlpipe.space import Range
+from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
 from mlpipe.trial import TrialResult
 from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
-    from mlpipe.tune.steps import Prepared, TuneOutcome
+    from mlpipe.tune.plan import Prepared
+    from mlpipe.tune.steps import TuneOutcome
 
 
 def distributions(spec: Spec) -> dict[str, Any]:
@@ -61,16 +63,18 @@ class Study:
             direction="minimize", sampler=optuna.samplers.TPESampler(seed=spec.seed)
         )
         self.space = distributions(spec)
-        self.configs: list[dict[str, Any]] = []
+        self.asked = 0
+        self.seen: dict[str, int] = {}  # trial ids' repeat counts (make_trials)
         self.pending: list[Any] = []
 
     def ask(self, count: int) -> list[TrialConfig]:
         self.pending = [self.study.ask(self.space) for _ in range(count)]
-        self.configs += [dict(t.params) for t in self.pending]
+        configs = [dict(t.params) for t in self.pending]
         search = self.spec.search
-        every = make_trials(self.configs, self.spec.model.family, self.fingerprint, search.cv,
-                            self.spec.seed)  # fmt: skip
-        return every[-count:]
+        trials = make_trials(configs, self.spec.model.family, self.fingerprint, search.cv,
+                             self.spec.seed, first=self.asked, seen=self.seen)  # fmt: skip
+        self.asked += count
+        return trials
 
     def tell(self, results: list[TrialResult]) -> None:
         from optuna.trial import TrialState

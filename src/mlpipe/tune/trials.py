@@ -37,7 +37,7 @@ from mlpipe.trial import FoldFit, TrialResult, UnitRun, cross_validate_unit, fai
 from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
-    from mlpipe.tune.steps import Prepared
+    from mlpipe.tune.plan import Prepared
 
 
 class Compute:

@@ -26,6 +26,18 @@ class TrialConfig:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step of a search whose later trials depend on earlier results (a halving rung, a
+    batch asked of a sampler): its trials, the folds they use (None: the search's), and the
+    fields set on each of their results (``TrialResult``'s rung and resources)."""
+
+    number: int
+    trials: list[TrialConfig]
+    folds: list[Any] | None = None
+    marks: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Unit:
     """Trials that differ only in ensemble size: one fit of the largest scores them all."""
 

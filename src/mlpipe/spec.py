@@ -105,6 +105,12 @@ class SearchSpec(_Strict):
         return self.candidates if self.strategy == "halving" else self.strategy
 
     @property
+    def stepwise(self) -> bool:
+        """Whether later trials depend on earlier results (halving's rungs, tpe's batches):
+        ``tune/stepwise.py`` runs it, and its shards wait for each other at every step."""
+        return self.strategy in ("halving", "tpe")
+
+    @property
     def ranges(self) -> list[str]:
         """The parameters given as ranges."""
         return [k for k, v in (self.params or {}).items() if isinstance(v, Range)]

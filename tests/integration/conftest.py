@@ -12,9 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -23,6 +25,24 @@ from mlpipe.cli import app
 from mlpipe.processes import free_port, stop_group
 
 BIN = Path(sys.executable).parent
+
+# searches more than one module runs: successive halving over Boston's rows (18, 6, then 2
+# candidates at seed 4), and TPE in batches of 4
+HALVING_GRID = {"max_depth": [None, 3, 6], "min_samples_leaf": [1, 2, 4],
+                "max_features": [0.5, 1.0], "n_estimators": [20]}  # fmt: skip
+TPE_SPEC = {
+    "seed": 5,
+    "search": {
+        "strategy": "tpe",
+        "n_trials": 12,
+        "batch_size": 4,
+        "params": {
+            "n_estimators": {"low": 5, "high": 30},
+            "max_features": {"low": 0.3, "high": 1.0},
+            "min_samples_leaf": [1, 2, 4],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="session")
@@ -333,3 +353,46 @@ def postgres():
         system_tool("initdb")  # skips, or fails in CI, with the install hint
     with local_postgres(password="s3cret-for-tests") as server:
         yield {"url": server.url, "password": server.password, "port": server.port}
+
+
+def boston() -> tuple[pd.DataFrame, pd.Series]:
+    with resources.files("mlpipe").joinpath("data/boston.csv").open("rb") as handle:
+        frame = pd.read_csv(handle)
+    return frame.drop(columns=["MEDV"]), frame["MEDV"]
+
+
+def assert_same_as_halving_search(payload: dict, search) -> None:
+    """Every rung's candidates, resources and mean CV MSE (1e-9 relative) as cv_results_ has
+    them, row for row; the same best (the best of the last rung)."""
+    trials = sorted(payload["trials"], key=lambda t: t["index"])
+    results = search.cv_results_
+    assert len(trials) == len(results["params"])
+    for trial, params, score, rung, amount in zip(
+        trials, results["params"], results["mean_test_score"], results["iter"],
+        results["n_resources"], strict=True,
+    ):  # fmt: skip
+        plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
+        assert (trial["params"], trial["rung"], trial["resources"]) == (plain, rung, amount)
+        assert trial["mean_score"] == pytest.approx(-score, rel=1e-9, abs=0)
+    best = {k: v.item() if hasattr(v, "item") else v for k, v in search.best_params_.items()}
+    assert payload["best"]["params"] == best
+    last = max(t["rung"] for t in trials)
+    kept = [t for t in trials if t["rung"] < last and not t["eliminated"]]
+    assert len(kept) == sum(1 for t in trials if t["rung"] > 0)  # each went one rung on
+
+
+def assert_same_as_halving_grid_on_boston(payload: dict) -> None:
+    """A halving search over ``HALVING_GRID`` on Boston (seed 4, n_samples, factor 3) equals
+    scikit-learn's HalvingGridSearchCV with the same settings: 18, 6, then 2 candidates."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV, train_test_split
+
+    X, y = boston()
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=4)
+    search = HalvingGridSearchCV(
+        RandomForestRegressor(random_state=4), HALVING_GRID, cv=3, factor=3,
+        scoring="neg_mean_squared_error", random_state=4, n_jobs=1,
+    )  # fmt: skip
+    assert_same_as_halving_search(payload, search.fit(X_train, y_train))
+    assert [sum(t["rung"] == r for t in payload["trials"]) for r in range(3)] == [18, 6, 2]

@@ -1,7 +1,8 @@
 """Scale-out for real: a `prefect server` and an `mlflow server` (SQLite) started here; shards as
 separate `mlpipe train --shard I/N` processes with JOB_COMPLETION_INDEX set as an Indexed Job
-sets it; finalize; a shard killed halfway and rerun; a Dask LocalCluster. Every variant must give
-the single-machine run's trials, scores and best config."""
+sets it; finalize; a halving shard killed halfway and rerun; a Dask LocalCluster. Every variant
+must give the single-machine run's trials, scores and best config (a grid's, TPE's), or
+scikit-learn's (halving)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import time
 
 import pytest
 import yaml
-from conftest import BIN, background, free_port, run_mlpipe
+from conftest import (
+    BIN,
+    HALVING_GRID,
+    TPE_SPEC,
+    assert_same_as_halving_grid_on_boston,
+    background,
+    free_port,
+    run_mlpipe,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +39,24 @@ SPEC = {
 }
 
 
+# model-based search: 2 batches of 4, each shard or worker evaluating part of a batch
+TPE = {**TPE_SPEC, "n_jobs": 1, "search": {**TPE_SPEC["search"], "n_trials": 8}}
+HALVING = {"seed": 4, "n_jobs": 1, "search": {"strategy": "halving", "params": HALVING_GRID}}
+
+
 @pytest.fixture(scope="module")
 def work(servers, tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    for name, spec in (("spec", SPEC), ("tpe", TPE), ("halving", HALVING)):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     return {"root": root, "env": env}
 
 
-def train(work: dict, name: str, *args: str, expect: int = 0, **env: str):
-    """`mlpipe train` of the module's spec into experiment/model/artifacts ``name``."""
+def train(work: dict, name: str, *args: str, expect: int = 0, spec: str = "spec", **env: str):
+    """`mlpipe train` of one of the module's specs into experiment/model/artifacts ``name``."""
     result = run_mlpipe(
-        ["train", "-c", "spec.yaml", "--experiment", name, "--model-name", name,
+        ["train", "-c", f"{spec}.yaml", "--experiment", name, "--model-name", name,
          "--artifacts-dir", name, "--quiet", *args],
         work["root"], **work["env"], **env,
     )  # fmt: skip
@@ -85,20 +100,25 @@ def trial_runs(work: dict, experiment: str) -> list:
     )
 
 
-def start_shard(work: dict, name: str, shard: str, **popen) -> subprocess.Popen:
+def start_shard(work: dict, name: str, shard: str, spec: str = "spec", **popen) -> subprocess.Popen:
     """`mlpipe train --shard I/N` as the Job's pod I runs it (JOB_COMPLETION_INDEX set)."""
-    args = ["train", "-c", "spec.yaml", "--experiment", name, "--model-name", name,
+    args = ["train", "-c", f"{spec}.yaml", "--experiment", name, "--model-name", name,
             "--artifacts-dir", name, "--shard", shard, "--quiet"]  # fmt: skip
     env = {**os.environ, **work["env"], "JOB_COMPLETION_INDEX": shard.split("/")[0]}
     return subprocess.Popen([str(BIN / "mlpipe"), *args], cwd=work["root"], env=env, **popen)
 
 
-def test_shards_then_finalize_equal_one_machine(work, single):
-    procs = [
-        start_shard(work, "sharded", f"{i}/3", stdout=subprocess.PIPE, text=True) for i in range(3)
-    ]
+def run_shards(work: dict, name: str, count: int, spec: str) -> list[str]:
+    """Every shard of a search at once, as an Indexed Job's pods run; their outputs."""
+    procs = [start_shard(work, name, f"{i}/{count}", spec, stdout=subprocess.PIPE, text=True)
+             for i in range(count)]  # fmt: skip
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert [p.returncode for p in procs] == [0] * count, outputs
+    return outputs
+
+
+def test_shards_then_finalize_equal_one_machine(work, single):
+    outputs = run_shards(work, "sharded", 3, "spec")
     search_id = single["search_id"]
     for i, out in enumerate(outputs):
         assert f"shard {i}/3 of search {search_id}" in out
@@ -118,10 +138,12 @@ def test_shards_then_finalize_equal_one_machine(work, single):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sharded["parent_run_id"]}
 
 
-def test_a_killed_shard_reruns_only_its_unfinished_trials(work, single):
-    search_id = single["search_id"]
+def test_a_killed_halving_shard_reruns_only_its_unfinished_trials(work):
+    """Shards of a halving search run each rung's share, then wait for the others' in MLflow;
+    one killed in rung 0 is named by finalize, and once rerun the search equals scikit-learn's
+    HalvingGridSearchCV, with no trial run twice."""
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = start_shard(work, "killed", "0/2", start_new_session=True, **quiet)
+    proc = start_shard(work, "killed", "0/2", "halving", start_new_session=True, **quiet)
     try:
         deadline = time.monotonic() + 120
         while not trial_runs(work, "killed") and time.monotonic() < deadline:
@@ -131,33 +153,48 @@ def test_a_killed_shard_reruns_only_its_unfinished_trials(work, single):
     finally:
         proc.wait()
     done_before = {r.data.tags["mlpipe.trial_id"] for r in trial_runs(work, "killed")}
-    assert 0 < len(done_before) < len(single["trials"]) / 2  # killed halfway through its half
+    assert 0 < len(done_before) <= 9  # at most its half of rung 0's 18 candidates
 
-    # finalize now: shard 0 is unfinished and shard 1 never ran; both are named
-    failed = train(work, "killed", "--finalize", search_id, expect=1)
+    # finalize now: shard 0 is unfinished and shard 1 never ran; both are named, at rung 0
+    [search_id] = {r.data.tags["mlpipe.search_id"] for r in trial_runs(work, "killed")}
+    failed = train(work, "killed", "--finalize", search_id, spec="halving", expect=1)
+    assert f"search {search_id} (rung 0):" in failed.stderr
     assert "shard 0/2:" in failed.stderr and "it says: running" in failed.stderr
     assert "shard 1/2:" in failed.stderr and "never started" in failed.stderr
 
-    # both shards' pods (again), side by side as an Indexed Job runs them
-    procs = [
-        start_shard(work, "killed", f"{i}/2", stdout=subprocess.PIPE, text=True) for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    outputs = run_shards(work, "killed", 2, "halving")
     assert f"({len(done_before)} already in MLflow" in outputs[0]
-    runs = trial_runs(work, "killed")
-    ids = [r.data.tags["mlpipe.trial_id"] for r in runs]
-    assert sorted(ids) == sorted(t["trial_id"] for t in single["trials"])  # none run twice
+    train(work, "killed", "--finalize", search_id, spec="halving")
+    payload = results(work, "killed")
+    ids = [r.data.tags["mlpipe.trial_id"] for r in trial_runs(work, "killed")]
+    assert sorted(ids) == sorted(t["trial_id"] for t in payload["trials"])  # none run twice
+    assert_same_as_halving_grid_on_boston(payload)
+    eliminated = [r for r in trial_runs(work, "killed")
+                  if r.data.tags.get("mlpipe.eliminated") == "true"]  # fmt: skip
+    assert len(eliminated) == 12 + 4  # each shard tagged its own
 
-    train(work, "killed", "--finalize", search_id)
-    assert scores(results(work, "killed")) == scores(single)
+
+@pytest.fixture(scope="module")
+def tpe_single(work):
+    train(work, "tpe", "--n-jobs", "2", spec="tpe")
+    return results(work, "tpe")
 
 
-def test_dask_local_cluster_equals_one_machine(work, single):
-    out = train(work, "dask", "--executor", "dask-local", "--n-jobs", "2").stdout
-    assert "registered dask version 1" in out
-    assert scores(results(work, "dask")) == scores(single)
-    assert results(work, "dask")["best"] == single["best"]
+def test_tpe_tries_the_same_trials_on_two_workers_two_shards_and_dask(work, tpe_single):
+    """TPE's configs depend on the seed and batch_size only: two workers on one machine, two
+    shards of one worker each (then finalize), and a Dask LocalCluster of two workers try the
+    same trials, score them the same and pick the same best."""
+    assert len({t["trial_id"] for t in tpe_single["trials"]}) == 8
+    outputs = run_shards(work, "tpe-sharded", 2, "tpe")
+    search_id = tpe_single["search_id"]
+    assert all(f"of search {search_id}" in out for out in outputs)
+    train(work, "tpe-sharded", "--finalize", search_id, spec="tpe")
+    sharded = results(work, "tpe-sharded")
+    assert scores(sharded) == scores(tpe_single) and sharded["best"] == tpe_single["best"]
+
+    train(work, "tpe-dask", "--executor", "dask-local", "--n-jobs", "2", spec="tpe")
+    dask = results(work, "tpe-dask")
+    assert scores(dask) == scores(tpe_single) and dask["best"] == tpe_single["best"]
 
 
 def test_an_existing_dask_cluster_equals_one_machine(work, single):

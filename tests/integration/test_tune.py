@@ -4,12 +4,17 @@ disk."""
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import (
+    HALVING_GRID,
+    TPE_SPEC,
+    assert_same_as_halving_grid_on_boston,
+    assert_same_as_halving_search,
+    boston,
+)
 from mlflow import MlflowClient
 from sklearn.model_selection import GridSearchCV, train_test_split
 
@@ -38,12 +43,6 @@ def assert_same_as_grid_search(payload: dict, search) -> None:
         assert ours[json.dumps(params, sort_keys=True)] == pytest.approx(-neg_mse, rel=1e-9, abs=0)
     assert payload["best"]["params"] == search.best_params_
     assert payload["best"]["mean_score"] == pytest.approx(-search.best_score_, rel=1e-9)
-
-
-def boston() -> tuple[pd.DataFrame, pd.Series]:
-    with resources.files("mlpipe").joinpath("data/boston.csv").open("rb") as handle:
-        frame = pd.read_csv(handle)
-    return frame.drop(columns=["MEDV"]), frame["MEDV"]
 
 
 BOSTON_GRID = {"n_estimators": [5, 15, 30], "max_depth": [None, 4], "min_samples_leaf": [1, 4]}
@@ -243,43 +242,10 @@ def test_random_ranges_on_xgboost_equal_randomized_search_cv(train, workdir):
     assert_same_as_randomized_search(payload, randomized_search(estimator, X, y, scipy_space, 6, 3))
 
 
-def assert_same_as_halving_search(payload: dict, search) -> None:
-    """Every rung's candidates, resources and mean CV MSE (1e-9 relative) as cv_results_ has
-    them, row for row; the same best (the best of the last rung)."""
-    trials = sorted(payload["trials"], key=lambda t: t["index"])
-    results = search.cv_results_
-    assert len(trials) == len(results["params"])
-    for trial, params, score, rung, amount in zip(
-        trials, results["params"], results["mean_test_score"], results["iter"],
-        results["n_resources"], strict=True,
-    ):  # fmt: skip
-        plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
-        assert (trial["params"], trial["rung"], trial["resources"]) == (plain, rung, amount)
-        assert trial["mean_score"] == pytest.approx(-score, rel=1e-9, abs=0)
-    best = {k: v.item() if hasattr(v, "item") else v for k, v in search.best_params_.items()}
-    assert payload["best"]["params"] == best
-    last = max(t["rung"] for t in trials)
-    kept = [t for t in trials if t["rung"] < last and not t["eliminated"]]
-    assert len(kept) == sum(1 for t in trials if t["rung"] > 0)  # each went one rung on
-
-
 def test_halving_on_boston_equals_halving_grid_search_cv(train, workdir):
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-    from sklearn.model_selection import HalvingGridSearchCV
-
-    grid = {"max_depth": [None, 3, 6], "min_samples_leaf": [1, 2, 4], "max_features": [0.5, 1.0],
-            "n_estimators": [20]}  # fmt: skip
-    train({"seed": 4, "search": {"strategy": "halving", "params": grid}}, "--quiet")
+    train({"seed": 4, "search": {"strategy": "halving", "params": HALVING_GRID}}, "--quiet")
     _, payload = results_of(workdir)
-    X, y = boston()
-    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=4)
-    search = HalvingGridSearchCV(
-        RandomForestRegressor(random_state=4), grid, cv=3, factor=3,
-        scoring="neg_mean_squared_error", random_state=4, n_jobs=1,
-    )  # fmt: skip
-    assert_same_as_halving_search(payload, search.fit(X_train, y_train))
-    assert [sum(t["rung"] == r for t in payload["trials"]) for r in range(3)] == [18, 6, 2]
+    assert_same_as_halving_grid_on_boston(payload)
     client = MlflowClient()
     experiment = client.get_experiment_by_name("boston-rf")
     runs = client.search_runs([experiment.experiment_id], "tags.`mlpipe.eliminated` = 'true'")
@@ -310,39 +276,6 @@ def test_halving_over_trees_on_diabetes_equals_halving_random_search_cv(train, w
     )  # fmt: skip
     assert_same_as_halving_search(payload, search.fit(X_train, y_train))
     assert search.n_resources_ == [1, 2, 4, 8]  # "smallest", HalvingRandomSearchCV's default
-
-
-TPE_SPEC = {
-    "seed": 5,
-    "search": {
-        "strategy": "tpe",
-        "n_trials": 12,
-        "batch_size": 4,
-        "params": {
-            "n_estimators": {"low": 5, "high": 30},
-            "max_features": {"low": 0.3, "high": 1.0},
-            "min_samples_leaf": [1, 2, 4],
-        },
-    },
-}
-
-
-def tpe_trials(workdir: Path) -> list[tuple]:
-    _, payload = results_of(workdir)
-    trials = sorted(payload["trials"], key=lambda t: t["index"])
-    return [(t["trial_id"], t["params"], t["mean_score"]) for t in trials]
-
-
-def test_tpe_tries_the_same_configs_with_one_worker_two_or_dask(train, workdir):
-    """The configs depend on the seed and batch_size only, not on how many evaluate them or
-    which finishes first."""
-    train(TPE_SPEC, "--quiet", "--fresh", "--n-jobs", "1")
-    one = tpe_trials(workdir)
-    train(TPE_SPEC, "--quiet", "--fresh", "--n-jobs", "2")
-    assert tpe_trials(workdir) == one
-    train(TPE_SPEC, "--quiet", "--fresh", "--executor", "dask-local", "--n-jobs", "2")
-    assert tpe_trials(workdir) == one
-    assert len(one) == 12 and len({t[0] for t in one}) == 12  # (batch size: tests/unit/test_tpe)
 
 
 def test_an_extended_tpe_search_computes_only_the_new_trials(train, workdir):

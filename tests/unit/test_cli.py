@@ -151,7 +151,8 @@ def test_shard_flags_are_checked_before_any_backend_starts(tmp_path):
     assert "JOB_COMPLETION_INDEX is 1" in train("--shard", "0/2", JOB_COMPLETION_INDEX="1")
     assert "this spec and data give search" in train("--finalize", "0000000000")
     assert "executor" in train("--executor", "ray://x")
-    assert "--wait applies to --finalize only" in train("--wait", "5")
+    assert "--wait applies to --finalize and --shard only" in train("--wait", "5")
+    assert "--wait -1.0: give seconds >= 0" in train("--shard", "0/2", "--wait", "-1")
     assert "--shard and --finalize are separate steps" in train("--shard", "0/2", "--finalize", "x")
 
 
@@ -217,15 +218,3 @@ def test_readers_in_an_empty_folder_name_the_store_and_create_none(tmp_path, mon
         ), result.output
         assert "does not exist: train one there with `mlpipe train`" in result.output
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"], command  # no store
-
-
-def test_a_halving_search_refuses_shards_before_anything_starts(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text("search:\n  strategy: halving\n")
-    started = time.perf_counter()
-    result = runner.invoke(app, ["train", "--config", "s.yaml", "--shard", "0/2"])
-    assert result.exit_code == 2, result.output
-    assert "a halving search runs its rungs one after another" in result.output
-    assert time.perf_counter() - started < 10 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "s.yaml"
-    ]

@@ -272,6 +272,23 @@ def test_deploy_k8s_renders_a_spec_and_its_search(tmp_path):
     assert (job["completions"], job["parallelism"]) == (2, 2)  # never more pods than shards
 
 
+def test_a_stepwise_search_runs_every_shard_at_once(tmp_path):
+    """Halving's and tpe's shards wait for each other at every step: the Job runs them all."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("search:\n  strategy: tpe\n  n_trials: 20\n")
+    out = tmp_path / "out.yaml"
+    command = ["deploy", "k8s", "--image", "mlpipe:dev", "--overlay", "gke", "--config",
+               str(spec), "--shards", "24", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.read_text())}
+    job = docs[("Job", "mlpipe-tune-shards")]["spec"]
+    assert (job["completions"], job["parallelism"]) == (24, 24)  # not the overlay's 16
+    refused = CliRunner().invoke(app, [*command, "--parallelism", "4"])
+    assert refused.exit_code == 2
+    assert "give --parallelism 24 (= --shards) or leave it out" in refused.output
+
+
 def test_deploy_k8s_sets_the_artifact_bucket_and_the_role(tmp_path):
     out = tmp_path / "out.yaml"
     role = "arn:aws:iam::123456789012:role/team-mlflow"

@@ -26,6 +26,8 @@ def test_each_missing_shard_is_named_with_what_it_last_reported():
     assert "shard 0/3: 1 trial(s) missing; it says: failed: DataError: no such column" in error
     assert "shard 1/3: 2 trial(s) missing; it says: running" in error
     assert "shard 2/3: 1 trial(s) missing; it says: never started" in error
+    at_a_step = str(_not_ready(TRACKER, "abc", parents, {1: [TRIAL]}, "rung 2"))
+    assert "search abc (rung 2): 1 of 3 shard(s) not finished" in at_a_step
 
 
 def test_no_shard_started_says_what_to_run():

@@ -64,9 +64,13 @@ def train(
         ),
     ] = None,
     wait: Annotated[
-        float,
-        typer.Option(help="with --finalize: seconds to wait for shards still running."),
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="with --finalize: seconds to wait for shards still running (default 0); with "
+            "--shard of a halving or tpe search: seconds each step waits for the other shards "
+            "(default 3600)."
+        ),
+    ] = None,
     experiment: Annotated[str | None, typer.Option(help="tracking.experiment (MLflow).")] = None,
     model_name: Annotated[str | None, typer.Option(help="registry.model_name.")] = None,
     artifacts_dir: Annotated[Path | None, typer.Option(help="where results are written.")] = None,
@@ -108,16 +112,20 @@ def train(
 
 
 def _shard(
-    text: str | None, finalize: str | None, fresh: bool, wait: float, job_index: str | None
+    text: str | None,
+    finalize: str | None,
+    fresh: bool,
+    wait: float | None,
+    job_index: str | None,
 ) -> Any:
     """``--shard I/N`` checked against the other flags and, inside a Kubernetes Indexed Job,
     against the pod's JOB_COMPLETION_INDEX."""
     from mlpipe.search import Shard
 
-    if wait < 0:
+    if wait is not None and wait < 0:
         raise UserError(f"--wait {wait}: give seconds >= 0")
-    if wait and finalize is None:
-        raise UserError("--wait applies to --finalize only")
+    if wait is not None and finalize is None and text is None:
+        raise UserError("--wait applies to --finalize and --shard only")
     if text is None:
         return None
     if finalize is not None:
@@ -148,7 +156,7 @@ def _run(
     verbose: bool,
     shard: Any = None,
     finalize: str | None = None,
-    wait: float = 0.0,
+    wait: float | None = None,
 ) -> TuneOutcome | ShardOutcome:
     """Run the search (or a shard of it, or its finalize) with progress on stderr."""
     from mlpipe.cli import PROCESS_STARTED

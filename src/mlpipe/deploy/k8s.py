@@ -67,7 +67,20 @@ class Render:
             raise UserError(f"--shards {self.shards}: give at least 1")
         if self.parallelism is not None and self.parallelism < 1:
             raise UserError(f"--parallelism {self.parallelism}: give at least 1")
+        if self.stepwise and self.parallelism is not None and self.parallelism < self.shards:
+            raise UserError(
+                f"--parallelism {self.parallelism}: the spec's search runs in steps (halving or "
+                "tpe) and its shards wait for each other at every step; give --parallelism "
+                f"{self.shards} (= --shards) or leave it out"
+            )
         split_image(self.image)
+
+    @property
+    def stepwise(self) -> bool:
+        """Whether the spec's search runs in steps: all its shards must run at once."""
+        from mlpipe.spec import Spec
+
+        return Spec.model_validate(yaml.safe_load(self.spec_yaml or "") or {}).search.stepwise
 
 
 def split_image(image: str) -> dict[str, str]:
@@ -141,7 +154,8 @@ def _finish(rendered: str, settings: Render) -> str:
             continue
         kind, name = doc.get("kind"), doc["metadata"]["name"]
         if kind == "Job" and name == SHARDS_JOB:
-            doc["spec"]["parallelism"] = min(doc["spec"]["parallelism"], settings.shards)
+            wanted = settings.shards if settings.stepwise else doc["spec"]["parallelism"]
+            doc["spec"]["parallelism"] = min(wanted, settings.shards)
         if kind == "Deployment" and name == "mlflow" and settings.artifacts:
             args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
             args[:] = [

@@ -21,9 +21,9 @@ from mlpipe.search import Shard
 from mlpipe.settings import Settings
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
-from mlpipe.tune import publish
-from mlpipe.tune.sharded import ShardOutcome, run_finalize, run_shard
-from mlpipe.tune.steps import TuneOutcome, run_search
+from mlpipe.tune import publish, steps, stepwise
+from mlpipe.tune.sharded import BARRIER_SECONDS, ShardOutcome, run_finalize, run_shard
+from mlpipe.tune.steps import TuneOutcome
 
 
 @flow(name="tune", task_runner=ProcessPoolTaskRunner())  # type: ignore[arg-type]
@@ -32,16 +32,21 @@ def tune(
     tracking_uri: str | None = None,
     fresh: bool = False,
     shard: str | None = None,
+    wait_seconds: float | None = None,
 ) -> TuneOutcome | ShardOutcome:
     """Tune, track, refit, register and promote the spec's search (default: the built-in spec;
     tracking URI default: MLFLOW_TRACKING_URI, else ./mlflow.db). With ``shard`` ("I/N"): run
-    only that shard's trials under the search's shared parent run; ``finalize`` does the rest."""
+    only that shard's trials under the search's shared parent run; ``finalize`` does the rest
+    (a halving or tpe shard waits up to ``wait_seconds`` at each step for the other shards;
+    default an hour)."""
     parsed = Spec.model_validate(spec or {})
     uri = tracking_uri or Settings.from_env().tracking_uri
     tracker = Tracker.connect(uri, parsed.experiment_name)
     if shard is not None:
-        return run_shard(parsed, tracker, Shard.parse(shard))
-    outcome = run_search(parsed, tracker, fresh)
+        wait = BARRIER_SECONDS if wait_seconds is None else wait_seconds
+        return run_shard(parsed, tracker, Shard.parse(shard), wait)
+    stepped = parsed.search.stepwise
+    outcome = (stepwise.run_search if stepped else steps.run_search)(parsed, tracker, fresh)
     publish.to_flow_run(outcome, uri)
     return outcome
 

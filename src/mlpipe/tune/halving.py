@@ -1,6 +1,7 @@
 """Successive halving, rung by rung, as scikit-learn's ``HalvingGridSearchCV`` and
 ``HalvingRandomSearchCV`` run it, with every rung's trials cross-validated as Prefect tasks and
-tracked in MLflow like any search's.
+tracked in MLflow like any search's (``Rungs``: the steps ``stepwise`` runs, on one machine or
+across shards).
 
 Rung 0 evaluates every candidate with the fewest resources; each later rung keeps the best
 ``ceil(n / factor)`` and gives them ``factor`` times the resources (``search.halving_schedule``,
@@ -9,20 +10,18 @@ with ``sklearn.utils.resample``, seeded as scikit-learn seeds it) or the family'
 (``n_estimators``: the candidates get that many trees). The best is the best of the last rung.
 Each rung's trials are ordinary trials with the rung, its resources and whether the candidate
 was eliminated there recorded (``TrialResult``; MLflow tags ``mlpipe.rung``, ``mlpipe.resources``,
-``mlpipe.eliminated``); a rerun reuses every trial it finds finished, rung by rung.
+``mlpipe.eliminated``); a rerun reuses every trial MLflow holds finished, rung by rung.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlpipe.search import (
     HalvingSchedule,
+    Step,
     TrialConfig,
     expand,
     halving_schedule,
@@ -30,13 +29,10 @@ from mlpipe.search import (
     top_k,
 )
 from mlpipe.spec import Spec
-from mlpipe.tracking import Tracker
 from mlpipe.trial import TrialResult, kfold
-from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
     from mlpipe.tune.plan import Prepared
-    from mlpipe.tune.steps import TuneOutcome
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
 SMALLEST_PER_FOLD = 2  # scikit-learn's "smallest" n_samples: 2 rows per fold (a regressor)
@@ -134,95 +130,43 @@ def first_rung(
     return trials, rung_folds(spec, folds, plan.resources[0], n_train), key
 
 
-def total_trials(spec: Spec, plan: Prepared) -> int:
-    n_train = len(plan.split.y_train)
-    return sum(schedule(spec, n_train, len(plan.trials)).candidates)
+class Rungs:
+    """Successive halving as ``stepwise`` steps: rung ``n``'s trials (``plan`` holds rung 0),
+    then, told their results, the best ``ceil(n / factor)`` go on to the next rung with
+    ``factor`` times the resources; the others are marked eliminated."""
 
+    label = "rung"
 
-def run_search(
-    spec: Spec, plan: Prepared, tracker: Tracker, fresh: bool, observer: Observer, started: float
-) -> TuneOutcome:
-    """Successive halving's rungs, then ``steps.finish`` as for any search; a finished search
-    is repeated (``steps.repeat``), as a grid's is."""
-    from mlpipe.tune import artifacts, rerun
-    from mlpipe.tune.steps import MODEL_WRITERS, finish, preload, repeat
+    def __init__(self, spec: Spec, plan: Prepared) -> None:
+        self.spec, self.plan = spec, plan
+        self.n_train = len(plan.split.y_train)
+        self.schedule = schedule(spec, self.n_train, len(plan.trials))
+        self.total = sum(self.schedule.candidates)
+        self.configs = [_candidate(spec, t.params) for t in plan.trials]
+        self.number = self.first = 0
 
-    out_dir = Path(spec.artifacts_dir) / plan.search_id
-    previous = {} if fresh else artifacts.completed_trials(out_dir)
-    total = total_trials(spec, plan)
-    if len(previous) == total:  # a finished search: its outcome, nothing logged again
-        earlier = rerun.find_earlier(
-            tracker, plan.search_id, plan.search_params(spec), spec.model_name
-        )
-        if earlier is not None:
-            observer.start(total=total, reused=total)
-            observer.finish()
-            return repeat(spec, plan, tracker, earlier, list(previous.values()), started)
-    parent_run_id = tracker.start_search(plan.search_id, plan.search_params(spec), plan.search_tags)
-    observer.start(total=total, reused=0)
-    timings = {"prepare": time.perf_counter() - started}
-    preload(MODEL_WRITERS[spec.model.family])
-    results, reused = run_halving(spec, plan, tracker, parent_run_id, observer, previous)
-    observer.finish()
-    timings["trials"] = time.perf_counter() - started - timings["prepare"]
-    return finish(spec, plan, tracker, parent_run_id, results, reused, timings)
-
-
-def run_halving(
-    spec: Spec,
-    plan: Prepared,
-    tracker: Tracker,
-    parent_run_id: str,
-    observer: Observer,
-    previous: dict[str, TrialResult],
-) -> tuple[list[TrialResult], int]:
-    """Every rung of the search (``plan`` holds rung 0): its trials, and how many were reused."""
-    from mlpipe.tune.trials import run_trials
-
-    n_train = len(plan.split.y_train)
-    rungs = schedule(spec, n_train, len(plan.trials))
-    configs = [_candidate(spec, t.params) for t in plan.trials]
-    full_folds = kfold(n_train, spec.search.cv)
-    results: list[TrialResult] = []
-    reused = 0
-    first = 0
-    for number, resources in enumerate(rungs.resources):
+    def next(self) -> Step | None:
+        """The next rung's trials, numbered on from the earlier rungs' (None after the last)."""
+        if self.number == len(self.schedule.resources):
+            return None
+        number, resources = self.number, self.schedule.resources[self.number]
+        marks = {"rung": number, "resources": resources}
         if number == 0:
-            rung_plan = plan
-        else:
-            trials = rung_trials(spec, plan.dataset.fingerprint, configs, number, resources, first)
-            folds = rung_folds(spec, full_folds, resources, n_train)
-            rung_plan = dataclasses.replace(plan, trials=trials, folds=folds)
-        done, todo = [], []
-        for trial in rung_plan.trials:
-            if trial.trial_id in previous:
-                done.append(previous[trial.trial_id])
-                done[-1].index = trial.index
-            else:
-                todo.append(trial)
-        run_ids: dict[str, str] = {}
-        for result in done:
-            result.rung, result.resources = number, resources
-            run_ids[result.trial_id] = tracker.log_trial(parent_run_id, plan.search_id, result)
-        mark = {"rung": number, "resources": resources}
-        fresh = run_trials(
-            spec, rung_plan, todo, tracker, parent_run_id, observer, results + done, mark, run_ids
-        )
-        reused += len(done)
-        by_id = {r.trial_id: r for r in done + fresh}
-        rung_results = [by_id[t.trial_id] for t in rung_plan.trials]
-        keep = top_k(
-            [r.mean_score for r in rung_results], -(-len(rung_results) // spec.search.factor)
-        )
-        last = number == len(rungs.resources) - 1
-        for position, result in enumerate(rung_results):
+            return Step(0, self.plan.trials, self.plan.folds, marks)
+        spec, fingerprint = self.spec, self.plan.dataset.fingerprint
+        trials = rung_trials(spec, fingerprint, self.configs, number, resources, self.first)
+        folds = rung_folds(spec, kfold(self.n_train, spec.search.cv), resources, self.n_train)
+        return Step(number, trials, folds, marks)
+
+    def tell(self, results: list[TrialResult]) -> None:
+        """This rung's results, in its trials' order: keep the best, mark the others."""
+        keep = top_k([r.mean_score for r in results], -(-len(results) // self.spec.search.factor))
+        last = self.number == len(self.schedule.resources) - 1
+        for position, result in enumerate(results):
             result.eliminated = False if last else position not in keep
-            if result.eliminated:
-                tracker.set_tags(run_ids[result.trial_id], {"mlpipe.eliminated": "true"})
-        results += rung_results
-        first += len(rung_results)
-        configs = [configs[position] for position in keep]
-    return results, reused
+        self.configs = [self.configs[position] for position in keep]
+        self.first += len(results)
+        self.number += 1
 
 
 def _candidate(spec: Spec, params: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def run_tuning(
     process_started: float | None = None,
     shard: Shard | None = None,
     finalize: str | None = None,
-    wait_seconds: float = 0.0,
+    wait_seconds: float | None = None,
     prefect_api_url: str | None = None,
 ) -> TuneOutcome | ShardOutcome:
     """Run the ``tune`` flow (the whole search, or one ``shard``) or, with ``finalize`` (a
@@ -59,13 +59,6 @@ def run_tuning(
         raise UserError(
             f"--executor {spec.executor}: the Dask workers report their task runs to Prefect "
             "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
-        )
-    if spec.search.strategy in ("halving", "tpe") and (shard is not None or finalize is not None):
-        steps = "rungs" if spec.search.strategy == "halving" else "batches"
-        raise UserError(
-            f"--shard/--finalize: a {spec.search.strategy} search runs its {steps} one after "
-            "another in one flow; run it without shards (on this machine's pool, or --executor "
-            "dask-local/dask://)"
         )
     plan = prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
     units = len(plan_units(plan.trials, get_family(spec.model.family)))
@@ -115,7 +108,7 @@ def _run_flow(
     fresh: bool,
     shard: Shard | None,
     finalize: str | None,
-    wait_seconds: float,
+    wait_seconds: float | None,
 ) -> Any:
     """The flow's final state (its exception kept as it is), run on ``runner``."""
     tokens = observer_var.set(observer), compute_var.set(compute)
@@ -126,7 +119,7 @@ def _run_flow(
                 search_id=finalize,
                 spec=spec.model_dump(mode="json"),
                 tracking_uri=tracking_uri,
-                wait_seconds=wait_seconds,
+                wait_seconds=wait_seconds or 0.0,
                 return_state=True,
             )
         return tune.with_options(task_runner=runner)(
@@ -134,6 +127,7 @@ def _run_flow(
             tracking_uri=tracking_uri,
             fresh=fresh,
             shard=None if shard is None else str(shard),
+            wait_seconds=wait_seconds,
             return_state=True,
         )
     finally:

@@ -38,7 +38,7 @@ from mlpipe.trial import (
     fit_final,
     regression_metrics,
 )
-from mlpipe.tune import artifacts, halving, rerun, tpe
+from mlpipe.tune import artifacts, rerun
 from mlpipe.tune.plan import Prepared, pending_trials, prepare
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
@@ -74,13 +74,11 @@ def refit(family: str, params: dict[str, Any], split: Split, seed: int) -> tuple
 
 
 def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
-    """The body of the flow: must run inside a flow run (it submits tasks)."""
+    """The body of the flow for a grid or random search (``stepwise.run_search``: halving and
+    tpe): must run inside a flow run (it submits tasks)."""
     observer = observer_var.get() or NullObserver()
     started = time.perf_counter()
     plan = prepare(spec)
-    if spec.search.strategy in ("halving", "tpe"):
-        module = halving if spec.search.strategy == "halving" else tpe
-        return module.run_search(spec, plan, tracker, fresh, observer, started)
     reused, todo = pending_trials(spec, plan, fresh)
     if not todo:
         params, name = plan.search_params(spec), spec.model_name

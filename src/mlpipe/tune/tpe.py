@@ -6,28 +6,25 @@ the order they finished. So the configurations tried depend on the seed, the spa
 ``batch_size`` only: one worker, two, or a Dask cluster try the same ones (Optuna's own parallel
 ``optimize`` does not: optuna#3056, #6062).
 
-The study lives in the flow. It is rebuilt each run by asking again, batch by batch, with the
-same seeded sampler: a batch whose trials MLflow already holds (finished in an interrupted or an
-earlier, shorter run of this search) is told their logged scores instead of being computed, so a
-resumed or extended search (a larger ``n_trials``) never recomputes a finished trial. The search
-id leaves ``n_trials`` out for that reason.
+The study lives in the flow (``Batches``: the steps ``stepwise`` runs, on one machine or across
+shards). It is rebuilt each run by asking again, batch by batch, with the same seeded sampler: a
+batch whose trials MLflow already holds (finished in an interrupted or an earlier, shorter run
+of this search) is told their logged scores instead of being computed, so a resumed or extended
+search (a larger ``n_trials``) never recomputes a finished trial. The search id leaves
+``n_trials`` out for that reason.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from mlpipe.search import TrialConfig, make_trials
+from mlpipe.search import Step, TrialConfig, make_trials
 from mlpipe.space import Range
 from mlpipe.spec import Spec
-from mlpipe.tracking import Tracker
 from mlpipe.trial import TrialResult
-from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
     from mlpipe.tune.plan import Prepared
-    from mlpipe.tune.steps import TuneOutcome
 
 
 def distributions(spec: Spec) -> dict[str, Any]:
@@ -96,69 +93,25 @@ def first_batch(spec: Spec, fingerprint: str) -> tuple[list[TrialConfig], str]:
     return trials, f"tpe:{spec.search.batch_size}:{sorted(space.items())}"
 
 
-def run_search(
-    spec: Spec, plan: Prepared, tracker: Tracker, fresh: bool, observer: Observer, started: float
-) -> TuneOutcome:
-    """Ask, evaluate and tell batch by batch until ``n_trials``; then ``steps.finish``."""
-    from mlpipe.tune import rerun
-    from mlpipe.tune.steps import MODEL_WRITERS, finish, preload, repeat
-    from mlpipe.tune.trials import run_trials
+class Batches:
+    """TPE as ``stepwise`` steps: ``batch_size`` configs asked at a time (``plan`` holds the
+    first batch), told their results in the order asked, until ``n_trials``."""
 
-    n_trials, batch = spec.search.n_trials or 0, spec.search.batch_size
-    logged = {} if fresh else tracker.gather_trials(plan.search_id, None)
-    previous = {tid: result for tid, (_, result) in logged.items() if result.status == "completed"}
-    replayed = _replay(spec, plan, previous)
-    if replayed is not None:  # every trial finished before: that search's outcome, if it ended
-        params, name = plan.search_params(spec), spec.model_name
-        earlier = rerun.find_earlier(tracker, plan.search_id, params, name)
-        if earlier is not None:
-            observer.start(total=n_trials, reused=n_trials)
-            observer.finish()
-            return repeat(spec, plan, tracker, earlier, replayed, started)
-    parent_run_id = tracker.start_search(plan.search_id, plan.search_params(spec), plan.search_tags)
-    study = Study(spec, plan.dataset.fingerprint)
-    results: list[TrialResult] = []
-    reused = 0
-    observer.start(total=n_trials, reused=0)
-    timings = {"prepare": time.perf_counter() - started}
-    preload(MODEL_WRITERS[spec.model.family])
-    while len(results) < n_trials:
-        trials = study.ask(min(batch, n_trials - len(results)))
-        done = []
-        for trial in trials:
-            if trial.trial_id in previous:
-                found = previous[trial.trial_id]
-                found.index = trial.index
-                tracker.log_trial(parent_run_id, plan.search_id, found)
-                done.append(found)
-        todo = [t for t in trials if t.trial_id not in previous]
-        fresh_results = run_trials(spec, plan, todo, tracker, parent_run_id, observer,
-                                   results + done)  # fmt: skip
-        by_id = {r.trial_id: r for r in done + fresh_results}
-        batch_results = [by_id[t.trial_id] for t in trials]
-        study.tell(batch_results)
-        results += batch_results
-        reused += len(done)
-    observer.finish()
-    timings["trials"] = time.perf_counter() - started - timings["prepare"]
-    return finish(spec, plan, tracker, parent_run_id, results, reused, timings)
+    label = "batch"
 
+    def __init__(self, spec: Spec, plan: Prepared) -> None:
+        self.spec = spec
+        self.study = Study(spec, plan.dataset.fingerprint)
+        self.total = spec.search.n_trials or 0
+        self.number = 0
 
-def _replay(
-    spec: Spec, plan: Prepared, previous: dict[str, TrialResult]
-) -> list[TrialResult] | None:
-    """The whole search from earlier results alone, asked and told as a run would; None as
-    soon as a trial it asks for was never finished."""
-    study = Study(spec, plan.dataset.fingerprint)
-    n_trials = spec.search.n_trials or 0
-    results: list[TrialResult] = []
-    while len(results) < n_trials:
-        trials = study.ask(min(spec.search.batch_size, n_trials - len(results)))
-        if any(t.trial_id not in previous for t in trials):
+    def next(self) -> Step | None:
+        asked = self.study.asked
+        if asked == self.total:
             return None
-        batch = [previous[t.trial_id] for t in trials]
-        for result, trial in zip(batch, trials, strict=True):
-            result.index = trial.index
-        study.tell(batch)
-        results += batch
-    return results
+        trials = self.study.ask(min(self.spec.search.batch_size, self.total - asked))
+        self.number += 1
+        return Step(self.number - 1, trials)
+
+    def tell(self, results: list[TrialResult]) -> None:
+        self.study.tell(results)

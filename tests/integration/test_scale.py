@@ -100,18 +100,23 @@ def trial_runs(work: dict, experiment: str) -> list:
     )
 
 
-def start_shard(work: dict, name: str, shard: str, spec: str = "spec", **popen) -> subprocess.Popen:
-    """`mlpipe train --shard I/N` as the Job's pod I runs it (JOB_COMPLETION_INDEX set)."""
-    args = ["train", "-c", f"{spec}.yaml", "--experiment", name, "--model-name", name,
-            "--artifacts-dir", name, "--shard", shard, "--quiet"]  # fmt: skip
-    env = {**os.environ, **work["env"], "JOB_COMPLETION_INDEX": shard.split("/")[0]}
-    return subprocess.Popen([str(BIN / "mlpipe"), *args], cwd=work["root"], env=env, **popen)
+def start_train(
+    work: dict, name: str, args: list[str], spec: str = "spec", **popen
+) -> subprocess.Popen:
+    """`mlpipe train` in the background; with ``--shard I/N``, as the Job's pod I runs it
+    (JOB_COMPLETION_INDEX set)."""
+    command = ["train", "-c", f"{spec}.yaml", "--experiment", name, "--model-name", name,
+               "--artifacts-dir", name, "--quiet", *args]  # fmt: skip
+    env = {**os.environ, **work["env"]}
+    if "--shard" in args:
+        env["JOB_COMPLETION_INDEX"] = args[args.index("--shard") + 1].split("/")[0]
+    return subprocess.Popen([str(BIN / "mlpipe"), *command], cwd=work["root"], env=env, **popen)
 
 
 def run_shards(work: dict, name: str, count: int, spec: str) -> list[str]:
     """Every shard of a search at once, as an Indexed Job's pods run; their outputs."""
-    procs = [start_shard(work, name, f"{i}/{count}", spec, stdout=subprocess.PIPE, text=True)
-             for i in range(count)]  # fmt: skip
+    procs = [start_train(work, name, ["--shard", f"{i}/{count}"], spec, stdout=subprocess.PIPE,
+                         text=True) for i in range(count)]  # fmt: skip
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * count, outputs
     return outputs
@@ -138,20 +143,26 @@ def test_shards_then_finalize_equal_one_machine(work, single):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sharded["parent_run_id"]}
 
 
+def killed_after_its_first_trial(work: dict, name: str, args: list[str], spec: str) -> None:
+    """Start `mlpipe train` (with ``args``), and SIGKILL it and its pool processes as soon as
+    MLflow holds one of its trials."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = start_train(work, name, args, spec, start_new_session=True, **quiet)
+    try:
+        deadline = time.monotonic() + 120
+        while not trial_runs(work, name) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
 def test_a_killed_halving_shard_reruns_only_its_unfinished_trials(work):
     """Shards of a halving search run each rung's share, then wait for the others' in MLflow;
     one killed in rung 0 is named by finalize, and once rerun the search equals scikit-learn's
     HalvingGridSearchCV, with no trial run twice."""
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = start_shard(work, "killed", "0/2", "halving", start_new_session=True, **quiet)
-    try:
-        deadline = time.monotonic() + 120
-        while not trial_runs(work, "killed") and time.monotonic() < deadline:
-            assert proc.poll() is None, "the shard ended before it could be killed"
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its task-runner processes
-    finally:
-        proc.wait()
+    killed_after_its_first_trial(work, "killed", ["--shard", "0/2"], "halving")
     done_before = {r.data.tags["mlpipe.trial_id"] for r in trial_runs(work, "killed")}
     assert 0 < len(done_before) <= 9  # at most its half of rung 0's 18 candidates
 
@@ -176,8 +187,22 @@ def test_a_killed_halving_shard_reruns_only_its_unfinished_trials(work):
 
 @pytest.fixture(scope="module")
 def tpe_single(work):
+    """TPE on two workers, killed after its first trials, then run again to the end; and the
+    trial runs the killed run had finished, with their fit times."""
+    killed_after_its_first_trial(work, "tpe", ["--n-jobs", "2"], "tpe")
+    before = {r.data.tags["mlpipe.trial_id"]: r.data.metrics["fit_seconds"]
+              for r in trial_runs(work, "tpe")}  # fmt: skip
     train(work, "tpe", "--n-jobs", "2", spec="tpe")
-    return results(work, "tpe")
+    return {**results(work, "tpe"), "killed_run_finished": before}
+
+
+def test_an_interrupted_tpe_search_resumes_without_recomputing(tpe_single):
+    before = tpe_single["killed_run_finished"]
+    assert 0 < len(before) < 8
+    trials = {t["trial_id"]: t for t in tpe_single["trials"]}
+    assert set(before) < set(trials)  # the same configs, asked again and told their scores
+    # a trial the killed run finished keeps the fit time it was measured with there
+    assert all(trials[tid]["fit_seconds"] == seconds for tid, seconds in before.items())
 
 
 def test_tpe_tries_the_same_trials_on_two_workers_two_shards_and_dask(work, tpe_single):

@@ -292,6 +292,14 @@ def test_an_extended_tpe_search_computes_only_the_new_trials(train, workdir):
     # a reused trial keeps the fit time it was measured with: nothing fitted again
     assert all(t["fit_seconds"] == before[t["trial_id"]]["fit_seconds"] for t in after[:8])
     assert not any(t["trial_id"] in before for t in after[8:])
+    # the model-based search's report: its history and Optuna's fANOVA importances
+    folder, _ = results_of(workdir)
+    assert {"optimization_history.png", "param_importances.png"} <= {
+        p.name for p in (folder / "report").iterdir()
+    }
+    importances = longer["param_importances"]
+    assert set(importances) == set(TPE_SPEC["search"]["params"])
+    assert sum(importances.values()) == pytest.approx(1.0) and min(importances.values()) >= 0
     again = train(TPE_SPEC, "--quiet")
     assert "unchanged: every trial reused" in again.output
 

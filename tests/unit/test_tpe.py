@@ -4,10 +4,11 @@ on the seed and batch size alone (asked, then told in the order asked)."""
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from mlpipe.spec import Spec
 from mlpipe.trial import TrialResult
-from mlpipe.tune.tpe import Study, distributions
+from mlpipe.tune.tpe import Study, distributions, param_importances
 
 SPEC = {
     "seed": 3,
@@ -36,13 +37,18 @@ def score(params: dict) -> float:
 
 def run(spec: Spec) -> list[dict]:
     """Ask and tell 30 trials in batches of the spec's size, each scored by ``score``."""
-    study, seen = Study(spec, "fp"), []
-    while len(seen) < 30:
-        trials = study.ask(min(spec.search.batch_size, 30 - len(seen)))
-        study.tell([TrialResult(t.trial_id, t.index, t.params, mean_score=score(t.params))
-                    for t in trials])  # fmt: skip
-        seen += [t.params for t in trials]
-    return seen
+    return [r.params for r in results(spec)]
+
+
+def results(spec: Spec) -> list[TrialResult]:
+    study, done = Study(spec, "fp"), []
+    while len(done) < 30:
+        trials = study.ask(min(spec.search.batch_size, 30 - len(done)))
+        batch = [TrialResult(t.trial_id, t.index, t.params, mean_score=score(t.params))
+                 for t in trials]  # fmt: skip
+        study.tell(batch)
+        done += batch
+    return done
 
 
 def test_the_configs_depend_on_seed_and_batch_size_only():
@@ -55,3 +61,12 @@ def test_the_configs_depend_on_seed_and_batch_size_only():
     assert all(10 <= c["n_estimators"] <= 200 and 0.2 <= c["max_features"] <= 1 for c in first)
     late = [score(c) for c in first[20:]]  # past the random start-up, TPE goes where it scores
     assert sorted(late)[len(late) // 2] < sorted(score(c) for c in first[:10])[5]
+
+
+def test_param_importances_find_what_the_score_depends_on():
+    spec = Spec.model_validate(SPEC)
+    found = param_importances(spec, results(spec))
+    assert found == param_importances(spec, results(spec))  # seeded
+    assert list(found)[-1] == "max_depth"  # the score ignores it; largest first
+    assert found["max_depth"] < 0.05 and sum(found.values()) == pytest.approx(1.0)
+    assert param_importances(spec, results(spec)[:1]) is None  # one trial explains nothing

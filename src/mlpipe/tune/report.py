@@ -3,6 +3,10 @@
 - hyperparameters.png: each hyperparameter against mean CV MSE (one panel each)
 - predicted_vs_actual.png: the refit model on the held-out test split
 - feature_importances.png: the refit model's importances, largest first
+- optimization_history.png (model-based search): each trial's CV MSE in the order asked, and the
+  best so far, as Optuna's ``plot_optimization_history`` draws it
+- param_importances.png (model-based search): each hyperparameter's share of the CV MSE's
+  variance (``tpe.param_importances``: Optuna's fANOVA), as ``plot_param_importances`` draws it
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ def write_report(
     predictions: np.ndarray,
     model: Any,
     family: str,
+    history: bool = False,
+    param_importances: dict[str, float] | None = None,
 ) -> list[Path]:
-    """Draw the three plots into ``folder``; returns the files written."""
+    """Draw the plots into ``folder`` (with ``history``, the optimisation history; with
+    ``param_importances``, those); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -80,7 +87,33 @@ def write_report(
         ax.set_title("feature importances")
         fig.tight_layout()
         written.append(_save(fig, folder / "feature_importances.png"))
+    if history and done:
+        written.append(_history(plt, results, folder / "optimization_history.png"))
+    if param_importances:
+        names = list(param_importances)[::-1]  # largest on top
+        fig, ax = plt.subplots(figsize=(5, 0.35 * len(names) + 1.2))
+        ax.barh(names, [param_importances[n] for n in names])
+        ax.set_xlabel("share of the CV MSE's variance (fANOVA)")
+        ax.set_title("hyperparameter importances")
+        fig.tight_layout()
+        written.append(_save(fig, folder / "param_importances.png"))
     return written
+
+
+def _history(plt: Any, results: Sequence[TrialResult], path: Path) -> Path:
+    """Each completed trial's CV MSE by its number (the order asked) and the best so far."""
+    ordered = sorted(results, key=lambda r: r.index)
+    numbers = [r.index for r in ordered if r.status == "completed"]
+    scores = [r.mean_score for r in ordered if r.status == "completed"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(numbers, scores, s=14, alpha=0.7, label="trial")
+    ax.step(numbers, np.minimum.accumulate(scores), where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial (in the order asked)")
+    ax.set_ylabel("mean CV MSE")
+    ax.set_title("optimization history")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _continuous(values: Sequence[Any]) -> bool:

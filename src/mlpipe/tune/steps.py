@@ -38,7 +38,7 @@ from mlpipe.trial import (
     fit_final,
     regression_metrics,
 )
-from mlpipe.tune import artifacts, rerun
+from mlpipe.tune import artifacts, rerun, tpe
 from mlpipe.tune.plan import Prepared, pending_trials, prepare
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
@@ -217,6 +217,8 @@ def finish(
         signals.model_promoted(spec.model_name, promotion)
 
     out_dir = Path(spec.artifacts_dir) / plan.search_id
+    model_based = spec.search.strategy == "tpe"
+    importances = tpe.param_importances(spec, results) if model_based else None
     artifacts.write_results(
         out_dir,
         plan.search_id,
@@ -233,12 +235,14 @@ def finish(
             "model_name": spec.model_name,
             "model_version": version,
             "alias": promotion.alias,
-        },
+        }
+        | ({"param_importances": importances} if model_based else {}),
     )
     from mlpipe.predictor import download_model
     from mlpipe.tune import report
 
-    report.write_report(out_dir / "report", results, split, predictions, model, family.name)
+    report.write_report(out_dir / "report", results, split, predictions, model, family.name,
+                        history=model_based, param_importances=importances)  # fmt: skip
     download_model(model_uri, out_dir / "model")
     tracker.log_artifacts(parent_run_id, out_dir)
     tracker.end_search(parent_run_id, ok=True)

@@ -93,6 +93,33 @@ def first_batch(spec: Spec, fingerprint: str) -> tuple[list[TrialConfig], str]:
     return trials, f"tpe:{spec.search.batch_size}:{sorted(space.items())}"
 
 
+def param_importances(spec: Spec, results: list[TrialResult]) -> dict[str, float] | None:
+    """How much of the CV MSE's variance across the completed trials each parameter explains:
+    Optuna's fANOVA (``optuna.importance.get_param_importances``, its default evaluator,
+    seeded by the spec), largest first and summing to 1; None with fewer than two completed
+    trials or nothing that varies."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    done = [r for r in results if r.status == "completed"]
+    space = distributions(spec)
+    varied = [k for k, d in space.items() if not d.single()]
+    if len(done) < 2 or not varied or len({r.mean_score for r in done}) < 2:
+        return None
+    study = optuna.create_study(direction="minimize")
+    study.add_trials(
+        optuna.trial.create_trial(
+            params={k: r.params[k] for k in space},
+            distributions=space,
+            value=r.mean_score,
+        )
+        for r in done
+    )
+    evaluator = FanovaImportanceEvaluator(seed=spec.seed)
+    found = get_param_importances(study, evaluator=evaluator, params=varied, normalize=True)
+    return {name: float(value) for name, value in found.items()}
+
+
 class Batches:
     """TPE as ``stepwise`` steps: ``batch_size`` configs asked at a time (``plan`` holds the
     first batch), told their results in the order asked, until ``n_trials``."""

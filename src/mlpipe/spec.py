@@ -69,6 +69,9 @@ class SearchSpec(_Strict):
     batch_size: int = Field(
         4, ge=1, description="tpe: configs asked before their scores are told back"
     )
+    sampler: Literal["tpe", "qmc"] = Field(
+        "tpe", description="tpe: Optuna's sampler by name: tpe, or qmc (scrambled Sobol)"
+    )
     retries: int = Field(0, ge=0, description="Prefect task retries per trial")
     retry_delay_seconds: float = Field(0.0, ge=0)
     # successive halving, as scikit-learn's HalvingGridSearchCV / HalvingRandomSearchCV
@@ -228,6 +231,11 @@ class Spec(_Strict):
             )
         if self.search.strategy == "halving":
             _check_halving(self.search, family.size_param, self.search_space, params is None)
+        if "sampler" in self.search.model_fields_set and self.search.strategy != "tpe":
+            raise ValueError(
+                f"search.sampler: {self.search.sampler} picks Optuna's sampler for search.strategy "
+                f"tpe; this search's strategy is {self.search.strategy}"
+            )
         if not _valid_executor(self.executor):
             raise ValueError(
                 f"executor: {self.executor!r} is not one of process, dask-local, "
@@ -276,7 +284,9 @@ model:
 search:
   strategy: grid          # grid | random or tpe (with n_trials) | halving (see the README)
   cv: 3                   # KFold splits of the training split
-  # n_trials: 20          # random only
+  # n_trials: 20          # random and tpe (halving: its random candidates)
+  # batch_size: 4         # tpe: configs asked before their scores are told back
+  # sampler: tpe          # tpe: Optuna's sampler, tpe | qmc
   retries: 0              # Prefect retries of a failed trial
   params:                 # a list of values, or (random) a range: {low: 0.01, high: 0.3, log: true}
     n_estimators: [50, 100, 200]

@@ -97,6 +97,15 @@ def test_a_range_is_int_or_float_linear_or_log():
             "search:\n  strategy: tpe\n  n_trials: 5\n  batch_size: 0\n",
             "search.batch_size: Input should be greater than or equal to 1",
         ),
+        (
+            "search:\n  strategy: tpe\n  n_trials: 5\n  sampler: cmaes\n",
+            "search.sampler: Input should be 'tpe' or 'qmc'",
+        ),
+        (
+            "search:\n  sampler: qmc\n",
+            "search.sampler: qmc picks Optuna's sampler for search.strategy tpe; this search's "
+            "strategy is grid",
+        ),
         (HALVING + "  factor: 1\n", "search.factor: Input should be greater than or equal to 2"),
         (HALVING + "  resource: max_depth\n", "search.resource: 'max_depth' is not a resource"),
         (

@@ -70,3 +70,14 @@ def test_param_importances_find_what_the_score_depends_on():
     assert list(found)[-1] == "max_depth"  # the score ignores it; largest first
     assert found["max_depth"] < 0.05 and sum(found.values()) == pytest.approx(1.0)
     assert param_importances(spec, results(spec)[:1]) is None  # one trial explains nothing
+
+
+def test_samplers_by_name_are_seeded_and_differ():
+    qmc = {**SPEC, "search": {**SPEC["search"], "sampler": "qmc"}}
+    first = run(Spec.model_validate(qmc))
+    assert run(Spec.model_validate(qmc)) == first  # the same Sobol points, in batches
+    assert first != run(Spec.model_validate(SPEC))  # not TPE's
+    assert all(10 <= c["n_estimators"] <= 200 and 0.2 <= c["max_features"] <= 1 for c in first)
+    # a low-discrepancy sequence: every fifth of max_features' range gets some of the 30
+    fifths = {min(int((c["max_features"] - 0.2) / 0.16), 4) for c in first}
+    assert fifths == {0, 1, 2, 3, 4}

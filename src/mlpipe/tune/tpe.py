@@ -1,4 +1,5 @@
-"""Model-based search with Optuna's TPE sampler, reproducible at any parallelism.
+"""Model-based search with Optuna's TPE sampler (or another by name: ``sampler``), reproducible
+at any parallelism.
 
 Optuna's sampler asks ``batch_size`` configurations, the flow cross-validates them as tasks (the
 same as any search's), and their mean CV MSE is told back in the order they were asked, never in
@@ -47,6 +48,23 @@ def distributions(spec: Spec) -> dict[str, Any]:
     return found
 
 
+def sampler(spec: Spec) -> Any:
+    """Optuna's sampler that ``search.sampler`` names, seeded by the spec: ``tpe`` (the
+    Tree-structured Parzen Estimator) or ``qmc`` (a scrambled Sobol sequence; categorical
+    parameters drawn at random beside it, as Optuna's QMCSampler does)."""
+    import warnings
+
+    import optuna
+
+    if spec.search.sampler == "qmc":
+        with warnings.catch_warnings():  # "experimental since 3.0": a user can do nothing about it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(
+                qmc_type="sobol", scramble=True, seed=spec.seed, warn_independent_sampling=False
+            )
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
 class Study:
     """An Optuna study asked in batches: ``ask`` gives the next batch's trials (numbered and
     given ids as any search's), ``tell`` takes their results in that order."""
@@ -56,9 +74,7 @@ class Study:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spec, self.fingerprint = spec, fingerprint
-        self.study = optuna.create_study(
-            direction="minimize", sampler=optuna.samplers.TPESampler(seed=spec.seed)
-        )
+        self.study = optuna.create_study(direction="minimize", sampler=sampler(spec))
         self.space = distributions(spec)
         self.asked = 0
         self.seen: dict[str, int] = {}  # trial ids' repeat counts (make_trials)
@@ -90,7 +106,10 @@ def first_batch(spec: Spec, fingerprint: str) -> tuple[list[TrialConfig], str]:
     study = Study(spec, fingerprint)
     trials = study.ask(min(spec.search.batch_size, spec.search.n_trials or 1))
     space = {k: repr(v) for k, v in study.space.items()}
-    return trials, f"tpe:{spec.search.batch_size}:{sorted(space.items())}"
+    sampler = (
+        "" if spec.search.sampler == "tpe" else f"{spec.search.sampler}:"
+    )  # tpe: ids as before
+    return trials, f"tpe:{sampler}{spec.search.batch_size}:{sorted(space.items())}"
 
 
 def param_importances(spec: Spec, results: list[TrialResult]) -> dict[str, float] | None:

@@ -69,8 +69,8 @@ class SearchSpec(_Strict):
     batch_size: int = Field(
         4, ge=1, description="tpe: configs asked before their scores are told back"
     )
-    sampler: Literal["tpe", "qmc"] = Field(
-        "tpe", description="tpe: Optuna's sampler by name: tpe, or qmc (scrambled Sobol)"
+    sampler: Literal["tpe", "qmc"] | None = Field(
+        None, description="tpe: Optuna's sampler by name: tpe (None: tpe), or qmc (scrambled Sobol)"
     )
     retries: int = Field(0, ge=0, description="Prefect task retries per trial")
     retry_delay_seconds: float = Field(0.0, ge=0)
@@ -231,7 +231,7 @@ class Spec(_Strict):
             )
         if self.search.strategy == "halving":
             _check_halving(self.search, family.size_param, self.search_space, params is None)
-        if "sampler" in self.search.model_fields_set and self.search.strategy != "tpe":
+        if self.search.sampler is not None and self.search.strategy != "tpe":
             raise ValueError(
                 f"search.sampler: {self.search.sampler} picks Optuna's sampler for search.strategy "
                 f"tpe; this search's strategy is {self.search.strategy}"

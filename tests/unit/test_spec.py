@@ -211,3 +211,19 @@ def test_file_source_needs_a_target():
 def test_example_is_valid_yaml_with_every_section():
     raw = yaml.safe_load(EXAMPLE_SPEC)
     assert set(raw) >= {"seed", "data", "model", "search", "tracking", "registry", "artifacts_dir"}
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {},
+        {"strategy": "random", "n_trials": 5},
+        {"strategy": "halving"},
+        {"strategy": "tpe", "n_trials": 5},
+        {"strategy": "tpe", "n_trials": 5, "sampler": "qmc"},
+    ],
+)
+def test_a_spec_survives_its_trip_through_a_flow_parameter(search):
+    """The flows take the spec as JSON (``model_dump``) and validate it again."""
+    spec = Spec.model_validate({"search": search})
+    assert Spec.model_validate(spec.model_dump(mode="json")) == spec

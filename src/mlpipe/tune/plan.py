@@ -55,7 +55,7 @@ class Prepared:
     def _strategy(spec: Spec) -> dict[str, Any]:
         search = spec.search
         if search.strategy == "tpe":
-            return {"batch_size": search.batch_size, "sampler": search.sampler}
+            return {"batch_size": search.batch_size, "sampler": search.sampler or "tpe"}
         if search.strategy != "halving":
             return {}
         return {

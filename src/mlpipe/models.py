@@ -45,6 +45,9 @@ class Family:
     # shortcut, as in boosting, where each tree depends on the earlier ones)
     depth_param: str | None = None
     depth_of: Callable[[Any], int] | None = None
+    # a fitted model set to grow to k members on its next fit, keeping the ones it has: the
+    # same model as a fit of k from scratch (None: the family cannot, or not exactly)
+    grow: Callable[[Any, int], None] | None = None
 
     @property
     def hyperparameters(self) -> frozenset[str]:
@@ -67,6 +70,12 @@ def _forest_first(model: Any, X: np.ndarray, k: int) -> np.ndarray:
     head.estimators_ = model.estimators_[:k]
     head.n_estimators = k
     return np.asarray(head.predict(X))
+
+
+def _forest_grow(model: Any, k: int) -> None:
+    # warm_start keeps the fitted trees and advances the seed sequence past them, so the new
+    # trees are those a k-tree fit from scratch would grow (scikit-learn's documented contract)
+    model.set_params(n_estimators=k, warm_start=True)
 
 
 def _forest_effective(params: Params) -> dict[str, Any]:
@@ -139,6 +148,7 @@ FAMILIES: dict[str, Family] = {
         effective=_forest_effective,
         depth_param="max_depth",
         depth_of=_forest_depth,
+        grow=_forest_grow,
     ),
     "xgboost": Family(
         name="xgboost",

@@ -4,9 +4,13 @@ no MLflow, so the same code runs in a thread, a process, a Dask worker or a Kube
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,6 +98,41 @@ class UnitRun:
     folds: list[FoldFit]
 
 
+@dataclass(frozen=True)
+class Warm:
+    """A folder (on this machine, private to the search's process) where a halving search
+    over ensemble size keeps each candidate's fitted fold models between rungs, so that a
+    survivor's next rung fits only its new members (``Family.grow``). A model not found there
+    (another machine's, a reused trial's) is fitted from scratch: the same model either way."""
+
+    folder: str
+
+    def path(self, params: dict[str, Any], size_param: str, fold: int) -> Path:
+        other = {k: v for k, v in params.items() if k != size_param}
+        key = json.dumps(other, sort_keys=True, default=repr).encode()
+        return Path(self.folder) / f"{hashlib.sha256(key).hexdigest()[:20]}-{fold}.pkl"
+
+    def load(self, family: Family, params: dict[str, Any], fold: int) -> Any | None:
+        """The candidate's model of ``fold`` from an earlier rung, set to grow to this size."""
+        size = params[family.size_param]
+        try:
+            with open(self.path(params, family.size_param, fold), "rb") as handle:
+                model = pickle.load(handle)  # written by this search's own processes
+        except FileNotFoundError:
+            return None
+        if family.grow is None or len(model.estimators_) >= size:
+            return None
+        family.grow(model, size)
+        return model
+
+    def save(self, family: Family, params: dict[str, Any], fold: int, model: Any) -> None:
+        path = self.path(params, family.size_param, fold)
+        partial = path.with_suffix(".part")
+        with open(partial, "wb") as handle:
+            pickle.dump(model, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        partial.replace(path)  # a reader never sees half a model
+
+
 def cross_validate_unit(
     unit: Unit,
     family: Family,
@@ -102,12 +141,14 @@ def cross_validate_unit(
     folds: list[tuple[np.ndarray, np.ndarray]],
     seed: int,
     reference: list[FoldFit] | None = None,
+    warm: Warm | None = None,
 ) -> UnitRun:
     """Cross-validate every config of ``unit``: per fold, fit the largest size once and score each
     smaller size on its first k members. With ``reference`` (the folds of the unit that differs
     only by a looser depth cap), a fold whose reference trees stayed shallower than this unit's
-    cap is that fit exactly, and is taken from it instead of fitted again. Raises on failure
-    (the caller records and retries)."""
+    cap is that fit exactly, and is taken from it instead of fitted again. With ``warm``, a
+    fold's fit grows the candidate's model of an earlier rung, and is kept for the next. Raises
+    on failure (the caller records and retries)."""
     sizes = sorted(set(unit.sizes))
     largest = unit.largest_params
     cap = largest.get(family.depth_param) if family.depth_param else None
@@ -118,8 +159,12 @@ def cross_validate_unit(
             fold_fits.append(FoldFit(same.per_size, same.depth, 0.0))
             continue
         started = time.perf_counter()
-        model = family.build(largest, seed)
+        model = warm.load(family, largest, i) if warm is not None else None
+        if model is None:
+            model = family.build(largest, seed)
         model.fit(X[train_idx], y[train_idx])
+        if warm is not None:
+            warm.save(family, largest, i, model)
         seconds = time.perf_counter() - started
         per_size = {
             k: regression_metrics(y[test_idx], family.predict_first(model, X[test_idx], k))

@@ -5,6 +5,7 @@ from sklearn.model_selection import cross_val_score
 from mlpipe.models import get_family
 from mlpipe.search import depth_references, make_trials, plan_units
 from mlpipe.trial import (
+    Warm,
     cross_validate_unit,
     failed_results,
     kfold,
@@ -121,3 +122,29 @@ def test_boosting_has_no_depth_shortcut():
     family = get_family("xgboost")
     trials = make_trials([{"max_depth": 2}, {"max_depth": 6}], family.name, "fp", 3, 0)
     assert depth_references(plan_units(trials, family), family) == [None, None]
+
+
+def test_a_halving_survivor_grows_its_earlier_models_to_the_same_scores(xy, tmp_path):
+    """With ``Warm``, a candidate's next rung loads its fold models and fits only the new trees;
+    the scores equal a fit from scratch, and what is kept has the rung's trees."""
+    import pickle
+
+    X, y = xy
+    family, folds, params = get_family("random_forest"), kfold(len(y), 3), {"max_depth": 4}
+    warm = Warm(str(tmp_path))
+
+    def unit(trees: int):
+        [only] = plan_units(make_trials([{**params, "n_estimators": trees}], family.name, "fp",
+                                        3, 11), family)  # fmt: skip
+        return only
+
+    first = cross_validate_unit(unit(7), family, X, y, folds, 11, warm=warm)
+    grown = cross_validate_unit(unit(21), family, X, y, folds, 11, warm=warm)
+    fresh = cross_validate_unit(unit(21), family, X, y, folds, 11)
+    assert grown.results[0].fold_scores == fresh.results[0].fold_scores
+    assert first.results[0].fold_scores != fresh.results[0].fold_scores
+    kept = sorted(tmp_path.glob("*.pkl"))
+    assert len(kept) == 3  # one per fold, replaced by the larger model
+    assert all(len(pickle.loads(p.read_bytes()).estimators_) == 21 for p in kept)
+    # boosting cannot grow exactly (its subsampling seeds restart): fitted from scratch
+    assert get_family("xgboost").grow is None

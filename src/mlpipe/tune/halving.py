@@ -15,10 +15,14 @@ was eliminated there recorded (``TrialResult``; MLflow tags ``mlpipe.rung``, ``m
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlpipe.models import get_family
 from mlpipe.search import (
     HalvingSchedule,
     Step,
@@ -29,7 +33,7 @@ from mlpipe.search import (
     top_k,
 )
 from mlpipe.spec import Spec
-from mlpipe.trial import TrialResult, kfold
+from mlpipe.trial import TrialResult, Warm, kfold
 
 if TYPE_CHECKING:
     from mlpipe.tune.plan import Prepared
@@ -74,6 +78,24 @@ def schedule(spec: Spec, n_train: int, n_candidates: int) -> HalvingSchedule:
     return halving_schedule(
         n_candidates, search.factor, low, top, search.first_resources, search.aggressive_elimination
     )
+
+
+def warm_models(spec: Spec, search_id: str) -> Warm | None:
+    """Where this process's halving search over the family's size keeps each candidate's fold
+    models between rungs (``trial.Warm``: a survivor's next rung fits only its new members);
+    None for other searches, families that cannot grow a model exactly, or trials that run on
+    other machines (a Dask cluster's address). The caller removes it when the search ends."""
+    family = get_family(spec.model.family)
+    if (
+        spec.search.strategy != "halving"
+        or spec.search.resource != family.size_param
+        or family.grow is None
+        or spec.executor.startswith("dask://")
+    ):
+        return None
+    folder = Path(tempfile.gettempdir()) / f"mlpipe-warm-{search_id}-{os.getpid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return Warm(str(folder)) if folder.stat().st_uid == os.getuid() else None
 
 
 def rung_trials(

@@ -25,6 +25,7 @@ from mlpipe.search import Shard, plan_units
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
 from mlpipe.trial import warm_up
+from mlpipe.tune import stepwise
 from mlpipe.tune.flows import finalize_search, tune
 from mlpipe.tune.plan import pending_trials, prepare
 from mlpipe.tune.progress import Observer
@@ -73,7 +74,10 @@ def run_tuning(
             family = get_family(spec.model.family)
             _, todo = pending_trials(spec, plan, fresh)
             X, y = plan.split.train_arrays
-            compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed)
+            # halving's first rung keeps its models for the next (the flow removes them)
+            warm = stack.enter_context(stepwise.kept_models(spec, plan.search_id))
+            compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed,
+                          warm)  # fmt: skip
         with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
             prefect_ready = pool.submit(start_prefect_backend, prefect_api_url)
             mlflow_ready = pool.submit(Tracker.connect, tracking_uri, spec.experiment_name)

@@ -24,7 +24,7 @@ from mlpipe.models import get_family
 from mlpipe.search import Shard, Step, TrialConfig, Unit, assign_shards, plan_units, select_best
 from mlpipe.spec import Spec
 from mlpipe.tracking import SHARDS_TAG, Tracker
-from mlpipe.trial import TrialResult
+from mlpipe.trial import TrialResult, Warm
 from mlpipe.tune import artifacts, stepwise
 from mlpipe.tune.plan import Prepared, prepare
 from mlpipe.tune.progress import NullObserver, Observer
@@ -124,6 +124,7 @@ class Part:
         index: int,
         observer: Observer,
         step: Step | None = None,
+        warm: Warm | None = None,
     ) -> None:
         """Run shard ``index``'s units of ``shards`` (a step's, if given), skipping trials
         ``logged`` finished (``_logged``)."""
@@ -136,7 +137,7 @@ class Part:
         here = plan if step is None else stepwise.step_plan(plan, step)
         earlier = self.reused + self.computed + done
         computed = run_trials(spec, here, todo, tracker, self.parent_run_id, observer, earlier,
-                              marks)  # fmt: skip
+                              marks, warm=warm)  # fmt: skip
         self.reused += done
         self.computed += computed
         self.units += len(shards[index])
@@ -171,22 +172,22 @@ def _step_by_step(
     family = get_family(spec.model.family)
     steps = stepwise.make_steps(spec, plan)
     observer.start(total=steps.total, reused=0)
-    while (step := steps.next()) is not None:
-        shards = assign_shards(plan_units(step.trials, family), shard.count)
-        before = len(part.computed)
-        logged = _logged(tracker, plan.search_id, shard.count, part.parent_run_id)
-        part.run(spec, plan, tracker, logged, shards, shard.index, observer, step)
-        logged = _barrier(tracker, plan.search_id, shard, part.parent_run_id, step, shards,
-                          wait_seconds, steps.label)  # fmt: skip
-        results = [stepwise.placed(logged[t.trial_id][1], t, step.marks) for t in step.trials]
-        steps.tell(results)
-        mine = {t.trial_id for unit in shards[shard.index] for t in unit.trials}
-        run_ids = {tid: logged[tid][0] for tid in mine}
-        stepwise.mark_eliminated(tracker, results, run_ids)
-        ran = {r.trial_id for r in part.computed[before:]}
-        for result in results:  # the other shards' trials and those reused, in the progress
-            if result.trial_id not in ran:
-                observer.trial_done(result, select_best(results))
+    with stepwise.kept_models(spec, plan.search_id) as warm:
+        while (step := steps.next()) is not None:
+            shards = assign_shards(plan_units(step.trials, family), shard.count)
+            before = len(part.computed)
+            logged = _logged(tracker, plan.search_id, shard.count, part.parent_run_id)
+            part.run(spec, plan, tracker, logged, shards, shard.index, observer, step, warm)
+            logged = _barrier(tracker, plan.search_id, shard, part.parent_run_id, step, shards,
+                              wait_seconds, steps.label)  # fmt: skip
+            results = [stepwise.placed(logged[t.trial_id][1], t, step.marks) for t in step.trials]
+            steps.tell(results)
+            mine = {t.trial_id for unit in shards[shard.index] for t in unit.trials}
+            stepwise.mark_eliminated(tracker, results, {tid: logged[tid][0] for tid in mine})
+            ran = {r.trial_id for r in part.computed[before:]}
+            for result in results:  # the other shards' trials and those reused, in the progress
+                if result.trial_id not in ran:
+                    observer.trial_done(result, select_best(results))
 
 
 def _logged(

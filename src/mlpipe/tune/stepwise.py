@@ -14,15 +14,17 @@ search can be driven three ways and gives the same trials:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from mlpipe.search import Step, TrialConfig
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
-from mlpipe.trial import TrialResult
+from mlpipe.trial import TrialResult, Warm
 from mlpipe.tune import halving, rerun, tpe
 from mlpipe.tune.plan import Prepared, prepare
 from mlpipe.tune.progress import NullObserver
@@ -77,6 +79,18 @@ def replay(
     return results, None
 
 
+@contextlib.contextmanager
+def kept_models(spec: Spec, search_id: str) -> Iterator[Warm | None]:
+    """The folder a halving search keeps its candidates' models in between rungs
+    (``halving.warm_models``), removed when the search ends."""
+    warm = halving.warm_models(spec, search_id)
+    try:
+        yield warm
+    finally:
+        if warm is not None:
+            shutil.rmtree(warm.folder, ignore_errors=True)
+
+
 def mark_eliminated(tracker: Tracker, results: list[TrialResult], run_ids: dict[str, str]) -> None:
     """Tag the trial runs of candidates a halving rung stopped (those in ``run_ids``)."""
     for result in results:
@@ -109,19 +123,21 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     preload(MODEL_WRITERS[spec.model.family])
     results: list[TrialResult] = []
     reused = 0
-    while (step := steps.next()) is not None:
-        found = [t for t in step.trials if t.trial_id in previous]
-        done = [placed(previous[t.trial_id], t, step.marks) for t in found]
-        run_ids = {r.trial_id: tracker.log_trial(parent_run_id, plan.search_id, r) for r in done}
-        todo = [t for t in step.trials if t.trial_id not in previous]
-        computed = run_trials(spec, step_plan(plan, step), todo, tracker, parent_run_id, observer,
-                              results + done, step.marks, run_ids)  # fmt: skip
-        by_id = {r.trial_id: r for r in done + computed}
-        step_results = [by_id[t.trial_id] for t in step.trials]
-        steps.tell(step_results)
-        mark_eliminated(tracker, step_results, run_ids)
-        results += step_results
-        reused += len(done)
+    with kept_models(spec, plan.search_id) as warm:
+        while (step := steps.next()) is not None:
+            found = [t for t in step.trials if t.trial_id in previous]
+            done = [placed(previous[t.trial_id], t, step.marks) for t in found]
+            run_ids = {r.trial_id: tracker.log_trial(parent_run_id, plan.search_id, r)
+                       for r in done}  # fmt: skip
+            todo = [t for t in step.trials if t.trial_id not in previous]
+            computed = run_trials(spec, step_plan(plan, step), todo, tracker, parent_run_id,
+                                  observer, results + done, step.marks, run_ids, warm)  # fmt: skip
+            by_id = {r.trial_id: r for r in done + computed}
+            step_results = [by_id[t.trial_id] for t in step.trials]
+            steps.tell(step_results)
+            mark_eliminated(tracker, step_results, run_ids)
+            results += step_results
+            reused += len(done)
     observer.finish()
     timings["trials"] = time.perf_counter() - started - timings["prepare"]
     return finish(spec, plan, tracker, parent_run_id, results, reused, timings)

@@ -33,7 +33,14 @@ from mlpipe.search import (
 )
 from mlpipe.spec import Spec
 from mlpipe.tracking import Tracker
-from mlpipe.trial import FoldFit, TrialResult, UnitRun, cross_validate_unit, failed_results
+from mlpipe.trial import (
+    FoldFit,
+    TrialResult,
+    UnitRun,
+    Warm,
+    cross_validate_unit,
+    failed_results,
+)
 from mlpipe.tune.progress import Observer
 
 if TYPE_CHECKING:
@@ -51,13 +58,21 @@ class Compute:
         self._started: dict[tuple[str, ...], Future[UnitRun]] = {}
 
     def start(
-        self, units: list[Unit], family: str, X: np.ndarray, y: np.ndarray, folds: Any, seed: int
+        self,
+        units: list[Unit],
+        family: str,
+        X: np.ndarray,
+        y: np.ndarray,
+        folds: Any,
+        seed: int,
+        warm: Warm | None = None,
     ) -> None:
         """Start ``units`` now (those that reuse no other unit's fit: ``depth_references``)."""
         references = depth_references(units, get_family(family))
         for unit, reference in zip(units, references, strict=True):
             if reference is None:
-                self._started[_key(unit)] = self._submit(unit, family, X, y, folds, seed, None)
+                future = self._submit(unit, family, X, y, folds, seed, None, warm)
+                self._started[_key(unit)] = future
 
     def run(
         self,
@@ -68,10 +83,11 @@ class Compute:
         folds: Any,
         seed: int,
         reference: list[FoldFit] | None,
+        warm: Warm | None = None,
     ) -> UnitRun:
         """The unit's result: from its early start if it had one, else computed now."""
         early = self._started.pop(_key(unit), None) if reference is None else None
-        return (early or self._submit(unit, family, X, y, folds, seed, reference)).result()
+        return (early or self._submit(unit, family, X, y, folds, seed, reference, warm)).result()
 
     def _submit(self, unit: Unit, family: str, *args: Any) -> Future[UnitRun]:
         # a pool process imports mlpipe.trial alone (not Prefect, not MLflow) to run it
@@ -98,12 +114,13 @@ def cross_validate(
     label: str,
     reference: list[FoldFit] | None = None,
     compute: Compute | None = None,
+    warm: Warm | None = None,
 ) -> UnitRun:
     """Cross-validate one unit of configs (a Prefect task), on ``compute`` if given, reusing
-    the folds of ``reference`` that are this unit's fit too."""
+    the folds of ``reference`` that are this unit's fit too (and ``warm``'s models)."""
     if compute is not None:
-        return compute.run(unit, family, X, y, folds, seed, reference)
-    return cross_validate_unit(unit, get_family(family), X, y, folds, seed, reference)
+        return compute.run(unit, family, X, y, folds, seed, reference, warm)
+    return cross_validate_unit(unit, get_family(family), X, y, folds, seed, reference, warm)
 
 
 def unit_label(unit: Unit) -> str:
@@ -129,11 +146,12 @@ def run_trials(
     earlier: list[TrialResult],
     marks: dict[str, Any] | None = None,
     run_ids: dict[str, str] | None = None,
+    warm: Warm | None = None,
 ) -> list[TrialResult]:
     """Cross-validate ``todo`` on the flow's task runner, costliest unit first, logging each
     trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials.
     ``marks`` are set on each result before it is logged (a halving rung's); ``run_ids`` gets
-    each trial's MLflow run id."""
+    each trial's MLflow run id; ``warm`` keeps and grows a halving candidate's models."""
     family = get_family(spec.model.family)
     X, y = plan.split.train_arrays
     cv_task = cross_validate.with_options(
@@ -147,9 +165,8 @@ def run_trials(
 
     def submit(i: int, reference: list[FoldFit] | None = None) -> Any:
         unit = units[i]
-        return cv_task.submit(
-            unit, family.name, X, y, plan.folds, spec.seed, unit_label(unit), reference, compute
-        )
+        return cv_task.submit(unit, family.name, X, y, plan.folds, spec.seed, unit_label(unit),
+                              reference, compute, warm)  # fmt: skip
 
     # costliest first; a unit with a reference waits for it, then starts with its folds
     pending = {submit(i): i for i, reference in enumerate(references) if reference is None}

@@ -112,18 +112,19 @@ class Warm:
         key = json.dumps(other, sort_keys=True, default=repr).encode()
         return Path(self.folder) / f"{hashlib.sha256(key).hexdigest()[:20]}-{fold}.pkl"
 
-    def load(self, family: Family, params: dict[str, Any], fold: int) -> Any | None:
-        """The candidate's model of ``fold`` from an earlier rung, set to grow to this size."""
-        size = params[family.size_param]
+    def grow(
+        self, family: Family, params: dict[str, Any], fold: int, X: np.ndarray, y: np.ndarray
+    ) -> Any | None:
+        """The candidate's model of ``fold`` from an earlier rung, grown to this size on
+        (X, y); None when there is none or it cannot grow exactly (then fit from scratch)."""
         try:
             with open(self.path(params, family.size_param, fold), "rb") as handle:
                 model = pickle.load(handle)  # written by this search's own processes
         except FileNotFoundError:
             return None
-        if family.grow is None or len(model.estimators_) >= size:
+        if family.grow is None:
             return None
-        family.grow(model, size)
-        return model
+        return family.grow(model, params[family.size_param], X, y)
 
     def save(self, family: Family, params: dict[str, Any], fold: int, model: Any) -> None:
         path = self.path(params, family.size_param, fold)
@@ -159,10 +160,10 @@ def cross_validate_unit(
             fold_fits.append(FoldFit(same.per_size, same.depth, 0.0))
             continue
         started = time.perf_counter()
-        model = warm.load(family, largest, i) if warm is not None else None
+        model = None if warm is None else warm.grow(family, largest, i, X[train_idx], y[train_idx])
         if model is None:
             model = family.build(largest, seed)
-        model.fit(X[train_idx], y[train_idx])
+            model.fit(X[train_idx], y[train_idx])
         if warm is not None:
             warm.save(family, largest, i, model)
         seconds = time.perf_counter() - started

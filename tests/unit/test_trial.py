@@ -124,27 +124,42 @@ def test_boosting_has_no_depth_shortcut():
     assert depth_references(plan_units(trials, family), family) == [None, None]
 
 
-def test_a_halving_survivor_grows_its_earlier_models_to_the_same_scores(xy, tmp_path):
-    """With ``Warm``, a candidate's next rung loads its fold models and fits only the new trees;
-    the scores equal a fit from scratch, and what is kept has the rung's trees."""
+@pytest.mark.parametrize(
+    ("family_name", "params", "grows"),
+    [
+        ("random_forest", {"max_depth": 4}, True),
+        ("xgboost", {"max_depth": 3}, True),
+        ("xgboost", {"max_depth": 3, "subsample": 0.8}, False),  # rounds would differ
+    ],
+)
+def test_a_halving_survivor_grows_its_earlier_models_to_the_same_scores(
+    xy, tmp_path, family_name, params, grows
+):
+    """With ``Warm``, a candidate's next rung grows its fold models of the rung before (only
+    the new members are fitted) where that is exact, else fits from scratch; the scores equal
+    a fit from scratch either way, and what is kept has the rung's members."""
     import pickle
 
     X, y = xy
-    family, folds, params = get_family("random_forest"), kfold(len(y), 3), {"max_depth": 4}
-    warm = Warm(str(tmp_path))
+    family, folds, warm = get_family(family_name), kfold(len(y), 3), Warm(str(tmp_path))
 
-    def unit(trees: int):
-        [only] = plan_units(make_trials([{**params, "n_estimators": trees}], family.name, "fp",
+    def unit(size: int):
+        [only] = plan_units(make_trials([{**params, "n_estimators": size}], family.name, "fp",
                                         3, 11), family)  # fmt: skip
         return only
 
-    first = cross_validate_unit(unit(7), family, X, y, folds, 11, warm=warm)
+    cross_validate_unit(unit(7), family, X, y, folds, 11, warm=warm)
+    first_models = {p: p.read_bytes() for p in tmp_path.glob("*.pkl")}
     grown = cross_validate_unit(unit(21), family, X, y, folds, 11, warm=warm)
     fresh = cross_validate_unit(unit(21), family, X, y, folds, 11)
     assert grown.results[0].fold_scores == fresh.results[0].fold_scores
-    assert first.results[0].fold_scores != fresh.results[0].fold_scores
     kept = sorted(tmp_path.glob("*.pkl"))
-    assert len(kept) == 3  # one per fold, replaced by the larger model
-    assert all(len(pickle.loads(p.read_bytes()).estimators_) == 21 for p in kept)
-    # boosting cannot grow exactly (its subsampling seeds restart): fitted from scratch
-    assert get_family("xgboost").grow is None
+    assert len(kept) == 3 and set(kept) == set(first_models)  # one per fold, replaced
+    for path in kept:
+        model = pickle.loads(path.read_bytes())
+        members = len(model.estimators_) if family_name == "random_forest" else (
+            model.get_booster().num_boosted_rounds())  # fmt: skip
+        assert members == 21
+    x_train = X[folds[0][0]]
+    old = pickle.loads(first_models[kept[0]])
+    assert (family.grow(old, 21, x_train, y[folds[0][0]]) is not None) == grows

@@ -62,6 +62,12 @@ def _build_random_forest(params: Params, seed: int) -> Any:
     return RandomForestRegressor(random_state=seed, n_jobs=1, **params)
 
 
+def _build_extra_trees(params: Params, seed: int) -> Any:
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    return ExtraTreesRegressor(random_state=seed, n_jobs=1, **params)
+
+
 def _forest_first(model: Any, X: np.ndarray, k: int) -> np.ndarray:
     # A shallow copy that keeps the first k trees is, tree for tree, the k-tree forest.
     if k == len(model.estimators_):
@@ -104,6 +110,12 @@ def _random_forest_hyperparameters() -> frozenset[str]:
     from sklearn.ensemble import RandomForestRegressor
 
     return frozenset(RandomForestRegressor().get_params()) - RESERVED - {"oob_score"}
+
+
+def _extra_trees_hyperparameters() -> frozenset[str]:
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    return frozenset(ExtraTreesRegressor().get_params()) - RESERVED - {"oob_score"}
 
 
 def _sklearn_validate(model: Any) -> None:
@@ -150,24 +162,36 @@ def _xgboost_validate(model: Any) -> None:
     model.fit(X, X[:, 0])
 
 
-FAMILIES: dict[str, Family] = {
-    "random_forest": Family(
-        name="random_forest",
-        build=_build_random_forest,
+_FOREST_SPACE: dict[str, list[Any]] = {
+    "n_estimators": [50, 100, 200],
+    "max_depth": [None, 10, 20],
+    "min_samples_split": [2, 5, 10],
+    "min_samples_leaf": [1, 2, 4],
+}
+
+
+def _forest(name: str, build: Callable[[Params, int], Any], hyperparameters: Any) -> Family:
+    """A scikit-learn forest family: every forest shortcut holds for it (prefix scoring, the
+    min_samples_split floor, depth references, growing by warm start)."""
+    return Family(
+        name=name,
+        build=build,
         predict_first=_forest_first,
-        list_hyperparameters=_random_forest_hyperparameters,
-        default_space={
-            "n_estimators": [50, 100, 200],
-            "max_depth": [None, 10, 20],
-            "min_samples_split": [2, 5, 10],
-            "min_samples_leaf": [1, 2, 4],
-        },
+        list_hyperparameters=hyperparameters,
+        default_space=_FOREST_SPACE,
         validate=_sklearn_validate,
         effective=_forest_effective,
         depth_param="max_depth",
         depth_of=_forest_depth,
         grow=_forest_grow,
-    ),
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "random_forest": _forest("random_forest", _build_random_forest, _random_forest_hyperparameters),
+    # Extremely randomized trees draw their split thresholds at random, in the same seed order
+    # per tree as a random forest, so the same shortcuts are exact for them
+    "extra_trees": _forest("extra_trees", _build_extra_trees, _extra_trees_hyperparameters),
     "xgboost": Family(
         name="xgboost",
         build=_build_xgboost,

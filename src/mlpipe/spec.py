@@ -18,7 +18,7 @@ from mlpipe.space import Range, parse_range
 
 BUILTIN_SOURCES = ("boston", "diabetes", "synthetic")
 BUILTIN_TARGETS = {"boston": "MEDV", "diabetes": "target", "synthetic": "target"}
-FAMILY_SHORT = {"random_forest": "rf", "xgboost": "xgb"}
+FAMILY_SHORT = {"random_forest": "rf", "extra_trees": "et", "xgboost": "xgb"}
 Scalar = int | float | str | bool | None
 
 
@@ -55,7 +55,7 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    family: Literal["random_forest", "xgboost"] = "random_forest"
+    family: Literal["random_forest", "extra_trees", "xgboost"] = "random_forest"
 
 
 class SearchSpec(_Strict):
@@ -280,7 +280,7 @@ data:
   # features: 10          # synthetic only
   # noise: 10.0           # synthetic only
 model:
-  family: random_forest   # random_forest | xgboost
+  family: random_forest   # random_forest | extra_trees | xgboost
 search:
   strategy: grid          # grid | random or tpe (with n_trials) | halving (see the README)
   cv: 3                   # KFold splits of the training split

@@ -132,17 +132,26 @@ def test_boston_search_is_tracked_registered_and_equals_grid_search(train, workd
     assert "serialization_format: skops" in mlmodel and "sklearn.tree._tree.Tree" in mlmodel
 
 
-def test_diabetes_search_equals_grid_search(train, workdir):
+def test_extra_trees_on_diabetes_equal_grid_search_and_register(train, workdir):
     from sklearn.datasets import load_diabetes
-    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.ensemble import ExtraTreesRegressor
 
-    grid = {"n_estimators": [8, 20], "min_samples_split": [2, 10], "max_features": [0.5, 1.0]}
-    train({"seed": 7, "data": {"source": "diabetes"}, "search": {"params": grid}}, "--quiet")
-    _, payload = results_of(workdir)
+    grid = {"n_estimators": [8, 20], "min_samples_split": [2, 10], "max_depth": [None, 6]}
+    spec = {"seed": 7, "data": {"source": "diabetes"}, "model": {"family": "extra_trees"},
+            "search": {"params": grid}}  # fmt: skip
+    out = train(spec, "--quiet")
+    assert "registered diabetes-et version 1" in out.output
+    folder, payload = results_of(workdir)
     X, y = load_diabetes(return_X_y=True, as_frame=True)
     assert_same_as_grid_search(
-        payload, grid_search(RandomForestRegressor(random_state=7), X, y, grid, 7)
+        payload, grid_search(ExtraTreesRegressor(random_state=7), X, y, grid, 7)
     )
+    # registered with skops and the ONNX fast path; MLflow's own loader predicts the table
+    from mlflow import pyfunc
+
+    model = pyfunc.load_model("models:/diabetes-et/1")
+    assert len(model.predict(X.head(3))) == 3
+    assert (folder / "model" / "onnx" / "model.onnx").is_file()
 
 
 def test_xgboost_search_equals_grid_search(train, workdir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeRegressor
 from xgboost import XGBRegressor
@@ -30,8 +30,9 @@ def data():
         RandomForestRegressor(n_estimators=7, max_depth=3, min_samples_leaf=5, random_state=1),
         DecisionTreeRegressor(random_state=0),
         DecisionTreeRegressor(max_depth=0 + 1, random_state=0),
+        ExtraTreesRegressor(n_estimators=20, min_samples_leaf=2, random_state=3, n_jobs=1),
     ],
-    ids=["forest", "shallow-forest", "tree", "stump"],
+    ids=["forest", "shallow-forest", "tree", "stump", "extra-trees"],
 )
 def test_scikit_learn_trees_are_bit_for_bit(data, model):
     X, y, probe = data

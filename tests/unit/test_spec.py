@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from mlpipe.errors import SpecError
+from mlpipe.models import FAMILIES
 from mlpipe.spec import EXAMPLE_SPEC, Spec, load_spec
 
 
@@ -68,7 +69,10 @@ def test_a_range_is_int_or_float_linear_or_log():
             "search:\n  strategy: random\n",
             "search.n_trials: required when search.strategy is random",
         ),
-        ("model:\n  family: svm\n", "model.family: Input should be 'random_forest' or 'xgboost'"),
+        (
+            "model:\n  family: svm\n",
+            "model.family: Input should be 'random_forest', 'extra_trees' or 'xgboost'",
+        ),
         ("data:\n  test_size: 1.5\n", "data.test_size: Input should be less than 1 (got 1.5)"),
         ("n_jobs: 0\n", "n_jobs: 0 is not allowed"),
         (
@@ -179,7 +183,7 @@ def test_a_value_the_estimator_refuses_is_refused_in_the_spec(tmp_path, family, 
 
 
 def test_every_default_space_is_accepted():
-    for family in ("random_forest", "xgboost"):
+    for family in FAMILIES:
         assert load_spec(None, {"model.family": family}).search_space
 
 

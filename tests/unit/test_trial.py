@@ -25,6 +25,7 @@ def xy():
     ("family_name", "params"),
     [
         ("random_forest", {"n_estimators": [3, 7, 12], "max_depth": [4]}),
+        ("extra_trees", {"n_estimators": [3, 7, 12], "max_features": [0.6]}),
         ("xgboost", {"n_estimators": [5, 20], "max_depth": [2], "subsample": [0.8]}),
     ],
 )
@@ -89,11 +90,12 @@ def test_configs_under_the_split_floor_share_one_fit_with_scikit_learns_scores(x
             np.testing.assert_allclose(r.fold_scores, expected, rtol=1e-12)
 
 
-def test_a_depth_cap_the_trees_never_reach_reuses_the_uncapped_fit_exactly(xy):
+@pytest.mark.parametrize("family_name", ["random_forest", "extra_trees"])
+def test_a_depth_cap_the_trees_never_reach_reuses_the_uncapped_fit_exactly(xy, family_name):
     """A unit whose cap lies above the depth the uncapped trees reached takes their fit; a cap
     they reach is fitted: both give scikit-learn's own scores for that cap, fold by fold."""
     X, y = xy
-    family = get_family("random_forest")
+    family = get_family(family_name)
     folds = kfold(len(y), 3)
     free = make_trials([{"n_estimators": 6, "max_depth": None}], family.name, "fp", 3, 9)
     [free_unit] = plan_units(free, family)
@@ -128,6 +130,7 @@ def test_boosting_has_no_depth_shortcut():
     ("family_name", "params", "grows"),
     [
         ("random_forest", {"max_depth": 4}, True),
+        ("extra_trees", {"min_samples_leaf": 2}, True),
         ("xgboost", {"max_depth": 3}, True),
         ("xgboost", {"max_depth": 3, "subsample": 0.8}, False),  # rounds would differ
     ],
@@ -157,7 +160,7 @@ def test_a_halving_survivor_grows_its_earlier_models_to_the_same_scores(
     assert len(kept) == 3 and set(kept) == set(first_models)  # one per fold, replaced
     for path in kept:
         model = pickle.loads(path.read_bytes())
-        members = len(model.estimators_) if family_name == "random_forest" else (
+        members = len(model.estimators_) if family_name != "xgboost" else (
             model.get_booster().num_boosted_rounds())  # fmt: skip
         assert members == 21
     x_train = X[folds[0][0]]

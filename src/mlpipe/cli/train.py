@@ -30,7 +30,7 @@ def train(
     ] = None,
     target: Annotated[str | None, typer.Option(help="data.target: the column to predict.")] = None,
     family: Annotated[
-        str | None, typer.Option(help="model.family: random_forest | xgboost.")
+        str | None, typer.Option(help="model.family: random_forest | extra_trees | xgboost.")
     ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="search.strategy: grid | random | halving | tpe.")

@@ -107,6 +107,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
 # where the pool leaves the parent idle and the last units leave a core free.
 MODEL_WRITERS = {
     "random_forest": ("mlflow.sklearn", "skops.io"),
+    "extra_trees": ("mlflow.sklearn", "skops.io"),
     "xgboost": ("mlflow.xgboost",),
 }
 

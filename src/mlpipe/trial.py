@@ -103,9 +103,11 @@ class Warm:
     """A folder (on this machine, private to the search's process) where a halving search
     over ensemble size keeps each candidate's fitted fold models between rungs, so that a
     survivor's next rung fits only its new members (``Family.grow``). A model not found there
-    (another machine's, a reused trial's) is fitted from scratch: the same model either way."""
+    (another machine's, a reused trial's) is fitted from scratch: the same model either way.
+    Models of the last rung's size (``last``) are not kept: nothing grows them."""
 
     folder: str
+    last: int
 
     def path(self, params: dict[str, Any], size_param: str, fold: int) -> Path:
         other = {k: v for k, v in params.items() if k != size_param}
@@ -117,16 +119,19 @@ class Warm:
     ) -> Any | None:
         """The candidate's model of ``fold`` from an earlier rung, grown to this size on
         (X, y); None when there is none or it cannot grow exactly (then fit from scratch)."""
+        if family.grow is None:
+            return None
         try:
             with open(self.path(params, family.size_param, fold), "rb") as handle:
                 model = pickle.load(handle)  # written by this search's own processes
         except FileNotFoundError:
             return None
-        if family.grow is None:
-            return None
         return family.grow(model, params[family.size_param], X, y)
 
     def save(self, family: Family, params: dict[str, Any], fold: int, model: Any) -> None:
+        """Keep the model for the candidate's next rung (none after the last)."""
+        if params[family.size_param] >= self.last:
+            return
         path = self.path(params, family.size_param, fold)
         partial = path.with_suffix(".part")
         with open(partial, "wb") as handle:

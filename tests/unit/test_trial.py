@@ -144,7 +144,7 @@ def test_a_halving_survivor_grows_its_earlier_models_to_the_same_scores(
     import pickle
 
     X, y = xy
-    family, folds, warm = get_family(family_name), kfold(len(y), 3), Warm(str(tmp_path))
+    family, folds, warm = get_family(family_name), kfold(len(y), 3), Warm(str(tmp_path), last=63)
 
     def unit(size: int):
         [only] = plan_units(make_trials([{**params, "n_estimators": size}], family.name, "fp",

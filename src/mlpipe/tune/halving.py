@@ -80,7 +80,7 @@ def schedule(spec: Spec, n_train: int, n_candidates: int) -> HalvingSchedule:
     )
 
 
-def warm_models(spec: Spec, search_id: str) -> Warm | None:
+def warm_models(spec: Spec, plan: Prepared) -> Warm | None:
     """Where this process's halving search over the family's size keeps each candidate's fold
     models between rungs (``trial.Warm``: a survivor's next rung fits only its new members);
     None for other searches, families that cannot grow a model exactly, or trials that run on
@@ -93,9 +93,12 @@ def warm_models(spec: Spec, search_id: str) -> Warm | None:
         or spec.executor.startswith("dask://")
     ):
         return None
-    folder = Path(tempfile.gettempdir()) / f"mlpipe-warm-{search_id}-{os.getpid()}"
+    folder = Path(tempfile.gettempdir()) / f"mlpipe-warm-{plan.search_id}-{os.getpid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return Warm(str(folder)) if folder.stat().st_uid == os.getuid() else None
+    if folder.stat().st_uid != os.getuid():
+        return None
+    last = schedule(spec, len(plan.split.y_train), len(plan.trials)).resources[-1]
+    return Warm(str(folder), last)
 
 
 def rung_trials(

@@ -75,7 +75,7 @@ def run_tuning(
             _, todo = pending_trials(spec, plan, fresh)
             X, y = plan.split.train_arrays
             # halving's first rung keeps its models for the next (the flow removes them)
-            warm = stack.enter_context(stepwise.kept_models(spec, plan.search_id))
+            warm = stack.enter_context(stepwise.kept_models(spec, plan))
             compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed,
                           warm)  # fmt: skip
         with _output_to(backends_log), ThreadPoolExecutor(2) as pool:

@@ -172,7 +172,7 @@ def _step_by_step(
     family = get_family(spec.model.family)
     steps = stepwise.make_steps(spec, plan)
     observer.start(total=steps.total, reused=0)
-    with stepwise.kept_models(spec, plan.search_id) as warm:
+    with stepwise.kept_models(spec, plan) as warm:
         while (step := steps.next()) is not None:
             shards = assign_shards(plan_units(step.trials, family), shard.count)
             before = len(part.computed)

@@ -80,10 +80,10 @@ def replay(
 
 
 @contextlib.contextmanager
-def kept_models(spec: Spec, search_id: str) -> Iterator[Warm | None]:
+def kept_models(spec: Spec, plan: Prepared) -> Iterator[Warm | None]:
     """The folder a halving search keeps its candidates' models in between rungs
     (``halving.warm_models``), removed when the search ends."""
-    warm = halving.warm_models(spec, search_id)
+    warm = halving.warm_models(spec, plan)
     try:
         yield warm
     finally:
@@ -107,24 +107,26 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     plan = prepare(spec)
     logged = {} if fresh else tracker.gather_trials(plan.search_id, None)
     previous = {tid: result for tid, (_, result) in logged.items() if result.status == "completed"}
-    replayed, missing = replay(make_steps(spec, plan), previous)
-    if missing is None:  # every trial finished before: that search's outcome, if it ended
+    # the steps MLflow holds whole are told their logged results; the run goes on from there
+    steps = make_steps(spec, plan)
+    results, step = replay(steps, previous)
+    if step is None:  # every trial finished before: that search's outcome, if it ended
         params, name = plan.search_params(spec), spec.model_name
         earlier = rerun.find_earlier(tracker, plan.search_id, params, name)
         if earlier is not None:
-            observer.start(total=len(replayed), reused=len(replayed))
+            observer.start(total=len(results), reused=len(results))
             observer.finish()
-            return repeat(spec, plan, tracker, earlier, replayed, started)
+            return repeat(spec, plan, tracker, earlier, results, started)
     parent_run_id = tracker.start_search(plan.search_id, plan.search_params(spec), plan.search_tags)
-    steps = make_steps(spec, plan)
-    known = len(replayed) + (sum(t.trial_id in previous for t in missing.trials) if missing else 0)
+    known = len(results) + (sum(t.trial_id in previous for t in step.trials) if step else 0)
     observer.start(total=steps.total, reused=known)
     timings = {"prepare": time.perf_counter() - started}
     preload(MODEL_WRITERS[spec.model.family])
-    results: list[TrialResult] = []
-    reused = 0
-    with kept_models(spec, plan.search_id) as warm:
-        while (step := steps.next()) is not None:
+    run_ids = {r.trial_id: tracker.log_trial(parent_run_id, plan.search_id, r) for r in results}
+    mark_eliminated(tracker, results, run_ids)
+    reused = len(results)
+    with kept_models(spec, plan) as warm:
+        while step is not None:
             found = [t for t in step.trials if t.trial_id in previous]
             done = [placed(previous[t.trial_id], t, step.marks) for t in found]
             run_ids = {r.trial_id: tracker.log_trial(parent_run_id, plan.search_id, r)
@@ -138,6 +140,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
             mark_eliminated(tracker, step_results, run_ids)
             results += step_results
             reused += len(done)
+            step = steps.next()
     observer.finish()
     timings["trials"] = time.perf_counter() - started - timings["prepare"]
     return finish(spec, plan, tracker, parent_run_id, results, reused, timings)

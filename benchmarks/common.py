@@ -16,9 +16,12 @@ MODEL = "models:/boston-rf@champion"
 DATA = Path(__file__).parents[1] / "src/mlpipe/data/boston.csv"
 
 
-def environment(folder: str, tracking_uri: str | None) -> dict[str, str]:
+def environment(
+    folder: str, tracking_uri: str | None, train: tuple[str, ...] = ()
+) -> dict[str, str]:
     """The benchmark's environment: the venv's bin first on PATH (`mlflow models serve` runs
-    uvicorn from there), a private PREFECT_HOME, and ``tracking_uri`` or a store in ``folder``."""
+    uvicorn from there), a private PREFECT_HOME, and ``tracking_uri`` or a store in ``folder``
+    where `mlpipe train` (with ``train``'s arguments) registered the model first."""
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -29,7 +32,7 @@ def environment(folder: str, tracking_uri: str | None) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     if not tracking_uri:
         print("training the default model (mlpipe train) ...", flush=True)
-        subprocess.run([str(BIN / "mlpipe"), "train", "--quiet"], cwd=folder, env=env,
+        subprocess.run([str(BIN / "mlpipe"), "train", "--quiet", *train], cwd=folder, env=env,
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return env
 

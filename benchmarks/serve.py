@@ -7,8 +7,13 @@ closed loop from wrk (Debian's `wrk`): 16 connections on one wrk thread, single-
 same number of workers (--workers, default 2 = the cores here). Before the load, both answer the
 same 50 rows and the bytes are compared.
 
+With ``--classifier`` the model is a RandomForestClassifier tuned on breast_cancer (`mlpipe train
+--data breast_cancer --task classification`), and mlpipe's load goes to /predict, which answers
+the label and both classes' probabilities; `mlflow models serve` answers /invocations (labels
+only: its pyfunc has no probabilities). The 50 rows are compared on /invocations.
+
 Prints requests/s, p50 and p99 latency for both and the throughput ratio.
-Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI]
+Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI] [--classifier]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import pandas as pd
 from common import BIN, DATA, MODEL, environment
 
 from mlpipe.processes import free_port, stop_group
+
+CLASSIFIER = "models:/breast_cancer-rf@champion"
 
 
 def start(args: list[str], env: dict[str, str], cwd: str, ready_path: str) -> tuple:
@@ -110,24 +117,32 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tracking-uri", help="a store with boston-rf@champion (else: train)")
+    parser.add_argument("--tracking-uri", help="a store with the model's champion (else: train it)")
+    parser.add_argument("--classifier", action="store_true", help="breast_cancer's classifier")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
     folder = tempfile.mkdtemp(prefix="mlpipe-bench-serve-")
-    env = environment(folder, args.tracking_uri)
+    model, train, frame = MODEL, (), pd.read_csv(DATA).drop(columns=["MEDV"])  # RAD, TAX ints
+    if args.classifier:
+        from sklearn.datasets import load_breast_cancer
 
-    frame = pd.read_csv(DATA).drop(columns=["MEDV"])  # as pandas reads it: RAD, TAX integers
+        model, train = CLASSIFIER, ("--data", "breast_cancer", "--task", "classification")
+        frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    env = environment(folder, args.tracking_uri, train)
     body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})
+    mlpipe_path, mlpipe_body = "/invocations", body
+    if args.classifier:  # the label and every class's probability
+        mlpipe_path, mlpipe_body = "/predict", json.dumps(frame.iloc[0].to_dict())
     servers = {
         "mlflow models serve": (
-            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local",
+            [str(BIN / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
              "--host", "127.0.0.1", "--workers", str(args.workers)],
             "/ping",
         ),
         "mlpipe serve": (
-            [str(BIN / "mlpipe"), "serve", "--model", MODEL, "--workers", str(args.workers),
+            [str(BIN / "mlpipe"), "serve", "--model", model, "--workers", str(args.workers),
              "--no-access-log"],
             "/ready",
         ),
@@ -137,13 +152,17 @@ def main() -> None:
         proc, url, log = start(command, env, folder, ready)
         try:
             replies[name] = answers(url, frame.iloc[:50])
-            print(f"{name}: {args.seconds} s of wrk -c16 ...", flush=True)
-            results[name] = wrk(url + "/invocations", body, args.seconds, folder)
+            path, load = (
+                (mlpipe_path, mlpipe_body) if name == "mlpipe serve" else ("/invocations", body)
+            )
+            print(f"{name}: {args.seconds} s of wrk -c16 on {path} ...", flush=True)
+            results[name] = wrk(url + path, load, args.seconds, folder)
         finally:
             stop(proc, log)
 
     identical = replies["mlflow models serve"] == replies["mlpipe serve"]
-    print(f"\nsame model, {args.workers} workers each, 16 connections, single-row /invocations")
+    print(f"\nsame model, {args.workers} workers each, 16 connections, single-row requests "
+          f"(mlpipe: {mlpipe_path})")  # fmt: skip
     print(f"{'server':<22}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in results.items():
         print(f"{name:<22}{r['rps']:>12.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"

@@ -1,8 +1,9 @@
 """Benchmark: scikit-learn's GridSearchCV(n_jobs=-1) against `mlpipe train`, workload by workload.
 
 Each row runs, one after the other on the same machine:
-(a) GridSearchCV over the workload's grid on the same split, refit included (scikit-learn's
-    `-mean_test_score` is the MSE mlpipe reports);
+(a) GridSearchCV over the workload's grid on the same split, refit included, scored as mlpipe
+    scores it (`neg_mean_squared_error`; `neg_log_loss` for the classification workload: its
+    `-mean_test_score` is the CV MSE or log loss mlpipe reports);
 (b) `mlpipe train --fresh --quiet` end to end: imports, Prefect's ephemeral server, the MLflow
     store, every trial tracked as a nested run, refit, registration, alias, artifacts, report;
     "warm" reruns in a project folder (its PREFECT_HOME and MLflow store) that a first, untimed
@@ -11,8 +12,8 @@ Each row runs, one after the other on the same machine:
 (c) the floor: the same units mlpipe plans, in a bare process pool of the same size (no Prefect,
     no MLflow, no files): what the machine needs for the model work alone.
 
-Prints the three wall times, the ratio b/a, mlpipe's phases and whether every trial's CV MSE and
-the best configuration equal GridSearchCV's. Usage:
+Prints the three wall times, the ratio b/a, mlpipe's phases and whether every trial's CV score
+and the best configuration equal GridSearchCV's. Usage:
 
     python benchmarks/tune.py                      # every workload but synthetic-8000
     python benchmarks/tune.py boston-warm xgboost  # some of them
@@ -55,6 +56,10 @@ WORKLOADS = {
     "synthetic-2000": Workload(synthetic(2000)),
     "synthetic-8000": Workload(synthetic(8000)),
     "xgboost": Workload(synthetic(2000, model={"family": "xgboost"}, search={"params": XGB_GRID})),
+    # RandomForestClassifier on breast_cancer (455 training rows, 2 classes), the default grid
+    "breast-cancer": Workload(
+        {"data": {"source": "breast_cancer"}, "model": {"task": "classification"}}
+    ),
 }
 DEFAULT = [name for name in WORKLOADS if name != "synthetic-8000"]  # 8000 rows: ~18 min alone
 
@@ -69,24 +74,28 @@ def load(spec_dict: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def grid_search(spec: Any, plan: Any) -> tuple[float, dict[str, float], dict[str, Any]]:
-    """(a): seconds, the CV MSE of each config (by its params as JSON) and the best params."""
+    """(a): seconds, the CV score of each config (by its params as JSON) and the best params."""
     from sklearn.model_selection import GridSearchCV
 
-    from mlpipe.models import get_family
+    from mlpipe.scoring import get_scoring
 
-    family = get_family(spec.model.family)
+    family, scoring = spec.family, get_scoring(spec.scoring)
+    y = plan.split.y_train
+    if family.task == "classification" and family.any_labels:
+        y = plan.dataset.decode(y)  # the labels, as a user hands them to scikit-learn
     started = time.perf_counter()
     search = GridSearchCV(
         family.build({}, spec.seed),
         spec.search_space,
         cv=spec.search.cv,
-        scoring="neg_mean_squared_error",
+        scoring=scoring.sklearn,
         n_jobs=spec.n_jobs,
     )
-    search.fit(plan.split.X_train, plan.split.y_train)
+    search.fit(plan.split.X_train, y)
     seconds = time.perf_counter() - started
+    sign = 1 if scoring.greater_is_better else -1
     scores = {
-        _key(params): -score
+        _key(params): sign * score
         for params, score in zip(
             search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
         )
@@ -97,7 +106,7 @@ def grid_search(spec: Any, plan: Any) -> tuple[float, dict[str, float], dict[str
 def mlpipe_train(
     spec: dict[str, Any], project: Path, prefect_home: Path
 ) -> tuple[float, dict[str, float], dict, dict]:
-    """(b): seconds, each trial's CV MSE, the best params and the summary's phases."""
+    """(b): seconds, each trial's CV score, the best params and the summary's phases."""
     project.mkdir(parents=True, exist_ok=True)
     (project / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {
@@ -118,11 +127,10 @@ def mlpipe_train(
 
 def bare_pool(spec: Any, plan: Any) -> float:
     """(c): the units mlpipe plans, depth references included, in a bare process pool."""
-    from mlpipe.models import get_family
     from mlpipe.search import dependents, depth_references, plan_units
     from mlpipe.trial import cross_validate_unit
 
-    family = get_family(spec.model.family)
+    family = spec.family
     X, y = plan.split.train_arrays
     units = plan_units(plan.trials, family)
     references = depth_references(units, family)
@@ -176,7 +184,7 @@ def run(name: str, workload: Workload, keep: Path) -> None:
     print(f"  (c) bare process pool       {c:7.1f} s   (the same units, no orchestration)")
     print("      phases: " + "  ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
     print(f"      exact: {'yes' if exact else 'NO'} (largest relative difference of a trial's "
-          f"CV MSE {worst:.1e}; best {b_best})", flush=True)  # fmt: skip
+          f"CV {spec.scoring} {worst:.1e}; best {b_best})", flush=True)  # fmt: skip
 
 
 def main() -> None:

@@ -34,33 +34,54 @@ def frame():
     return pd.read_csv(BOSTON).drop(columns=["MEDV"]).astype("float64")
 
 
-@pytest.fixture(scope="session")
-def model(frame):
-    """A real forest as the LoadedModel `predictor.load_model` builds from the registry
-    (version 3), behind the ONNX fast path."""
-    import pandas as pd
-    from sklearn.ensemble import RandomForestRegressor
+def loaded(forest, frame, name: str, version: str):
+    """A fitted forest as the LoadedModel `predictor.load_model` builds from the registry,
+    behind the ONNX fast path (a classifier's labels in code order beside it)."""
+    import numpy as np
 
     from mlpipe.contract import InputContract
     from mlpipe.fastpath import NativePredictor, OnnxPredictor
     from mlpipe.onnx_export import to_onnx
     from mlpipe.predictor import LoadedModel, ModelRef
 
-    forest = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0, n_jobs=1)
-    forest.fit(frame, pd.read_csv(BOSTON)["MEDV"])
     contract = InputContract(tuple(frame.columns), ("double",) * frame.shape[1])
-    native = NativePredictor(forest, contract.names)
+    classes = getattr(forest, "classes_", None)
     return LoadedModel(
-        ref=ModelRef("models:/boston-rf/3", "boston-rf", None, "3"),
+        ref=ModelRef(f"models:/{name}/{version}", name, None, version),
         run_id=None,
         contract=contract,
         signature={},
         predictor=OnnxPredictor(to_onnx(forest, frame.shape[1])),
-        native=native,
+        native=NativePredictor(forest, contract.names),
         parity=None,
         fallback_reason=None,
         load_seconds=0.0,
+        classes=None if classes is None else np.asarray(classes),
     )
+
+
+@pytest.fixture(scope="session")
+def model(frame):
+    """A real forest (version 3 of boston-rf), as served."""
+    import pandas as pd
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0, n_jobs=1)
+    return loaded(forest.fit(frame, pd.read_csv(BOSTON)["MEDV"]), frame, "boston-rf", "3")
+
+
+@pytest.fixture(scope="session")
+def classifier(frame):
+    """A real forest classifier (version 2 of boston-classes: Boston's price as three word
+    classes), as served."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    price = pd.read_csv(BOSTON)["MEDV"]
+    labels = np.where(price < 18, "cheap", np.where(price < 25, "mid", "dear"))
+    forest = RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0, n_jobs=1)
+    return loaded(forest.fit(frame, labels), frame, "boston-classes", "2")
 
 
 @pytest.fixture(scope="session")

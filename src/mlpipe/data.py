@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipe.errors import DataError
-from mlpipe.spec import DataSpec
+from mlpipe.spec import BUILTIN_SOURCES, CLASSIFICATION_SOURCES, DataSpec
 
 FILE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -40,6 +40,14 @@ class Dataset:
     X: pd.DataFrame
     y: pd.Series
     dtypes: dict[Any, str] = field(default_factory=dict)  # column -> int64 or float64
+    # classification: the labels, sorted as scikit-learn's ``classes_`` (``y`` holds their codes,
+    # 0..k-1, so every family fits the same classes in the same order); None for regression
+    classes: np.ndarray | None = field(default=None, compare=False)
+
+    def decode(self, codes: Any) -> np.ndarray:
+        """Class codes as the labels they stand for."""
+        assert self.classes is not None
+        return self.classes[np.asarray(codes, dtype=np.int64)]
 
     def as_loaded(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` (rows of ``X``) with the columns' types as the table had them: what the
@@ -53,6 +61,8 @@ class Dataset:
         digest.update("\x1f".join([*map(str, self.X.columns), str(self.y.name)]).encode())
         digest.update(pd.util.hash_pandas_object(self.X, index=False).to_numpy().tobytes())
         digest.update(pd.util.hash_pandas_object(self.y, index=False).to_numpy().tobytes())
+        if self.classes is not None:
+            digest.update(repr(self.classes.tolist()).encode())
         return digest.hexdigest()[:16]
 
 
@@ -70,8 +80,9 @@ class Split:
         return self.X_train.to_numpy(dtype=np.float64), self.y_train.to_numpy(dtype=np.float64)
 
 
-def load_dataset(spec: DataSpec, seed: int) -> Dataset:
-    """Load the table named by ``spec.source`` and separate the target column."""
+def load_dataset(spec: DataSpec, seed: int, task: str = "regression") -> Dataset:
+    """Load the table named by ``spec.source`` and separate the target column (for
+    classification, as class codes: ``Dataset.classes``)."""
     frame = _read_source(spec, seed)
     if frame.empty:
         raise DataError(f"data.source {spec.source}: the table has no rows")
@@ -91,8 +102,6 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
             f"data.source {spec.source}: non-numeric feature column(s) {', '.join(bad)}; "
             "encode them as numbers or drop them"
         )
-    if not pd.api.types.is_numeric_dtype(y):
-        raise DataError(f"data.target: column {target!r} is not numeric (dtype {y.dtype})")
     if y.isna().any():
         raise DataError(
             f"data.target: column {target!r} has {int(y.isna().sum())} missing value(s)"
@@ -100,7 +109,69 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
     # The search computes on float64 (as GridSearchCV's input validation would); the types as
     # loaded are kept for the signature and the input example.
     dtypes = {c: _SIGNATURE_DTYPE.get(str(X[c].dtype), "float64") for c in X}
-    return Dataset(name=spec.name, X=X.astype("float64"), y=y.astype("float64"), dtypes=dtypes)
+    classes = None
+    if task == "classification":
+        classes, codes = _classes(y, target)
+        y = pd.Series(codes, index=y.index, name=y.name)
+    elif not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        raise DataError(
+            f"data.target: column {target!r} holds labels (dtype {y.dtype}), not numbers to "
+            "regress on; for a classifier set model.task: classification"
+        )
+    return Dataset(
+        name=spec.name, X=X.astype("float64"), y=y.astype("float64"), dtypes=dtypes,
+        classes=classes,
+    )  # fmt: skip
+
+
+def _classes(y: pd.Series, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted labels of a classification target and each row's code, as scikit-learn's
+    estimators find them (``np.unique``); refuses a target with one class or one that looks
+    continuous."""
+    from sklearn.utils.multiclass import type_of_target
+
+    values = y.to_numpy()
+    if values.dtype == object:  # strings (pandas' object columns): one type, or unsortable
+        kinds = {type(v).__name__ for v in values}
+        if len(kinds) > 1:
+            raise DataError(
+                f"data.target: column {target!r} mixes label types ({', '.join(sorted(kinds))}); "
+                "give every label the same type"
+            )
+    kind = type_of_target(values)
+    if kind == "continuous":
+        raise DataError(
+            f"data.target: column {target!r} holds {y.nunique()} distinct non-integer values: a "
+            "quantity, not classes; set model.task: regression"
+        )
+    classes, codes = np.unique(values, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"data.target: column {target!r} has one class ({classes[0]!r}); a classifier "
+            "needs at least two"
+        )
+    return classes, codes
+
+
+def check_classes(dataset: Dataset, y_train: pd.Series, cv: int, scoring: str) -> None:
+    """Refuse a class with fewer training rows than folds (StratifiedKFold needs one per fold)
+    and ``roc_auc`` on more than two classes."""
+    if dataset.classes is None:
+        return
+    counts = np.bincount(y_train.to_numpy(dtype=np.int64), minlength=len(dataset.classes))
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < cv:
+        raise DataError(
+            f"data.target: class {dataset.classes[fewest]!r} has {counts[fewest]} row(s) in the "
+            f"training split, fewer than search.cv={cv} folds; add rows of it, merge it into "
+            "another class, or lower search.cv"
+        )
+    if scoring == "roc_auc" and len(dataset.classes) > 2:
+        raise DataError(
+            f"search.scoring: roc_auc scores two classes; {dataset.name} has "
+            f"{len(dataset.classes)}: use roc_auc_ovr (one-vs-rest), log_loss, accuracy or "
+            "f1_macro"
+        )
 
 
 def _read_source(spec: DataSpec, seed: int) -> pd.DataFrame:
@@ -111,6 +182,10 @@ def _read_source(spec: DataSpec, seed: int) -> pd.DataFrame:
         from sklearn.datasets import load_diabetes
 
         return load_diabetes(as_frame=True).frame
+    if spec.source in CLASSIFICATION_SOURCES:
+        import sklearn.datasets
+
+        return getattr(sklearn.datasets, f"load_{spec.source}")(as_frame=True).frame
     if spec.source == "synthetic":
         from sklearn.datasets import make_regression
 
@@ -128,7 +203,7 @@ def read_table(path: Path) -> pd.DataFrame:
     kind = FILE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(
-            f"data.source {path}: not a built-in source (boston, diabetes, synthetic) "
+            f"data.source {path}: not a built-in source ({', '.join(BUILTIN_SOURCES)}) "
             f"nor a file ending in {', '.join(FILE_SUFFIXES)}"
         )
     if not path.is_file():
@@ -142,7 +217,8 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
-    """``train_test_split(X, y, test_size=test_size, random_state=seed)``, as sklearn does it."""
+    """``train_test_split(X, y, test_size=test_size, random_state=seed)``, as sklearn does it;
+    stratified by class (``stratify=y``) for classification."""
     from sklearn.model_selection import train_test_split
 
     n_test = int(np.ceil(test_size * len(dataset.y)))
@@ -150,7 +226,20 @@ def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
         raise DataError(
             f"data.test_size {test_size} leaves no usable split of {len(dataset.y)} rows"
         )
-    X_train, X_test, y_train, y_test = train_test_split(
-        dataset.X, dataset.y, test_size=test_size, random_state=seed
-    )
+    stratify = None
+    if dataset.classes is not None:
+        counts = np.bincount(dataset.y.to_numpy(dtype=np.int64))
+        if counts.min() < 2:
+            lone = dataset.classes[int(np.argmin(counts))]
+            raise DataError(
+                f"data.target: class {lone!r} has 1 row; a stratified test split needs at "
+                "least 2 of each class"
+            )
+        stratify = dataset.y
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            dataset.X, dataset.y, test_size=test_size, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:  # a test split smaller than the number of classes
+        raise DataError(f"data.test_size {test_size}: {exc}") from exc
     return Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)

@@ -120,17 +120,39 @@ def profile_column(name: str, values: np.ndarray) -> FeatureProfile:
     )
 
 
+def class_column(name: str, codes: np.ndarray, n_classes: int) -> FeatureProfile:
+    """A classifier's predicted class codes (0..n-1): one bin a class, cut halfway between."""
+    codes = np.asarray(codes, dtype=np.float64)
+    cuts = np.arange(n_classes - 1) + 0.5
+    shares = np.bincount(np.searchsorted(cuts, codes), minlength=n_classes) / max(codes.size, 1)
+    return FeatureProfile(
+        name=name,
+        cuts=[float(c) for c in cuts],
+        shares=[float(s) for s in shares],
+        count=int(codes.size),
+        missing=0,
+        mean=float(codes.mean()),
+        std=float(codes.std()),
+        quantiles={f"p{round(q * 100):02d}": float(np.quantile(codes, q)) for q in _QUANTILES},
+    )
+
+
 def build_profile(
     names: Sequence[str],
     matrix: np.ndarray,
     predictions: np.ndarray,
     thresholds: Thresholds | None = None,
+    n_classes: int | None = None,
 ) -> Profile:
-    """The profile of a training matrix (rows x ``names``) and the model's predictions on it."""
+    """The profile of a training matrix (rows x ``names``) and the model's predictions on it
+    (with ``n_classes``: a classifier's predicted class codes, one bin a class)."""
     matrix = np.asarray(matrix, dtype=np.float64)
+    predictions = np.asarray(predictions).ravel()
     return Profile(
         features=[profile_column(n, matrix[:, i]) for i, n in enumerate(names)],
-        prediction=profile_column(PREDICTION, np.asarray(predictions).ravel()),
+        prediction=profile_column(PREDICTION, predictions)
+        if n_classes is None
+        else class_column(PREDICTION, predictions, n_classes),
         rows=int(matrix.shape[0]),
         thresholds=thresholds or Thresholds(),
     )

@@ -37,11 +37,15 @@ PARITY_FILE = "parity_sample.json"
 
 
 class Predictor(Protocol):
-    """Something that maps a float64 (rows, features) matrix to one prediction per row."""
+    """Something that maps a float64 (rows, features) matrix to one prediction per row, and to
+    its scores: a regressor's predictions, a classifier's probabilities (rows, classes). The
+    fast path must match the native model's scores."""
 
     kind: str
 
     def predict(self, matrix: np.ndarray) -> np.ndarray: ...
+
+    def scores(self, matrix: np.ndarray) -> np.ndarray: ...
 
 
 class NativePredictor:
@@ -76,10 +80,19 @@ class NativePredictor:
         return self._model
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(self._frame(matrix))).reshape(-1)
+
+    def scores(self, matrix: np.ndarray) -> np.ndarray:
+        """A classifier's probabilities (one column per class, in its ``classes_`` order), or
+        a regressor's predictions."""
+        if not hasattr(self.model, "predict_proba"):
+            return self.predict(matrix)
+        return np.asarray(self.model.predict_proba(self._frame(matrix)))
+
+    def _frame(self, matrix: np.ndarray) -> Any:
         import pandas as pd
 
-        frame = pd.DataFrame(matrix, columns=self.columns)
-        return np.asarray(self.model.predict(frame)).reshape(-1)
+        return pd.DataFrame(matrix, columns=self.columns)
 
 
 class OnnxPredictor:
@@ -105,10 +118,15 @@ class OnnxPredictor:
         self.dtype = np.float32 if model_input.type == "tensor(float)" else np.float64
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """The graph's output: one value a row, or a classifier's probabilities (rows,
+        classes)."""
         (output, *_) = self.session.run(
             None, {self.input_name: matrix.astype(self.dtype, copy=False)}
         )
-        return np.asarray(output).reshape(-1)
+        output = np.asarray(output).reshape(len(matrix), -1)
+        return output.reshape(-1) if output.shape[1] == 1 else output
+
+    scores = predict
 
 
 @dataclass(frozen=True)
@@ -157,7 +175,7 @@ def choose_predictor(
         expected, sample = recorded, "held-out sample, native predictions recorded at registration"
     else:
         held_out = "held-out sample" if logged.is_file() else "draws around it"
-        expected, sample = native.predict(samples), f"input example + {held_out}"
+        expected, sample = native.scores(samples), f"input example + {held_out}"
     parity = check_parity(expected, fast, samples, sample)
     if not parity.ok:
         return (
@@ -174,8 +192,8 @@ def choose_predictor(
 def check_parity(expected: np.ndarray, fast: Predictor, samples: np.ndarray, sample: str) -> Parity:
     """Compare ``fast`` with the native predictions ``expected`` on ``samples``, in one batch
     and row by row."""
-    got = fast.predict(samples)
-    single = np.concatenate([fast.predict(samples[i : i + 1]) for i in range(min(len(samples), 8))])
+    got = fast.scores(samples)
+    single = np.concatenate([fast.scores(samples[i : i + 1]) for i in range(min(len(samples), 8))])
     diff = max(
         float(np.max(np.abs(got - expected))),
         float(np.max(np.abs(single - expected[: len(single)]))),
@@ -211,7 +229,7 @@ def export_fast_path(
     sample = held_out.iloc[:PARITY_ROWS]
     # predicted as a reader predicts: float64 rows in a frame with the signature's names
     matrix = sample.to_numpy(dtype=np.float64)
-    predictions = NativePredictor(model, tuple(sample.columns)).predict(matrix)
+    predictions = NativePredictor(model, tuple(sample.columns)).scores(matrix)
     record = {"columns": list(sample.columns), "data": matrix.tolist()}
     record |= {"predictions": predictions.tolist(), "model_id": model_id}
     (target / PARITY_FILE).write_text(json.dumps(record))

@@ -13,7 +13,11 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-CV_METRIC = "cv_mse_mean"  # each trial's mean cross-validated MSE (tracking.log_trial)
+
+
+def cv_metric(scoring: str) -> str:
+    """A trial's mean cross-validated score, as ``tracking.log_trial`` logs it."""
+    return f"cv_{scoring}_mean"
 
 
 def _server(tracking_uri: str) -> str | None:
@@ -26,8 +30,16 @@ def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
 
 
-def trials_page(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str | None:
-    """The experiment's training runs, filtered to this search's trials, best first."""
+def trials_page(
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    scoring: str = "mse",
+) -> str | None:
+    """The experiment's training runs, filtered to this search's trials, best first (by the
+    search's scoring: ascending for a loss)."""
+    from mlpipe.scoring import get_scoring
+
     base = _server(tracking_uri)
     if base is None:
         return None
@@ -35,8 +47,8 @@ def trials_page(tracking_uri: str, experiment_id: str, parent_run_id: str) -> st
         {
             "workflowType": "machine_learning",
             "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-            "orderByKey": f"metrics.`{CV_METRIC}`",
-            "orderByAsc": "true",
+            "orderByKey": f"metrics.`{cv_metric(scoring)}`",
+            "orderByAsc": str(not get_scoring(scoring).greater_is_better).lower(),
         }
     )
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"

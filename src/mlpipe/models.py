@@ -11,10 +11,11 @@ neither Prefect nor MLflow.
 from __future__ import annotations
 
 import copy
+import importlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, replace
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -48,34 +49,48 @@ class Family:
     # a fitted model grown to k members on (X, y), keeping the ones it has: the same model as a
     # fit of k from scratch; None when that would not be exact (or the family cannot)
     grow: Callable[[Any, int, np.ndarray, np.ndarray], Any | None] | None = None
+    # what it predicts and how a fold is scored (``scoring.py``); a classifier's first k
+    # members' class probabilities, one column per class code
+    task: str = "regression"
+    scoring: str = "mse"
+    proba_first: Callable[[Any, np.ndarray, int], np.ndarray] | None = None
+    # whether the estimator fits any labels (strings, booleans) as its classes; XGBoost takes
+    # only the codes 0..k-1
+    any_labels: bool = True
+
+    @property
+    def key(self) -> str:
+        """What names this family, task and scoring to a worker (``get_family(key)``) and in
+        trial ids: the family's name alone for regression scored by MSE, as before tasks."""
+        if (self.task, self.scoring) == ("regression", "mse"):
+            return self.name
+        return f"{self.name}:{self.task}:{self.scoring}"
 
     @property
     def hyperparameters(self) -> frozenset[str]:
         """Names a search may set (the estimator's own parameters less the reserved ones)."""
-        return _cached_hyperparameters(self.name)
+        return _cached_hyperparameters(self.name, self.task)
 
 
-def _build_random_forest(params: Params, seed: int) -> Any:
-    from sklearn.ensemble import RandomForestRegressor
+def _estimator(path: str) -> Any:
+    """The class at ``path`` ("module.Class"), imported when first asked for."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
+
+def _build(path: str, params: Params, seed: int) -> Any:
     # n_jobs=1: parallelism comes from running trials side by side, not trees inside one fit.
-    return RandomForestRegressor(random_state=seed, n_jobs=1, **params)
+    return _estimator(path)(random_state=seed, n_jobs=1, **params)
 
 
-def _build_extra_trees(params: Params, seed: int) -> Any:
-    from sklearn.ensemble import ExtraTreesRegressor
-
-    return ExtraTreesRegressor(random_state=seed, n_jobs=1, **params)
-
-
-def _forest_first(model: Any, X: np.ndarray, k: int) -> np.ndarray:
+def _forest_first(model: Any, X: np.ndarray, k: int, method: str = "predict") -> np.ndarray:
     # A shallow copy that keeps the first k trees is, tree for tree, the k-tree forest.
     if k == len(model.estimators_):
-        return np.asarray(model.predict(X))
+        return np.asarray(getattr(model, method)(X))
     head = copy.copy(model)
     head.estimators_ = model.estimators_[:k]
     head.n_estimators = k
-    return np.asarray(head.predict(X))
+    return np.asarray(getattr(head, method)(X))
 
 
 def _forest_grow(model: Any, k: int, X: np.ndarray, y: np.ndarray) -> Any | None:
@@ -106,27 +121,13 @@ def _forest_depth(model: Any) -> int:
     return max(int(tree.tree_.max_depth) for tree in model.estimators_)
 
 
-def _random_forest_hyperparameters() -> frozenset[str]:
-    from sklearn.ensemble import RandomForestRegressor
-
-    return frozenset(RandomForestRegressor().get_params()) - RESERVED - {"oob_score"}
-
-
-def _extra_trees_hyperparameters() -> frozenset[str]:
-    from sklearn.ensemble import ExtraTreesRegressor
-
-    return frozenset(ExtraTreesRegressor().get_params()) - RESERVED - {"oob_score"}
+def _forest_hyperparameters(path: str) -> frozenset[str]:
+    return frozenset(_estimator(path)().get_params()) - RESERVED - {"oob_score"}
 
 
 def _sklearn_validate(model: Any) -> None:
     # scikit-learn checks every parameter against its declared constraints without fitting
     model._validate_params()
-
-
-def _build_xgboost(params: Params, seed: int) -> Any:
-    from xgboost import XGBRegressor
-
-    return XGBRegressor(random_state=seed, n_jobs=1, **params)
 
 
 # XGBoost draws rows and columns with a generator that restarts when boosting is continued, so
@@ -144,22 +145,21 @@ def _xgboost_grow(model: Any, k: int, X: np.ndarray, y: np.ndarray) -> Any | Non
     return more.fit(X, y, xgb_model=model.get_booster())  # its booster holds all k rounds
 
 
-def _boosting_first(model: Any, X: np.ndarray, k: int) -> np.ndarray:
-    return np.asarray(model.predict(X, iteration_range=(0, k)))
+def _boosting_first(model: Any, X: np.ndarray, k: int, method: str = "predict") -> np.ndarray:
+    return np.asarray(getattr(model, method)(X, iteration_range=(0, k)))
 
 
-def _xgboost_hyperparameters() -> frozenset[str]:
-    from xgboost import XGBRegressor
-
+def _xgboost_hyperparameters(path: str) -> frozenset[str]:
     # Early stopping would make the number of rounds data-dependent and break prefix scoring.
-    names = set(XGBRegressor().get_params()) | {"n_estimators"}
+    names = set(_estimator(path)().get_params()) | {"n_estimators"}
     return frozenset(names) - RESERVED - {"early_stopping_rounds", "callbacks", "kwargs"}
 
 
 def _xgboost_validate(model: Any) -> None:
     # XGBoost's core checks parameters when a booster is configured: one round on 8 rows, ~2 ms
+    # (labels 0 and 1: a target both a regressor and a classifier take)
     X = np.arange(24, dtype=np.float64).reshape(8, 3)
-    model.fit(X, X[:, 0])
+    model.fit(X, np.arange(8) % 2)
 
 
 _FOREST_SPACE: dict[str, list[Any]] = {
@@ -170,14 +170,14 @@ _FOREST_SPACE: dict[str, list[Any]] = {
 }
 
 
-def _forest(name: str, build: Callable[[Params, int], Any], hyperparameters: Any) -> Family:
-    """A scikit-learn forest family: every forest shortcut holds for it (prefix scoring, the
-    min_samples_split floor, depth references, growing by warm start)."""
+def _forest(name: str, path: str) -> Family:
+    """A scikit-learn forest family (regressor at ``path``): every forest shortcut holds for it
+    (prefix scoring, the min_samples_split floor, depth references, growing by warm start)."""
     return Family(
         name=name,
-        build=build,
+        build=partial(_build, path),
         predict_first=_forest_first,
-        list_hyperparameters=hyperparameters,
+        list_hyperparameters=partial(_forest_hyperparameters, path),
         default_space=_FOREST_SPACE,
         validate=_sklearn_validate,
         effective=_forest_effective,
@@ -188,15 +188,15 @@ def _forest(name: str, build: Callable[[Params, int], Any], hyperparameters: Any
 
 
 FAMILIES: dict[str, Family] = {
-    "random_forest": _forest("random_forest", _build_random_forest, _random_forest_hyperparameters),
+    "random_forest": _forest("random_forest", "sklearn.ensemble.RandomForestRegressor"),
     # Extremely randomized trees draw their split thresholds at random, in the same seed order
     # per tree as a random forest, so the same shortcuts are exact for them
-    "extra_trees": _forest("extra_trees", _build_extra_trees, _extra_trees_hyperparameters),
+    "extra_trees": _forest("extra_trees", "sklearn.ensemble.ExtraTreesRegressor"),
     "xgboost": Family(
         name="xgboost",
-        build=_build_xgboost,
+        build=partial(_build, "xgboost.XGBRegressor"),
         predict_first=_boosting_first,
-        list_hyperparameters=_xgboost_hyperparameters,
+        list_hyperparameters=partial(_xgboost_hyperparameters, "xgboost.XGBRegressor"),
         default_space={
             "n_estimators": [100, 200, 400],
             "max_depth": [3, 6],
@@ -209,9 +209,32 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def _classifier(family: Family) -> Family:
+    """The classification twin of a regression family: the estimator at the same path with
+    ``Classifier`` for ``Regressor``; its prefixes predict class codes and probabilities (a
+    forest averages its trees' probabilities, boosting sums its rounds: both exact)."""
+    path = family.build.args[0].replace("Regressor", "Classifier")  # type: ignore[attr-defined]
+    return replace(
+        family,
+        build=partial(_build, path),
+        list_hyperparameters=partial(family.list_hyperparameters.func, path),  # type: ignore[attr-defined]
+        task="classification",
+        scoring="log_loss",
+        proba_first=partial(family.predict_first, method="predict_proba"),  # type: ignore[call-arg]
+        any_labels=not path.startswith("xgboost"),
+    )
+
+
+CLASSIFIERS: dict[str, Family] = {name: _classifier(f) for name, f in FAMILIES.items()}
+
+
 @cache
-def _cached_hyperparameters(name: str) -> frozenset[str]:
-    return FAMILIES[name].list_hyperparameters()
+def _cached_hyperparameters(name: str, task: str) -> frozenset[str]:
+    return _families(task)[name].list_hyperparameters()
+
+
+def _families(task: str) -> dict[str, Family]:
+    return CLASSIFIERS if task == "classification" else FAMILIES
 
 
 def refused_value(family: Family, space: Mapping[str, Any]) -> str | None:
@@ -242,9 +265,14 @@ def _first_line(exc: Exception) -> str:
     return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", line)
 
 
-def get_family(name: str) -> Family:
-    """The family called ``name``; KeyError lists the known ones."""
+def get_family(key: str, task: str = "regression", scoring: str | None = None) -> Family:
+    """The family called ``key`` (a name, or a ``Family.key``) for ``task`` scored by
+    ``scoring`` (None: the task's default); KeyError lists the known ones."""
+    name, _, rest = key.partition(":")
+    if rest:
+        task, _, scoring = rest.partition(":")
     try:
-        return FAMILIES[name]
+        family = _families(task)[name]
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+    return family if scoring in (None, family.scoring) else replace(family, scoring=scoring)

@@ -5,7 +5,9 @@ precision, built from the fitted trees directly. The graph repeats what scikit-l
 for step: cast the input to float32 (its trees compare float32 features with float64
 thresholds), walk every tree, add the leaf values in tree order, divide by the number of trees.
 The result is bit-for-bit the native prediction; skl2onnx's ``TreeEnsembleRegressor`` would give
-float32 leaves and a float32 output.
+float32 leaves and a float32 output. A forest classifier is the same graph with one target per
+class (``TreeEnsemble`` gives a leaf one target, so each tree is written once per class with that
+class's leaf shares): its output is ``predict_proba``, bit for bit, and its labels follow.
 
 XGBoost boosters go through onnxmltools (float32, as XGBoost itself computes), so they agree
 with the native model to float32 rounding, not bit for bit.
@@ -30,10 +32,21 @@ class ConversionError(Exception):
 
 
 def to_onnx(model: Any, n_features: int) -> bytes:
-    """The serialized ONNX graph of ``model``: input ``X`` (rows x n_features), output (rows, 1)."""
-    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+    """The serialized ONNX graph of ``model``: input ``X`` (rows x n_features), output (rows, 1),
+    or a classifier's probabilities (rows, classes)."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
     from sklearn.tree import DecisionTreeRegressor, ExtraTreeRegressor
 
+    if isinstance(model, RandomForestClassifier | ExtraTreesClassifier):
+        trees = [estimator.tree_ for estimator in model.estimators_]
+        return forest_to_onnx(trees, n_features, float(len(trees)), len(model.classes_))
+    if hasattr(model, "predict_proba"):
+        raise ConversionError(f"no ONNX converter for {type(model).__name__}")
     if isinstance(model, RandomForestRegressor | ExtraTreesRegressor):
         trees = [estimator.tree_ for estimator in model.estimators_]
         return forest_to_onnx(trees, n_features, divisor=float(len(trees)))
@@ -44,22 +57,27 @@ def to_onnx(model: Any, n_features: int) -> bytes:
     raise ConversionError(f"no ONNX converter for {type(model).__name__}")
 
 
-def forest_to_onnx(trees: Sequence[Any], n_features: int, divisor: float) -> bytes:
-    """Average of scikit-learn ``Tree`` objects as a double-precision ONNX graph."""
+def forest_to_onnx(
+    trees: Sequence[Any], n_features: int, divisor: float, n_classes: int = 0
+) -> bytes:
+    """Average of scikit-learn ``Tree`` objects as a double-precision ONNX graph: regression
+    trees (``n_classes`` 0), or classification trees' class shares, one output per class."""
     from onnx import TensorProto, checker, helper, numpy_helper
 
     nodes = _Nodes()
+    targets = max(n_classes, 1)
     for tree in trees:
-        if tree.n_outputs != 1 or tree.value.shape[2] != 1:
-            raise ConversionError("only single-output regression trees are converted")
-        nodes.add_tree(tree)
+        if tree.n_outputs != 1 or tree.value.shape[2] != targets:
+            raise ConversionError("only single-output trees are converted")
+        for target in range(targets):
+            nodes.add_tree(tree, target)
     n_nodes = len(nodes.features)
     ensemble = helper.make_node(
         "TreeEnsemble",
         ["X_float32_as_double"],
         ["sum"],
         domain="ai.onnx.ml",
-        n_targets=1,
+        n_targets=targets,
         aggregate_function=1,  # SUM; the division below mirrors scikit-learn's `y /= n_trees`
         post_transform=0,
         tree_roots=nodes.roots,
@@ -77,7 +95,7 @@ def forest_to_onnx(trees: Sequence[Any], n_features: int, divisor: float) -> byt
         nodes_trueleafs=nodes.true_is_leaf,
         nodes_falsenodeids=nodes.false_ids,
         nodes_falseleafs=nodes.false_is_leaf,
-        leaf_targetids=[0] * len(nodes.leaf_weights),
+        leaf_targetids=nodes.leaf_targets,
         leaf_weights=helper.make_tensor(
             "leaf_weights",
             TensorProto.DOUBLE,
@@ -94,7 +112,7 @@ def forest_to_onnx(trees: Sequence[Any], n_features: int, divisor: float) -> byt
         ],
         "forest",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.DOUBLE, [None, n_features])],
-        [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, [None, 1])],
+        [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, [None, targets])],
         initializer=[numpy_helper.from_array(np.array([divisor], np.float64), "n_trees")],
     )
     model = helper.make_model(
@@ -122,8 +140,10 @@ class _Nodes:
         self.false_ids: list[int] = []
         self.false_is_leaf: list[int] = []
         self.leaf_weights: list[float] = []
+        self.leaf_targets: list[int] = []
 
-    def add_tree(self, tree: Any) -> None:
+    def add_tree(self, tree: Any, target: int = 0) -> None:
+        """The tree, its leaves adding to ``target`` (their value for that class)."""
         left, right = tree.children_left, tree.children_right
         is_leaf = left == -1
         # global index of each sklearn node among this ensemble's interior nodes / leaves
@@ -144,7 +164,9 @@ class _Nodes:
                     _child(true_child, is_leaf, node_index, leaf_index),
                     _child(false_child, is_leaf, node_index, leaf_index),
                 )
-        self.leaf_weights.extend(float(v) for v in tree.value[is_leaf, 0, 0])
+        leaves = tree.value[is_leaf, 0, target]
+        self.leaf_weights.extend(float(v) for v in leaves)
+        self.leaf_targets.extend([target] * len(leaves))
 
     def _add_split(
         self, feature: int, split: float, true: tuple[int, int], false: tuple[int, int]

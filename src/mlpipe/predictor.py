@@ -17,6 +17,7 @@ MLflow is imported here for reading models only; writing stays in ``tracking.py`
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -39,6 +40,7 @@ from mlpipe.fastpath import (
     recorded_parity,
     warm_up,
 )
+from mlpipe.scoring import CLASSES_FILE
 
 log = logging.getLogger("mlpipe.predictor")
 
@@ -133,13 +135,31 @@ class LoadedModel:
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
     profile: Profile | None = None  # the training data's, when the version was logged with one
+    # a classifier's labels in code order (``classes.json`` beside the model); None: a regressor
+    classes: np.ndarray | None = None
 
     @property
     def version(self) -> str | None:
         return self.ref.version
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """What MLflow's pyfunc answers: a regressor's values, a classifier's ``predict``."""
+        if self.classes is not None and self.predictor.kind != "native":
+            return self.classify(matrix)[0]
         return self.predictor.predict(matrix)
+
+    def classify(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A classifier's answer: ``predict``'s, each row's class code (its position in
+        ``classes``) and the probabilities (one column per class). On the fast path the label
+        is the likeliest class, as a forest's ``predict`` takes it from the same (bit-equal)
+        probabilities; natively, the model's own ``predict``."""
+        assert self.classes is not None
+        proba = self.predictor.scores(matrix)
+        if self.predictor.kind != "native":
+            codes = np.argmax(proba, axis=1)
+            return self.classes[codes], codes, proba
+        predictions = self.predictor.predict(matrix)
+        return predictions, np.searchsorted(self.native.model.classes_, predictions), proba
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -229,10 +249,17 @@ def _load_folder(
         fallback_reason=reason,
         load_seconds=time.perf_counter() - started,
         profile=_read_profile(path),
+        classes=_read_classes(path),
     )
     if reason:
         log.warning("model %s: serving with the native predictor: %s", ref.uri, reason)
     return loaded
+
+
+def _read_classes(path: Path) -> np.ndarray | None:
+    """The labels a classifier was trained on, in code order (None: a regressor)."""
+    file = path / CLASSES_FILE
+    return np.asarray(json.loads(file.read_text())) if file.is_file() else None
 
 
 def _read_profile(path: Path) -> Profile | None:
@@ -316,6 +343,17 @@ def load_pyfunc(model_uri: str) -> Any:
     import mlflow.pyfunc
 
     return mlflow.pyfunc.load_model(model_uri)
+
+
+def load_native(model_uri: str) -> Any:
+    """A registered or logged model in its own flavor (scikit-learn's, through skops with the
+    types its MLmodel trusts, or XGBoost's): what has ``predict_proba``."""
+    import importlib
+
+    from mlflow.models import get_model_info
+
+    flavor = "xgboost" if "xgboost" in get_model_info(model_uri).flavors else "sklearn"
+    return importlib.import_module(f"mlflow.{flavor}").load_model(model_uri)
 
 
 # MLflow column types and the numpy types pyfunc's schema enforcement takes for them.

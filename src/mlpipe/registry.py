@@ -23,13 +23,15 @@ SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 @dataclass(frozen=True)
 class Promotion:
-    """What the registry did with a new version."""
+    """What the registry did with a new version: its score on the test split and the
+    champion's on the same split (``scoring``: the search's primary score)."""
 
     version: str
     alias: str
-    test_mse: float
+    test_score: float
     champion_version: str | None
-    champion_mse: float | None
+    champion_score: float | None
+    scoring: str = "mse"
 
     @property
     def promoted(self) -> bool:

@@ -193,14 +193,14 @@ def halving_schedule(
     return HalvingSchedule(resources, counts, required, possible)
 
 
-def top_k(mean_scores: Sequence[float], k: int) -> list[int]:
-    """The positions of the ``k`` best (lowest) mean CV errors of a rung, in the order
+def top_k(losses: Sequence[float], k: int) -> list[int]:
+    """The positions of the ``k`` best (lowest) mean CV losses of a rung, in the order
     scikit-learn's ``_top_k`` hands them to the next rung: worst kept first, a failed (NaN)
     candidate last to be kept. It sorts the negated scores with numpy's default argsort, so ties
     fall exactly as they do there."""
     import numpy as np
 
-    scores = -np.asarray(mean_scores, dtype=np.float64)
+    scores = -np.asarray(losses, dtype=np.float64)
     order = np.roll(np.argsort(scores), np.count_nonzero(np.isnan(scores)))
     return [int(i) for i in order[-k:]]
 
@@ -377,11 +377,9 @@ def _delta(unit: Unit, other: Unit | None) -> float:
 
 
 def ranked(results: Sequence[Any]) -> list[Any]:
-    """The completed results, best first: lowest mean score, ties to the earlier config in grid
-    order, as ``GridSearchCV`` breaks them."""
-    return sorted(
-        (r for r in results if r.status == "completed"), key=lambda r: (r.mean_score, r.index)
-    )
+    """The completed results, best first: lowest mean loss (``TrialResult.loss``), ties to the
+    earlier config in grid order, as ``GridSearchCV`` breaks them."""
+    return sorted((r for r in results if r.status == "completed"), key=lambda r: (r.loss, r.index))
 
 
 def select_best(results: Sequence[Any]) -> Any:

@@ -59,10 +59,17 @@ def model_promoted(name: str, promotion: Promotion) -> Any:
             "version": promotion.version,
             "alias": promotion.alias,
             "model_uri": f"models:/{name}/{promotion.version}",
-            "test_mse": promotion.test_mse,
+            "scoring": promotion.scoring,
+            "test_score": promotion.test_score,
             "previous_version": promotion.champion_version,
-            "previous_mse": promotion.champion_mse,
-        },
+            "previous_score": promotion.champion_score,
+        }
+        # the names of regression's payload before scorings, kept for automations that read them
+        | (
+            {"test_mse": promotion.test_score, "previous_mse": promotion.champion_score}
+            if promotion.scoring == "mse"
+            else {}
+        ),
     )
 
 

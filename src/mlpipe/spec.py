@@ -13,11 +13,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipe.errors import SpecError
-from mlpipe.models import FAMILIES, get_family, refused_value
+from mlpipe.models import FAMILIES, Family, get_family, refused_value
+from mlpipe.scoring import DEFAULT_SCORING, SCORINGS, allowed
 from mlpipe.space import Range, parse_range
 
-BUILTIN_SOURCES = ("boston", "diabetes", "synthetic")
-BUILTIN_TARGETS = {"boston": "MEDV", "diabetes": "target", "synthetic": "target"}
+# scikit-learn's bundled tables (no download); breast_cancer is binary, wine and iris multiclass
+BUILTIN_TARGETS = {
+    "boston": "MEDV",
+    "diabetes": "target",
+    "synthetic": "target",
+    "breast_cancer": "target",
+    "wine": "target",
+    "iris": "target",
+}
+BUILTIN_SOURCES = tuple(BUILTIN_TARGETS)
+CLASSIFICATION_SOURCES = ("breast_cancer", "wine", "iris")
 FAMILY_SHORT = {"random_forest": "rf", "extra_trees": "et", "xgboost": "xgb"}
 Scalar = int | float | str | bool | None
 
@@ -56,6 +66,7 @@ class DataSpec(_Strict):
 
 class ModelSpec(_Strict):
     family: Literal["random_forest", "extra_trees", "xgboost"] = "random_forest"
+    task: Literal["regression", "classification"] = "regression"
 
 
 class SearchSpec(_Strict):
@@ -64,6 +75,9 @@ class SearchSpec(_Strict):
 
     strategy: Literal["grid", "random", "halving", "tpe"] = "grid"
     cv: int = Field(3, ge=2)
+    scoring: str | None = Field(
+        None, description="the primary score (scoring.SCORINGS); None: the task's default"
+    )
     params: dict[str, list[Scalar] | Range] | None = None
     n_trials: int | None = Field(None, ge=1, description="random, tpe (halving: its candidates)")
     batch_size: int = Field(
@@ -200,7 +214,18 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _search_fits_family(self) -> Spec:
-        family = get_family(self.model.family)
+        scoring, task = self.search.scoring, self.model.task
+        if scoring is not None and (scoring not in SCORINGS or SCORINGS[scoring].task != task):
+            raise ValueError(
+                f"search.scoring: {scoring!r} does not score {task}; use one of "
+                f"{', '.join(allowed(task))}"
+            )
+        if self.data.source in CLASSIFICATION_SOURCES and task == "regression":
+            raise ValueError(
+                f"data.source {self.data.source}: a classification table (scikit-learn's "
+                f"load_{self.data.source}); set model.task: classification"
+            )
+        family = self.family
         params = self.search.params
         if params is not None:
             if not params:
@@ -250,7 +275,17 @@ class Spec(_Strict):
         """The space to search: the spec's, else the family's default grid."""
         if self.search.params is not None:
             return dict(self.search.params)
-        return {k: list(v) for k, v in get_family(self.model.family).default_space.items()}
+        return {k: list(v) for k, v in self.family.default_space.items()}
+
+    @property
+    def scoring(self) -> str:
+        """The search's primary score: ``search.scoring``, or the task's default."""
+        return self.search.scoring or DEFAULT_SCORING[self.model.task]
+
+    @property
+    def family(self) -> Family:
+        """The model family for the spec's task and scoring (``Family.key`` names it)."""
+        return get_family(self.model.family, self.model.task, self.scoring)
 
     @property
     def experiment_name(self) -> str:

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from mlpipe.models import Family, get_family
+from mlpipe.scoring import fold_metrics, get_scoring
 from mlpipe.search import Unit
-
-SCORING = "mse"
 
 
 @dataclass
 class TrialResult:
-    """One config's cross-validation outcome. Scores are MSE: lower is better."""
+    """One config's cross-validation outcome, scored by ``scoring`` (``scoring.SCORINGS``:
+    ``loss`` says which way is better)."""
 
     trial_id: str
     index: int
@@ -40,6 +40,12 @@ class TrialResult:
     rung: int | None = None
     resources: int | None = None
     eliminated: bool | None = None
+    scoring: str = "mse"
+
+    @property
+    def loss(self) -> float:
+        """The mean CV score as a lower-is-better number: what a search ranks by."""
+        return get_scoring(self.scoring).loss(self.mean_score)
 
     def to_json(self) -> dict[str, Any]:
         """The record written to tuning_results.json (NaN becomes null)."""
@@ -66,17 +72,14 @@ def kfold(n_rows: int, cv: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return list(KFold(n_splits=cv).split(np.zeros((n_rows, 1))))
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MSE, RMSE, MAE and R2, computed as scikit-learn's scorers do."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+def cv_folds(y: np.ndarray, cv: int, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What GridSearchCV uses for an integer cv: ``kfold``, or for a classifier
+    ``StratifiedKFold(n_splits=cv)`` (no shuffling) on the labels ``y``."""
+    from sklearn.model_selection import StratifiedKFold
 
-    mse = float(mean_squared_error(y_true, y_pred))
-    return {
-        "mse": mse,
-        "rmse": float(np.sqrt(mse)),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "r2": float(r2_score(y_true, y_pred)),
-    }
+    if task != "classification":
+        return kfold(len(y), cv)
+    return list(StratifiedKFold(n_splits=cv).split(np.zeros((len(y), 1)), y))
 
 
 @dataclass
@@ -172,10 +175,7 @@ def cross_validate_unit(
         if warm is not None:
             warm.save(family, largest, i, model)
         seconds = time.perf_counter() - started
-        per_size = {
-            k: regression_metrics(y[test_idx], family.predict_first(model, X[test_idx], k))
-            for k in sizes
-        }
+        per_size = {k: fold_metrics(family, model, X[test_idx], y[test_idx], k) for k in sizes}
         depth = family.depth_of(model) if family.depth_of is not None else None
         fold_fits.append(FoldFit(per_size, depth, seconds))
     fit_seconds = sum(f.seconds for f in fold_fits)
@@ -187,7 +187,7 @@ def cross_validate_unit(
             name: [fold.per_size[size][name] for fold in fold_fits]
             for name in fold_fits[0].per_size[size]
         }
-        scores = metrics["mse"]
+        scores = metrics[family.scoring]
         results.append(
             TrialResult(
                 trial_id=trial.trial_id,
@@ -200,6 +200,7 @@ def cross_validate_unit(
                 # The fit is shared; charge each size its share (tree time is linear in trees).
                 # A fold taken from the reference cost no fit here.
                 fit_seconds=fit_seconds * size / largest_size,
+                scoring=family.scoring,
             )
         )
     return UnitRun(results, fold_fits)
@@ -215,7 +216,7 @@ def _reaches_no_cap(fit: FoldFit, cap: Any, sizes: list[int]) -> bool:
     )
 
 
-def warm_up(family: str) -> None:
+def warm_up(family: str) -> None:  # a Family.key
     """Import what a trial of ``family`` needs (a pool or Dask worker runs this first, so the
     imports happen before the trials, and no more than the trials need)."""
     get_family(family).build({}, 0)

@@ -177,3 +177,21 @@ def test_check_columns_explains_only_bad_rows():
         "field 'n' is inf; NaN and Infinity are not accepted",
     ]
     assert matrix[0].tolist() == [1.0, 1.0]
+
+
+def test_a_classifier_writes_its_label_and_one_probability_column_per_class(
+    tmp_path, frame, classifier
+):
+    source = tmp_path / "in.parquet"
+    with_ids(frame).to_parquet(source)
+    scoring.score(classifier, source, tmp_path / "out.parquet", id_columns=["house"])
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    classes = ["cheap", "dear", "mid"]  # scikit-learn's sorted classes_
+    probabilities = [f"probability_{c}" for c in classes]
+    assert list(out.columns) == ["house", "prediction", *probabilities, "model_name",
+                                 "model_version", "scored_at"]  # fmt: skip
+    forest = classifier.native.model
+    assert out["prediction"].tolist() == list(forest.predict(frame))
+    np.testing.assert_array_equal(out[probabilities].to_numpy(), forest.predict_proba(frame))
+    with pytest.raises(UserError, match="probability_mid: that name is an output column"):
+        scoring.score(classifier, source, tmp_path / "o.parquet", id_columns=["probability_mid"])

@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeRegressor
-from xgboost import XGBRegressor
+from xgboost import XGBClassifier, XGBRegressor
 
 from mlpipe.fastpath import PARITY_TOLERANCE, OnnxPredictor
 from mlpipe.onnx_export import ConversionError, to_onnx
@@ -63,3 +68,29 @@ def test_other_models_have_no_onnx_form(data):
     X, y, _ = data
     with pytest.raises(ConversionError, match="LinearRegression"):
         to_onnx(LinearRegression().fit(X, y), X.shape[1])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("forest", [RandomForestClassifier, ExtraTreesClassifier])
+def test_forest_classifiers_give_the_probabilities_bit_for_bit_and_the_same_labels(
+    data, forest, n_classes
+):
+    X, y, probe = data
+    labels = np.asarray(["low", "mid", "high"])[np.digitize(y, np.quantile(y, [0.4, 0.7]))]
+    if n_classes == 2:
+        labels = np.where(labels == "low", "low", "other")
+    model = forest(n_estimators=25, min_samples_leaf=2, random_state=0, n_jobs=1).fit(X, labels)
+    fast = OnnxPredictor(to_onnx(model, X.shape[1]))
+    frame = pd.DataFrame(probe, columns=X.columns)
+    proba = fast.predict(probe)
+    assert proba.shape == (len(probe), n_classes)
+    assert np.array_equal(proba, model.predict_proba(frame))
+    assert np.array_equal(fast.predict(probe[:1]), model.predict_proba(frame.head(1)))
+    assert np.array_equal(model.classes_[np.argmax(proba, axis=1)], model.predict(frame))
+
+
+def test_xgboost_classifiers_have_no_onnx_form_yet(data):
+    X, y, _ = data
+    model = XGBClassifier(n_estimators=3, n_jobs=1).fit(X, (y > y.median()).astype(int))
+    with pytest.raises(ConversionError, match="XGBClassifier"):
+        to_onnx(model, X.shape[1])

@@ -117,6 +117,24 @@ def test_an_all_good_batch_from_several_shards_is_scored_in_one_call(
     assert outputs(client, streams[1]) == []
 
 
+def test_a_classifier_puts_the_label_and_each_class_probability(
+    client, streams, frame, classifier, tmp_path
+):
+    ledger = SqliteLedger(sqlite3.connect(tmp_path / "ledger.db", isolation_level=None))
+    handler = StreamHandler(classifier, client, streams[0], ledger, dead_letter=streams[1])
+    assert handler(several_shards(frame), Context()) == {"batchItemFailures": []}
+    written = {o["id"]: o for o in outputs(client, streams[0])}
+    rows = [s * 100 + n for s in range(2) for n in range(4)]
+    forest = classifier.native.model
+    labels = forest.predict(frame.iloc[rows])
+    proba = forest.predict_proba(frame.iloc[rows])
+    for row, label, chances in zip(rows, labels, proba, strict=True):
+        out = written[f"h{row}"]
+        assert out["prediction"] == label
+        assert out["probabilities"] == dict(zip(forest.classes_, chances, strict=True))
+        assert (out["model_name"], out["model_version"]) == ("boston-classes", "2")
+
+
 def test_poison_in_the_middle_goes_to_the_dead_letter_stream_and_is_not_retried(
     handler, client, streams, frame
 ):

@@ -3,13 +3,13 @@ import pytest
 from sklearn.model_selection import cross_val_score
 
 from mlpipe.models import get_family
+from mlpipe.scoring import regression_metrics
 from mlpipe.search import depth_references, make_trials, plan_units
 from mlpipe.trial import (
     Warm,
     cross_validate_unit,
     failed_results,
     kfold,
-    regression_metrics,
 )
 
 

@@ -42,16 +42,16 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     table.add_column("rank", justify="right")
     table.add_column("trial")
     table.add_column("params")
-    table.add_column("cv mse", justify="right")
+    table.add_column(f"cv {outcome.best.scoring}", justify="right")
     table.add_column("± std", justify="right")
     for rank, r in enumerate(done[:5], 1):
         params = ", ".join(f"{k}={v}" for k, v in r.params.items())
         table.add_row(str(rank), r.trial_id, params, f"{r.mean_score:.4f}", f"{r.std_score:.4f}")
     out.print(table)
     p, t = outcome.promotion, outcome.test_metrics
-    scores = "  ".join(f"{name} {t[name]:.4f}" for name in ("mse", "rmse", "mae", "r2"))
+    scores = "  ".join(f"{name} {value:.4f}" for name, value in t.items())
     out.print(f"test split: {scores}")
-    if p.champion_mse is None:
+    if p.champion_score is None:
         verdict = (
             "already the champion"
             if outcome.unchanged
@@ -60,8 +60,8 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     else:
         better = "beats" if p.promoted else "does not beat"
         verdict = (
-            f"test mse {p.test_mse:.4f} {better} champion v{p.champion_version}'s "
-            f"{p.champion_mse:.4f} on the same split"
+            f"test {p.scoring} {p.test_score:.4f} {better} champion v{p.champion_version}'s "
+            f"{p.champion_score:.4f} on the same split"
         )
     name = outcome.model_name
     if outcome.unchanged:
@@ -73,7 +73,9 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
     else:
         out.print(f"registered {name} version {p.version} -> alias [bold]{p.alias}[/] ({verdict})")
     out.print(f"mlflow parent run {parent_run(outcome, tracking_uri)}")
-    trials = links.trials_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    trials = links.trials_page(
+        tracking_uri, outcome.experiment_id, outcome.parent_run_id, outcome.best.scoring
+    )
     if trials:
         out.print(f"mlflow trials, best first {trials}", markup=False)
     out.print(f"artifacts {outcome.artifacts_path}/")

@@ -26,17 +26,32 @@ def train(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option(help="data.source: boston | diabetes | synthetic | a CSV/Parquet path."),
+        typer.Option(
+            help="data.source: boston | diabetes | synthetic | breast_cancer | wine | iris | a "
+            "CSV/Parquet path."
+        ),
     ] = None,
     target: Annotated[str | None, typer.Option(help="data.target: the column to predict.")] = None,
     family: Annotated[
         str | None, typer.Option(help="model.family: random_forest | extra_trees | xgboost.")
     ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="model.task: regression | classification.")
+    ] = None,
+    scoring: Annotated[
+        str | None,
+        typer.Option(
+            help="search.scoring: mse | mae | r2 (regression), log_loss | accuracy | f1_macro | "
+            "roc_auc | roc_auc_ovr (classification); default mse / log_loss."
+        ),
+    ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="search.strategy: grid | random | halving | tpe.")
     ] = None,
     n_trials: Annotated[int | None, typer.Option(help="search.n_trials (random search).")] = None,
-    cv: Annotated[int | None, typer.Option(help="search.cv: number of KFold splits.")] = None,
+    cv: Annotated[
+        int | None, typer.Option(help="search.cv: number of (Stratified)KFold splits.")
+    ] = None,
     retries: Annotated[
         int | None, typer.Option(help="search.retries: Prefect retries per trial.")
     ] = None,
@@ -90,6 +105,8 @@ def train(
         "data.source": data,
         "data.target": target,
         "model.family": family,
+        "model.task": task,
+        "search.scoring": scoring,
         "search.strategy": strategy,
         "search.n_trials": n_trials,
         "search.cv": cv,

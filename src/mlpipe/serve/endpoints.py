@@ -96,9 +96,14 @@ class Predictions:
                 body, content_type.decode("latin-1") if content_type else None, model.contract,
                 self.max_rows,
             )  # fmt: skip
-            predictions = model.predict(matrix)
-            self.watch.observe(model, matrix, predictions)
-            status, payload = 200, render(model, predictions)
+            if model.classes is None:
+                predictions = model.predict(matrix)
+                self.watch.observe(model, matrix, predictions)
+                status, payload = 200, render(model, predictions)
+            else:
+                predictions, codes, proba = model.classify(matrix)
+                self.watch.observe(model, matrix, codes)
+                status, payload = 200, render(model, predictions, codes, proba)
             self.metrics.predictions.labels(model.version or "local", model.predictor.kind).inc(
                 len(predictions)
             )
@@ -184,16 +189,24 @@ def _error(status: int, message: str) -> bytes:
     return json.dumps({"error": {"status": status, "message": message}}).encode()
 
 
-def render_predict(model: LoadedModel, predictions: Any) -> bytes:
-    return json.dumps(
-        {
-            "predictions": predictions.tolist(),
-            "model": {"name": model.ref.name, "version": model.version, "alias": model.ref.alias},
-        }
-    ).encode()
+def render_predict(
+    model: LoadedModel, predictions: Any, codes: Any = None, proba: Any = None
+) -> bytes:
+    """mlpipe's answer: the predictions (a classifier's as its labels, with each row's class
+    probabilities by label) and the model that made them."""
+    body: dict[str, Any] = {"predictions": predictions.tolist()}
+    if model.classes is not None:
+        names = [str(c) for c in model.classes.tolist()]
+        body["predictions"] = model.classes[codes].tolist()
+        body["probabilities"] = [dict(zip(names, row, strict=True)) for row in proba.tolist()]
+    body["model"] = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}
+    return json.dumps(body).encode()
 
 
-def render_invocations(model: LoadedModel, predictions: Any) -> bytes:
+def render_invocations(
+    model: LoadedModel, predictions: Any, codes: Any = None, proba: Any = None
+) -> bytes:
+    """MLflow's answer: what ``mlflow.pyfunc``'s predict answers, byte for byte."""
     return protocol.render_predictions(predictions)
 
 

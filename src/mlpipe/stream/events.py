@@ -108,14 +108,21 @@ def _id_problem(record_id: Any) -> str | None:
 
 
 def prediction_record(
-    item: Item, prediction: float, model_name: str | None, model_version: str | None, at: float
+    item: Item,
+    prediction: Any,
+    model_name: str | None,
+    model_version: str | None,
+    at: float,
+    probabilities: dict[str, float] | None = None,
 ) -> bytes:
-    """What the output stream gets for a scored record."""
+    """What the output stream gets for a scored record (a classifier's: the label, and each
+    class's probability by label)."""
     return _dumps(
         {
             "id": item.record_id,
             "key": item.key,
             "prediction": prediction,
+            **({"probabilities": probabilities} if probabilities is not None else {}),
             "model_name": model_name,
             "model_version": model_version,
             "shard_id": item.shard_id,

@@ -147,12 +147,20 @@ class StreamHandler:
         scored = [i for i, item in enumerate(items) if item.reason is None]
         poison = [item for item in items if item.reason is not None]
         if scored:
-            predictions = self.model.predict(matrix[scored]).tolist()
             name, version = self.model.ref.name, self.model.version
             valid = [items[i] for i in scored]
+            classes = self.model.classes
+            if classes is None:
+                values = [float(p) for p in self.model.predict(matrix[scored])]
+                probabilities: list[Any] = [None] * len(valid)
+            else:  # the label by name, as /predict answers it, and each class's probability
+                _, codes, proba = self.model.classify(matrix[scored])
+                values = classes[codes].tolist()
+                names = [str(c) for c in classes.tolist()]
+                probabilities = [dict(zip(names, row, strict=True)) for row in proba.tolist()]
             entries = [
-                (prediction_record(item, float(p), name, version, at), item.partition_key)
-                for item, p in zip(valid, predictions, strict=True)
+                (prediction_record(item, p, name, version, at, chances), item.partition_key)
+                for item, p, chances in zip(valid, values, probabilities, strict=True)
             ]
             errors = kinesis.put_records(self.kinesis, self.output, entries)
             _sort(valid, errors, done, failed)

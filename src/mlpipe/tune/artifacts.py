@@ -1,6 +1,7 @@
 """The files a search leaves in ``<artifacts_dir>/<search_id>/``: the contract other tools read.
 
-    tuning_results.json  search_id, scoring ("mse"), trials [...], best {trial_id, params, ...}
+    tuning_results.json  search_id, task, scoring ("mse", "log_loss", ...), trials [...], best
+                         {trial_id, params, mean_score}
     best_params.json     the best config's hyperparameters
     metrics.json         the refit model's scores on the held-out test split
     model/               the MLflow model (MLmodel, weights, signature, input example)
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlpipe.trial import SCORING, TrialResult
+from mlpipe.trial import TrialResult
 
 RESULTS_FILE, BEST_PARAMS_FILE, METRICS_FILE = (
     "tuning_results.json",
@@ -49,7 +50,7 @@ def write_results(
         {
             "schema_version": SCHEMA_VERSION,
             "search_id": search_id,
-            "scoring": SCORING,
+            "scoring": best.scoring,
             **extra,
             "n_trials": len(results),
             "n_failed": sum(r.status != "completed" for r in results),
@@ -62,7 +63,10 @@ def write_results(
         },
     )
     write_json(out_dir / BEST_PARAMS_FILE, best.params)
-    write_json(out_dir / METRICS_FILE, {"split": "test", **test_metrics, "cv_mse": best.mean_score})
+    write_json(
+        out_dir / METRICS_FILE,
+        {"split": "test", **test_metrics, f"cv_{best.scoring}": best.mean_score},
+    )
 
 
 def read_results(out_dir: Path) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlpipe.models import get_family
 from mlpipe.search import (
     HalvingSchedule,
     Step,
@@ -33,41 +32,47 @@ from mlpipe.search import (
     top_k,
 )
 from mlpipe.spec import Spec
-from mlpipe.trial import TrialResult, Warm, kfold
+from mlpipe.trial import TrialResult, Warm, cv_folds
 
 if TYPE_CHECKING:
     from mlpipe.tune.plan import Prepared
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
-SMALLEST_PER_FOLD = 2  # scikit-learn's "smallest" n_samples: 2 rows per fold (a regressor)
+SMALLEST_PER_FOLD = 2  # scikit-learn's "smallest" n_samples: 2 rows per fold (and class)
 
 
-def candidates(spec: Spec, n_train: int) -> list[dict[str, Any]]:
+def candidates(spec: Spec, n_train: int, n_classes: int = 1) -> list[dict[str, Any]]:
     """The first rung's candidates: the grid, or a seeded draw of ``n_trials`` (default, as
     scikit-learn's "exhaust": max_resources // min_resources of them)."""
     search = spec.search
     if search.candidates == "grid":
         return expand(spec.search_space, "grid", spec.seed)
-    n = search.n_trials or max_resources(spec, n_train) // smallest(spec, n_train)
+    n = search.n_trials or max_resources(spec, n_train) // smallest(spec, n_classes)
     return expand(spec.search_space, "random", spec.seed, n)
 
 
-def smallest(spec: Spec, n_train: int) -> int:
+def smallest(spec: Spec, n_classes: int = 1) -> int:
     """The least resources a rung may get: an int ``min_resources``, else scikit-learn's
-    "smallest" (2 rows per fold for n_samples, 1 for a size parameter)."""
+    "smallest" (2 rows per fold for n_samples, times the classes of a classifier; 1 for a size
+    parameter)."""
     search = spec.search
     if isinstance(search.min_resources, int):
         return search.min_resources
-    return SMALLEST_PER_FOLD * search.cv if search.resource == "n_samples" else 1
+    return SMALLEST_PER_FOLD * search.cv * n_classes if search.resource == "n_samples" else 1
+
+
+def n_classes(dataset: Any) -> int:
+    """A classifier's number of classes (scikit-learn's "smallest" scales with it), else 1."""
+    return 1 if dataset.classes is None else len(dataset.classes)
 
 
 def max_resources(spec: Spec, n_train: int) -> int:
     return spec.search.max_resources or n_train
 
 
-def schedule(spec: Spec, n_train: int, n_candidates: int) -> HalvingSchedule:
+def schedule(spec: Spec, n_train: int, n_candidates: int, n_classes: int = 1) -> HalvingSchedule:
     search = spec.search
-    top, low = max_resources(spec, n_train), smallest(spec, n_train)
+    top, low = max_resources(spec, n_train), smallest(spec, n_classes)
     if low > top:
         from mlpipe.errors import SpecError
 
@@ -85,7 +90,7 @@ def warm_models(spec: Spec, plan: Prepared) -> Warm | None:
     models between rungs (``trial.Warm``: a survivor's next rung fits only its new members);
     None for other searches, families that cannot grow a model exactly, or trials that run on
     other machines (a Dask cluster's address). The caller removes it when the search ends."""
-    family = get_family(spec.model.family)
+    family = spec.family
     if (
         spec.search.strategy != "halving"
         or spec.search.resource != family.size_param
@@ -97,7 +102,8 @@ def warm_models(spec: Spec, plan: Prepared) -> Warm | None:
     folder.mkdir(mode=0o700, exist_ok=True)
     if folder.stat().st_uid != os.getuid():
         return None
-    last = schedule(spec, len(plan.split.y_train), len(plan.trials)).resources[-1]
+    rungs = schedule(spec, len(plan.split.y_train), len(plan.trials), n_classes(plan.dataset))
+    last = rungs.resources[-1]
     return Warm(str(folder), last)
 
 
@@ -111,7 +117,7 @@ def rung_trials(
 ) -> list[TrialConfig]:
     """One rung's trials, numbered on from ``first`` (scikit-learn's cv_results_ rows). The
     size resource is in the params; n_samples is in the id (the params are the candidate's)."""
-    family, search = spec.model.family, spec.search
+    family, search = spec.family.key, spec.search
     trials = []
     for offset, config in enumerate(configs):
         if search.resource == "n_samples":
@@ -140,12 +146,12 @@ def rung_folds(spec: Spec, folds: Folds, resources: int, n_train: int) -> Folds:
 
 
 def first_rung(
-    spec: Spec, fingerprint: str, folds: Folds, n_train: int
+    spec: Spec, fingerprint: str, folds: Folds, n_train: int, n_classes: int = 1
 ) -> tuple[list[TrialConfig], Folds, str]:
     """Rung 0's trials and folds (what ``prepare`` plans and may start early), and a key of the
     halving settings for the search id."""
-    configs = candidates(spec, n_train)
-    plan = schedule(spec, n_train, len(configs))
+    configs = candidates(spec, n_train, n_classes)
+    plan = schedule(spec, n_train, len(configs), n_classes)
     trials = rung_trials(spec, fingerprint, configs, 0, plan.resources[0], 0)
     search = spec.search
     key = (
@@ -165,7 +171,7 @@ class Rungs:
     def __init__(self, spec: Spec, plan: Prepared) -> None:
         self.spec, self.plan = spec, plan
         self.n_train = len(plan.split.y_train)
-        self.schedule = schedule(spec, self.n_train, len(plan.trials))
+        self.schedule = schedule(spec, self.n_train, len(plan.trials), n_classes(plan.dataset))
         self.total = sum(self.schedule.candidates)
         self.configs = [_candidate(spec, t.params) for t in plan.trials]
         self.number = self.first = 0
@@ -180,12 +186,13 @@ class Rungs:
             return Step(0, self.plan.trials, self.plan.folds, marks)
         spec, fingerprint = self.spec, self.plan.dataset.fingerprint
         trials = rung_trials(spec, fingerprint, self.configs, number, resources, self.first)
-        folds = rung_folds(spec, kfold(self.n_train, spec.search.cv), resources, self.n_train)
+        every = cv_folds(self.plan.split.y_train.to_numpy(), spec.search.cv, spec.model.task)
+        folds = rung_folds(spec, every, resources, self.n_train)
         return Step(number, trials, folds, marks)
 
     def tell(self, results: list[TrialResult]) -> None:
         """This rung's results, in its trials' order: keep the best, mark the others."""
-        keep = top_k([r.mean_score for r in results], -(-len(results) // self.spec.search.factor))
+        keep = top_k([r.loss for r in results], -(-len(results) // self.spec.search.factor))
         last = self.number == len(self.schedule.resources) - 1
         for position, result in enumerate(results):
             result.eliminated = False if last else position not in keep

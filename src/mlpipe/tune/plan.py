@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpipe.data import Dataset, Split, load_dataset, split_dataset
+from mlpipe.data import Dataset, Split, check_classes, load_dataset, split_dataset
 from mlpipe.errors import DataError, UserError
-from mlpipe.models import get_family
 from mlpipe.search import (
     TrialConfig,
     Unit,
@@ -24,7 +23,7 @@ from mlpipe.search import (
     plan_units,
 )
 from mlpipe.spec import Spec
-from mlpipe.trial import TrialResult, kfold
+from mlpipe.trial import TrialResult, cv_folds
 from mlpipe.tune import artifacts, halving, tpe
 
 
@@ -41,15 +40,26 @@ class Prepared:
     def search_params(self, spec: Spec) -> dict[str, Any]:
         """What the parent run records about the search."""
         search = spec.search
-        return {
-            "family": spec.model.family,
-            "strategy": search.strategy,
-            "cv": search.cv,
-            "seed": spec.seed,
-            "data": spec.data.source,
-            "n_trials": search.n_trials if search.strategy == "tpe" else len(self.trials),
-            "test_size": spec.data.test_size,
-        } | self._strategy(spec)
+        return (
+            {
+                "family": spec.model.family,
+                "strategy": search.strategy,
+                "cv": search.cv,
+                "seed": spec.seed,
+                "data": spec.data.source,
+                "n_trials": search.n_trials if search.strategy == "tpe" else len(self.trials),
+                "test_size": spec.data.test_size,
+            }
+            | self._task(spec)
+            | self._strategy(spec)
+        )
+
+    @staticmethod
+    def _task(spec: Spec) -> dict[str, Any]:
+        # regression by MSE records nothing new: its searches stay the ones logged before tasks
+        if spec.family.key == spec.model.family:
+            return {}
+        return {"task": spec.model.task, "scoring": spec.scoring}
 
     @staticmethod
     def _strategy(spec: Spec) -> dict[str, Any]:
@@ -77,14 +87,14 @@ class Prepared:
     def shards(self, spec: Spec, count: int) -> list[list[Unit]]:
         """The search's units split into ``count`` shards (all trials, done or not, so every
         run of every shard agrees on who owns what)."""
-        return assign_shards(plan_units(self.trials, get_family(spec.model.family)), count)
+        return assign_shards(plan_units(self.trials, spec.family), count)
 
 
 def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
     """Load and check the data and expand the search; raises UserError on bad input, or if the
     spec's search is not ``search_id``."""
-    family = get_family(spec.model.family)
-    dataset = load_dataset(spec.data, spec.seed)
+    family = spec.family
+    dataset = load_dataset(spec.data, spec.seed, spec.model.task)
     split = split_dataset(dataset, spec.data.test_size, spec.seed)
     n_train = len(split.y_train)
     if spec.search.cv > n_train:
@@ -92,18 +102,21 @@ def prepare(spec: Spec, search_id: str | None = None) -> Prepared:
             f"search.cv: {spec.search.cv} folds need at least {spec.search.cv} training rows; "
             f"{dataset.name} has {n_train} after the test split. Lower search.cv"
         )
-    folds = kfold(n_train, spec.search.cv)
+    check_classes(dataset, split.y_train, spec.search.cv, spec.scoring)
+    folds = cv_folds(split.y_train.to_numpy(), spec.search.cv, spec.model.task)
     if spec.search.strategy == "halving":
-        trials, folds, key = halving.first_rung(spec, dataset.fingerprint, folds, n_train)
+        trials, folds, key = halving.first_rung(
+            spec, dataset.fingerprint, folds, n_train, halving.n_classes(dataset)
+        )
         ids = [key, *(t.trial_id for t in trials)]
     elif spec.search.strategy == "tpe":  # the first batch; the id leaves n_trials out
         trials, key = tpe.first_batch(spec, dataset.fingerprint)
         ids = [key]
     else:
         configs = expand(spec.search_space, spec.search.strategy, spec.seed, spec.search.n_trials)
-        trials = make_trials(configs, family.name, dataset.fingerprint, spec.search.cv, spec.seed)
+        trials = make_trials(configs, family.key, dataset.fingerprint, spec.search.cv, spec.seed)
         ids = [t.trial_id for t in trials]
-    found_id = make_search_id(family.name, ids, dataset.fingerprint, spec.search.cv)
+    found_id = make_search_id(family.key, ids, dataset.fingerprint, spec.search.cv)
     if search_id is not None and search_id != found_id:
         raise UserError(
             f"--finalize {search_id}: this spec and data give search {found_id}. Finalize with "

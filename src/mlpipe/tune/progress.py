@@ -60,7 +60,7 @@ class PlainObserver:
         self.done += 1
         self.failed += result.status != "completed"
         score = (
-            f"cv_mse={result.mean_score:.4g}"
+            f"cv_{result.scoring}={result.mean_score:.4g}"
             if result.status == "completed"
             else f"FAILED {result.error}"
         )

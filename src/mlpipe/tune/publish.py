@@ -22,12 +22,13 @@ def summary_lines(outcome: Any, tracking_uri: str) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
     failed = sum(r.status != "completed" for r in outcome.results)
     parent = run_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
-    trials = trials_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    trials = trials_page(tracking_uri, outcome.experiment_id, outcome.parent_run_id, best.scoring)
     return [
         f"search {outcome.search_id}: {len(outcome.results)} trials ({failed} failed, "
-        f"{outcome.reused} reused); best {best.trial_id} ({params}) cv mse {best.mean_score:.4f}"
+        f"{outcome.reused} reused); best {best.trial_id} ({params}) cv {best.scoring} "
+        f"{best.mean_score:.4f}"
         f" ± {best.std_score:.4f}",
-        "test split: " + ", ".join(f"{k} {test[k]:.4f}" for k in ("mse", "rmse", "mae", "r2")),
+        "test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()),
         f"{'unchanged, ' if outcome.unchanged else ''}registered {outcome.model_name} "
         f"version {promotion.version} -> alias "
         f"{promotion.alias} ({'promoted' if promotion.promoted else 'not promoted'})",
@@ -41,8 +42,8 @@ def top_trials(results: list[TrialResult], top: int = TOP) -> list[dict[str, Any
     """The best ``top`` completed trials, one row each: rank, trial, params, CV mean and std."""
     done = ranked(results)
     return [
-        {"rank": rank, "trial": r.trial_id, "cv_mse": round(r.mean_score, 6),
-         "cv_mse_std": round(r.std_score, 6)} | {k: str(v) for k, v in r.params.items()}
+        {"rank": rank, "trial": r.trial_id, f"cv_{r.scoring}": round(r.mean_score, 6),
+         f"cv_{r.scoring}_std": round(r.std_score, 6)} | {k: str(v) for k, v in r.params.items()}
         for rank, r in enumerate(done[:top], 1)
     ]  # fmt: skip
 

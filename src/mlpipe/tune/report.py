@@ -1,11 +1,14 @@
 """The tuning report: plots of a finished search, written as PNG files beside its results.
 
-- hyperparameters.png: each hyperparameter against mean CV MSE (one panel each)
-- predicted_vs_actual.png: the refit model on the held-out test split
+- hyperparameters.png: each hyperparameter against the mean CV score (one panel each)
+- predicted_vs_actual.png (regression): the refit model on the held-out test split
+- confusion_matrix.png, calibration.png, and for two classes roc.png and
+  precision_recall.png (classification): the refit model on the held-out test split
+  (``classplots.py``)
 - feature_importances.png: the refit model's importances, largest first
-- optimization_history.png (model-based search): each trial's CV MSE in the order asked, and the
-  best so far, as Optuna's ``plot_optimization_history`` draws it
-- param_importances.png (model-based search): each hyperparameter's share of the CV MSE's
+- optimization_history.png (model-based search): each trial's CV score in the order asked, and
+  the best so far, as Optuna's ``plot_optimization_history`` draws it
+- param_importances.png (model-based search): each hyperparameter's share of the CV score's
   variance (``tpe.param_importances``: Optuna's fANOVA), as ``plot_param_importances`` draws it
 """
 
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlpipe.data import Split
+from mlpipe.scoring import get_scoring
 from mlpipe.trial import TrialResult
 
 
@@ -30,9 +34,11 @@ def write_report(
     family: str,
     history: bool = False,
     param_importances: dict[str, float] | None = None,
+    classes: np.ndarray | None = None,
 ) -> list[Path]:
     """Draw the plots into ``folder`` (with ``history``, the optimisation history; with
-    ``param_importances``, those); returns the files written."""
+    ``param_importances``, those; with ``classes``, a classifier's, from ``model``'s
+    probabilities); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -41,6 +47,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     done = [r for r in results if r.status == "completed"]
+    metric = f"CV {results[0].scoring}" if results else "CV score"
     names = sorted({k for r in done for k in r.params})
     fig, axes = plt.subplots(
         1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3), squeeze=False
@@ -59,25 +66,20 @@ def write_report(
             ax.scatter(xs, [r.mean_score for r in done], alpha=0.6, s=14)
             ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(name)
-    axes[0][0].set_ylabel("mean CV MSE")
-    fig.suptitle(f"{family}: hyperparameters vs CV MSE ({len(done)} trials)")
+    axes[0][0].set_ylabel(f"mean {metric}")
+    fig.suptitle(f"{family}: hyperparameters vs {metric} ({len(done)} trials)")
     fig.tight_layout()
     written.append(_save(fig, folder / "hyperparameters.png"))
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    actual = split.y_test.to_numpy()
-    ax.scatter(actual, predictions, alpha=0.6, s=14)
-    low, high = (
-        float(min(actual.min(), predictions.min())),
-        float(max(actual.max(), predictions.max())),
-    )
-    ax.plot([low, high], [low, high], color="grey", linewidth=1)
-    ax.set_xlabel(f"actual {split.y_test.name}")
-    ax.set_ylabel("predicted")
-    ax.set_title("held-out test split")
-    fig.tight_layout()
-    written.append(_save(fig, folder / "predicted_vs_actual.png"))
+    if classes is not None:
+        from mlpipe.tune import classplots
 
+        codes = split.y_test.to_numpy(dtype=np.int64)
+        predicted = np.searchsorted(model.classes_, predictions)
+        proba = np.asarray(model.predict_proba(split.X_test))
+        written += classplots.draw(plt, folder, codes, predicted, proba, classes, _save)
+    else:
+        written.append(_predicted_vs_actual(plt, folder, split, predictions))
     importances = getattr(model, "feature_importances_", None)
     if importances is not None:
         order = np.argsort(importances)
@@ -93,23 +95,42 @@ def write_report(
         names = list(param_importances)[::-1]  # largest on top
         fig, ax = plt.subplots(figsize=(5, 0.35 * len(names) + 1.2))
         ax.barh(names, [param_importances[n] for n in names])
-        ax.set_xlabel("share of the CV MSE's variance (fANOVA)")
+        ax.set_xlabel(f"share of the {metric}'s variance (fANOVA)")
         ax.set_title("hyperparameter importances")
         fig.tight_layout()
         written.append(_save(fig, folder / "param_importances.png"))
     return written
 
 
+def _predicted_vs_actual(plt: Any, folder: Path, split: Split, predictions: np.ndarray) -> Path:
+    """A regressor's predictions on the held-out split against the truth."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    actual = split.y_test.to_numpy()
+    ax.scatter(actual, predictions, alpha=0.6, s=14)
+    low, high = (
+        float(min(actual.min(), predictions.min())),
+        float(max(actual.max(), predictions.max())),
+    )
+    ax.plot([low, high], [low, high], color="grey", linewidth=1)
+    ax.set_xlabel(f"actual {split.y_test.name}")
+    ax.set_ylabel("predicted")
+    ax.set_title("held-out test split")
+    fig.tight_layout()
+    return _save(fig, folder / "predicted_vs_actual.png")
+
+
 def _history(plt: Any, results: Sequence[TrialResult], path: Path) -> Path:
-    """Each completed trial's CV MSE by its number (the order asked) and the best so far."""
+    """Each completed trial's CV score by its number (the order asked) and the best so far."""
     ordered = sorted(results, key=lambda r: r.index)
     numbers = [r.index for r in ordered if r.status == "completed"]
     scores = [r.mean_score for r in ordered if r.status == "completed"]
+    scoring = get_scoring(ordered[0].scoring)
+    best = (np.maximum if scoring.greater_is_better else np.minimum).accumulate(scores)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.scatter(numbers, scores, s=14, alpha=0.7, label="trial")
-    ax.step(numbers, np.minimum.accumulate(scores), where="post", color="C3", label="best so far")
+    ax.step(numbers, best, where="post", color="C3", label="best so far")
     ax.set_xlabel("trial (in the order asked)")
-    ax.set_ylabel("mean CV MSE")
+    ax.set_ylabel(f"mean CV {scoring.name}")
     ax.set_title("optimization history")
     ax.legend()
     fig.tight_layout()

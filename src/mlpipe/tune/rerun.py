@@ -27,7 +27,11 @@ class Earlier:
 
 
 def find_earlier(
-    tracker: Tracker, search_id: str, params: Mapping[str, Any], model_name: str
+    tracker: Tracker,
+    search_id: str,
+    params: Mapping[str, Any],
+    model_name: str,
+    scoring: str = "mse",
 ) -> Earlier | None:
     """The latest finished parent run of ``search_id`` with these parameters and a version of
     ``model_name`` registered from it; None when there is none (this run is a new search)."""
@@ -37,6 +41,6 @@ def find_earlier(
     parent_run_id, metrics = found
     version = tracker.version_of_run(model_name, parent_run_id)
     test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
-    if version is None or "mse" not in test:
+    if version is None or scoring not in test:
         return None
     return Earlier(parent_run_id, version, test)

@@ -19,7 +19,6 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlpipe.errors import UserError
-from mlpipe.models import get_family
 from mlpipe.processes import output_to_file
 from mlpipe.search import Shard, plan_units
 from mlpipe.spec import Spec
@@ -62,7 +61,7 @@ def run_tuning(
             "and need a server they can reach; set PREFECT_API_URL (`mlpipe up` starts one)"
         )
     plan = prepare(spec, finalize)  # bad data fails now, not after a 15 s server start
-    units = len(plan_units(plan.trials, get_family(spec.model.family)))
+    units = len(plan_units(plan.trials, spec.family))
     log_dir.mkdir(parents=True, exist_ok=True)
     backends_log = log_dir / "backends.log"
     logs = None if verbose else backends_log
@@ -71,12 +70,12 @@ def run_tuning(
         # the backends start
         compute = stack.enter_context(compute_pool(spec, units, finalize is not None, logs))
         if compute is not None and shard is None:  # a shard learns its part from MLflow
-            family = get_family(spec.model.family)
+            family = spec.family
             _, todo = pending_trials(spec, plan, fresh)
             X, y = plan.split.train_arrays
             # halving's first rung keeps its models for the next (the flow removes them)
             warm = stack.enter_context(stepwise.kept_models(spec, plan))
-            compute.start(plan_units(todo, family), family.name, X, y, plan.folds, spec.seed,
+            compute.start(plan_units(todo, family), family.key, X, y, plan.folds, spec.seed,
                           warm)  # fmt: skip
         with _output_to(backends_log), ThreadPoolExecutor(2) as pool:
             prefect_ready = pool.submit(start_prefect_backend, prefect_api_url)
@@ -184,7 +183,7 @@ def task_runner(
     try:
         with Client(cluster) as client:
             # imports once per worker now, not inside the first trials
-            client.run(warm_up, spec.model.family)
+            client.run(warm_up, spec.family.key)
         # by address: a runner holding the live cluster object cannot be pickled with the flow
         yield DaskTaskRunner(address=cluster.scheduler_address)
     finally:
@@ -213,7 +212,7 @@ def compute_pool(
     )
     try:
         for _ in range(workers):  # none is idle yet, so each submit starts one more process
-            pool.submit(warm_up, spec.model.family)
+            pool.submit(warm_up, spec.family.key)
         yield Compute(pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

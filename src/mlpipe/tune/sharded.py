@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import TuningError, UserError
-from mlpipe.models import get_family
 from mlpipe.search import Shard, Step, TrialConfig, Unit, assign_shards, plan_units, select_best
 from mlpipe.spec import Spec
 from mlpipe.tracking import SHARDS_TAG, Tracker
@@ -169,7 +168,7 @@ def _step_by_step(
     share (the step's units split as a grid's are), then waits until MLflow holds every trial
     of the step, tells the step's results (all shards tell the same, in the step's order) and
     goes on. The progress counts the whole search's trials."""
-    family = get_family(spec.model.family)
+    family = spec.family
     steps = stepwise.make_steps(spec, plan)
     observer.start(total=steps.total, reused=0)
     with stepwise.kept_models(spec, plan) as warm:
@@ -298,7 +297,7 @@ def _collected(
     results, step = stepwise.replay(steps, {tid: result for tid, (_, result) in logged.items()})
     if step is None:
         return results, {}, ""
-    shards = assign_shards(plan_units(step.trials, get_family(spec.model.family)), count)
+    shards = assign_shards(plan_units(step.trials, spec.family), count)
     return results, _missing(shards, logged), f"{steps.label} {step.number}"
 
 

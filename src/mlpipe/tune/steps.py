@@ -8,6 +8,7 @@ appears here only as tasks and their fan-out; the task runner is chosen in ``run
 
 from __future__ import annotations
 
+import json
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -15,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
 from mlpipe import drift, signals
-from mlpipe.data import Split
+from mlpipe.data import Dataset, Split
 from mlpipe.errors import TuningError
 from mlpipe.models import get_family
+from mlpipe.scoring import (
+    CLASSES_FILE,
+    class_list,
+    confusion,
+    get_scoring,
+    held_out,
+    regression_metrics,
+)
 from mlpipe.search import (
     select_best,
 )
@@ -36,12 +46,14 @@ from mlpipe.tracking import (
 from mlpipe.trial import (
     TrialResult,
     fit_final,
-    regression_metrics,
 )
 from mlpipe.tune import artifacts, rerun, tpe
 from mlpipe.tune.plan import Prepared, pending_trials, prepare
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
+
+# A classifier's confusion matrix on the test split, beside tuning_results.json
+CONFUSION_FILE = "confusion_matrix.json"
 
 # Progress is presentation, not a flow parameter: the caller sets it around the flow call.
 observer_var: ContextVar[Observer | None] = ContextVar("mlpipe_observer", default=None)
@@ -67,10 +79,25 @@ class TuneOutcome:
 
 
 @task(name="refit", cache_policy=NONE)
-def refit(family: str, params: dict[str, Any], split: Split, seed: int) -> tuple[Any, np.ndarray]:
-    """Refit the best config on the whole training split; predict the held-out split."""
-    model = fit_final(get_family(family), params, split.X_train, split.y_train, seed)
+def refit(
+    family: str, params: dict[str, Any], split: Split, dataset: Dataset, seed: int
+) -> tuple[Any, np.ndarray]:
+    """Refit the best config on the whole training split; predict the held-out split. A
+    classifier that takes any labels learns the labels themselves (its predictions are labels,
+    in MLflow's pyfunc too); XGBoost learns their codes."""
+    chosen = get_family(family)
+    y = split.y_train
+    if chosen.task == "classification" and chosen.any_labels:
+        y = dataset.decode(y)
+    model = fit_final(chosen, params, split.X_train, y, seed)
     return model, np.asarray(model.predict(split.X_test))
+
+
+def test_scores(family: Any, model: Any, split: Split, predictions: np.ndarray) -> dict[str, Any]:
+    """The refit model's metrics on the test split (a classifier's as ``scoring.held_out``)."""
+    if family.task == "regression":
+        return regression_metrics(split.y_test.to_numpy(), predictions)
+    return held_out(model, split.X_test, split.y_test.to_numpy(dtype=np.int64))[0]
 
 
 def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
@@ -82,7 +109,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     reused, todo = pending_trials(spec, plan, fresh)
     if not todo:
         params, name = plan.search_params(spec), spec.model_name
-        earlier = rerun.find_earlier(tracker, plan.search_id, params, name)
+        earlier = rerun.find_earlier(tracker, plan.search_id, params, name, spec.scoring)
         if earlier is not None:
             observer.start(total=len(plan.trials), reused=len(reused))
             observer.finish()
@@ -135,11 +162,12 @@ def repeat(
     """The outcome of the search this run repeats: its parent run and version, nothing logged
     again. A champion stays one; another version is compared with today's champion, as a new
     one would be (and the alias moves, with its event, only if it wins)."""
-    name, version, test_mse = spec.model_name, earlier.version, earlier.test_metrics["mse"]
+    name, version = spec.model_name, earlier.version
+    score = earlier.test_metrics[spec.scoring]
     if tracker.champion_version(name) == version:
-        promotion = Promotion(version, CHAMPION, test_mse, version, None)
+        promotion = Promotion(version, CHAMPION, score, version, None, spec.scoring)
     else:
-        promotion = promote(tracker, name, version, test_mse, plan.split)
+        promotion = promote(tracker, spec, version, score, plan)
         if promotion.promoted:
             signals.model_promoted(name, promotion)
     return TuneOutcome(
@@ -171,8 +199,8 @@ def finish(
     """Pick the best trial, refit it, score it on the held-out split, register it, move the
     alias if it beats the champion, and write the results: the same for one machine or shards."""
     started = time.perf_counter()
-    family = get_family(spec.model.family)
-    split = plan.split
+    family = spec.family
+    split, scoring = plan.split, spec.scoring
     results.sort(key=lambda r: r.index)
     best = select_best(results)
     if best is None:
@@ -182,18 +210,28 @@ def finish(
             f"all {len(results)} trials failed; first error: {errors[0] if errors else 'unknown'}"
         )
 
-    model, predictions = refit.submit(family.name, best.params, split, spec.seed).result()
-    test_metrics = regression_metrics(split.y_test.to_numpy(), predictions)
+    model, predictions = refit.submit(
+        family.key, best.params, split, plan.dataset, spec.seed
+    ).result()
+    test_metrics = test_scores(family, model, split, predictions)
     tracker.log_metrics(
         parent_run_id,
-        {f"test_{k}": v for k, v in test_metrics.items()} | {"best_cv_mse": best.mean_score},
+        {f"test_{k}": v for k, v in test_metrics.items()} | {f"best_cv_{scoring}": best.mean_score},
     )
     timings["refit"] = time.perf_counter() - started
 
     # The signature and the example describe the table as the user holds it (integer columns
-    # stay integers), so mlflow.pyfunc takes the table as pandas reads it.
-    signature = infer_signature(plan.dataset.as_loaded(split.X_test), predictions)
+    # stay integers), so mlflow.pyfunc takes the table as pandas reads it; a classifier's
+    # output is a column named after the target, of the labels' type (string, boolean, long).
+    outputs: Any = predictions
+    if family.task == "classification":
+        outputs = pd.Series(predictions, name=str(split.y_test.name))
+    signature = infer_signature(plan.dataset.as_loaded(split.X_test), outputs)
     profile = training_profile(spec, model, split)
+    files = {drift.PROFILE_FILE: profile.to_json()}
+    classes = plan.dataset.classes
+    if classes is not None:
+        files[CLASSES_FILE] = json.dumps(class_list(classes))
     model_uri, version = tracker.log_model(
         parent_run_id,
         family.name,
@@ -202,18 +240,18 @@ def finish(
         signature,
         spec.model_name,
         held_out=split.X_test,
-        files={drift.PROFILE_FILE: profile.to_json()},
+        files=files,
     )
     tracker.tag_version(
         spec.model_name,
         version,
         {
             "mlpipe.search_id": plan.search_id,
-            "mlpipe.test_mse": repr(test_metrics["mse"]),
+            f"mlpipe.test_{scoring}": repr(test_metrics[scoring]),
             "mlpipe.data_fingerprint": plan.dataset.fingerprint,
         },
     )
-    promotion = promote(tracker, spec.model_name, version, test_metrics["mse"], split)
+    promotion = promote(tracker, spec, version, test_metrics[scoring], plan)
     if promotion.promoted:
         signals.model_promoted(spec.model_name, promotion)
 
@@ -228,6 +266,7 @@ def finish(
         test_metrics,
         extra={
             "family": family.name,
+            "task": family.task,
             "data": plan.dataset.name,
             "data_fingerprint": plan.dataset.fingerprint,
             "cv": spec.search.cv,
@@ -242,8 +281,13 @@ def finish(
     from mlpipe.predictor import download_model
     from mlpipe.tune import report
 
+    if classes is not None:
+        predicted = np.searchsorted(model.classes_, predictions)
+        codes = split.y_test.to_numpy(dtype=np.int64)
+        artifacts.write_json(out_dir / CONFUSION_FILE, confusion(codes, predicted, classes))
     report.write_report(out_dir / "report", results, split, predictions, model, family.name,
-                        history=model_based, param_importances=importances)  # fmt: skip
+                        history=model_based, param_importances=importances,
+                        classes=classes)  # fmt: skip
     download_model(model_uri, out_dir / "model")
     tracker.log_artifacts(parent_run_id, out_dir)
     tracker.end_search(parent_run_id, ok=True)
@@ -265,13 +309,18 @@ def finish(
 
 
 def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
-    """The training split's features and the model's predictions on them, with the spec's
-    drift thresholds: what batch runs and the server compare new inputs with."""
+    """The training split's features and the model's predictions on them (a classifier's as
+    class codes), with the spec's drift thresholds: what batch runs and the server compare new
+    inputs with."""
     monitoring = spec.monitoring
+    predictions = np.asarray(model.predict(split.X_train)).ravel()
+    classes = getattr(model, "classes_", None) if spec.model.task == "classification" else None
+    if classes is not None:
+        predictions = np.searchsorted(classes, predictions)
     return drift.build_profile(
         list(split.X_train.columns),
         split.X_train.to_numpy(dtype=np.float64),
-        np.asarray(model.predict(split.X_train)).ravel(),
+        predictions,
         drift.Thresholds(
             psi=monitoring.psi_threshold,
             ks=monitoring.ks_threshold,
@@ -279,22 +328,41 @@ def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
             window=monitoring.window,
             p_value=monitoring.p_value,
         ),
+        n_classes=None if classes is None else len(classes),
     )
 
 
-def promote(
-    tracker: Tracker, model_name: str, version: str, test_mse: float, split: Split
-) -> Promotion:
-    """Move ``champion`` to ``version`` only if it beats the current champion on this test split."""
-    from mlpipe.predictor import load_pyfunc, predict_frame
-
+def promote(tracker: Tracker, spec: Spec, version: str, score: float, plan: Prepared) -> Promotion:
+    """Move ``champion`` to ``version`` only if it beats the current champion on this test
+    split, by the search's primary score."""
+    model_name, scoring = spec.model_name, get_scoring(spec.scoring)
     current = tracker.champion_version(model_name)
-    champion_mse: float | None = None
+    champion: float | None = None
     if current is not None and current != version:
-        champion = load_pyfunc(f"models:/{model_name}/{current}")
-        champion_mse = regression_metrics(
-            split.y_test.to_numpy(), predict_frame(champion, split.X_test)
-        )["mse"]
-    alias = CHAMPION if champion_mse is None or test_mse < champion_mse else CHALLENGER
+        champion = champion_score(f"models:/{model_name}/{current}", spec, plan)
+    wins = champion is None or scoring.loss(score) < scoring.loss(champion)
+    alias = CHAMPION if wins else CHALLENGER
     tracker.set_alias(model_name, alias, version)
-    return Promotion(version, alias, test_mse, current, champion_mse)
+    return Promotion(version, alias, score, current, champion, scoring.name)
+
+
+def champion_score(model_uri: str, spec: Spec, plan: Prepared) -> float:
+    """The registered model's primary score on this search's test split: a regressor through
+    MLflow's pyfunc, a classifier through its own flavor (the probabilities pyfunc lacks). A
+    classifier of other classes than this data's scores +inf loss: it cannot win here."""
+    from mlpipe.predictor import load_native, load_pyfunc, predict_frame
+
+    split = plan.split
+    if spec.model.task == "regression":
+        predictions = predict_frame(load_pyfunc(model_uri), split.X_test)
+        return regression_metrics(split.y_test.to_numpy(), predictions)[spec.scoring]
+    model = load_native(model_uri)
+    classes = np.asarray(model.classes_)
+    known = plan.dataset.classes
+    assert known is not None
+    if len(classes) != len(known) or not (
+        np.array_equal(classes, known) or np.array_equal(classes, np.arange(len(known)))
+    ):
+        scoring = get_scoring(spec.scoring)
+        return -np.inf if scoring.greater_is_better else np.inf
+    return held_out(model, split.X_test, split.y_test.to_numpy(dtype=np.int64))[0][spec.scoring]

@@ -112,7 +112,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
     results, step = replay(steps, previous)
     if step is None:  # every trial finished before: that search's outcome, if it ended
         params, name = plan.search_params(spec), spec.model_name
-        earlier = rerun.find_earlier(tracker, plan.search_id, params, name)
+        earlier = rerun.find_earlier(tracker, plan.search_id, params, name, spec.scoring)
         if earlier is not None:
             observer.start(total=len(results), reused=len(results))
             observer.finish()

@@ -84,7 +84,7 @@ class Study:
         self.pending = [self.study.ask(self.space) for _ in range(count)]
         configs = [dict(t.params) for t in self.pending]
         search = self.spec.search
-        trials = make_trials(configs, self.spec.model.family, self.fingerprint, search.cv,
+        trials = make_trials(configs, self.spec.family.key, self.fingerprint, search.cv,
                              self.spec.seed, first=self.asked, seen=self.seen)  # fmt: skip
         self.asked += count
         return trials
@@ -94,7 +94,7 @@ class Study:
 
         for trial, result in zip(self.pending, results, strict=True):
             if result.status == "completed":
-                self.study.tell(trial, result.mean_score)
+                self.study.tell(trial, result.loss)
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
         self.pending = []
@@ -113,7 +113,7 @@ def first_batch(spec: Spec, fingerprint: str) -> tuple[list[TrialConfig], str]:
 
 
 def param_importances(spec: Spec, results: list[TrialResult]) -> dict[str, float] | None:
-    """How much of the CV MSE's variance across the completed trials each parameter explains:
+    """How much of the CV score's variance across the completed trials each parameter explains:
     Optuna's fANOVA (``optuna.importance.get_param_importances``, its default evaluator,
     seeded by the spec), largest first and summing to 1; None with fewer than two completed
     trials or nothing that varies."""

@@ -152,7 +152,7 @@ def run_trials(
     trial to MLflow as its unit finishes; a unit that raises is recorded as failed trials.
     ``marks`` are set on each result before it is logged (a halving rung's); ``run_ids`` gets
     each trial's MLflow run id; ``warm`` keeps and grows a halving candidate's models."""
-    family = get_family(spec.model.family)
+    family = spec.family
     X, y = plan.split.train_arrays
     cv_task = cross_validate.with_options(
         retries=spec.search.retries, retry_delay_seconds=spec.search.retry_delay_seconds
@@ -165,7 +165,7 @@ def run_trials(
 
     def submit(i: int, reference: list[FoldFit] | None = None) -> Any:
         unit = units[i]
-        return cv_task.submit(unit, family.name, X, y, plan.folds, spec.seed, unit_label(unit),
+        return cv_task.submit(unit, family.key, X, y, plan.folds, spec.seed, unit_label(unit),
                               reference, compute, warm)  # fmt: skip
 
     # costliest first; a unit with a reference waits for it, then starts with its folds

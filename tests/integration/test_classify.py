@@ -1,0 +1,150 @@
+"""Classifiers for real: `mlpipe train` through the Prefect flow into MLflow (SQLite), the
+champion gate on log loss, and `mlpipe serve` as a process answering /predict and /invocations
+as MLflow's pyfunc does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BIN, background, run_mlpipe
+from mlflow import MlflowClient, pyfunc
+from sklearn.model_selection import GridSearchCV, train_test_split
+
+from mlpipe.processes import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
+
+GRID = {"n_estimators": [5, 20], "max_depth": [2, None]}
+
+
+def diagnoses(folder: Path) -> tuple[Path, pd.DataFrame, pd.Series]:
+    """breast_cancer with its classes as words, written as a CSV a user would bring."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame["diagnosis"] = frame.pop("target").map({0: "malignant", 1: "benign"})
+    path = folder / "diagnoses.csv"
+    frame.to_csv(path, index=False)
+    table = pd.read_csv(path)
+    return path, table.drop(columns="diagnosis"), table["diagnosis"]
+
+
+def search_results(workdir: Path, search_id: str | None = None) -> tuple[Path, dict]:
+    found = sorted((workdir / "artifacts").glob("*/tuning_results.json"))
+    path = next(p for p in found if search_id in (None, p.parent.name))
+    return path.parent, json.loads(path.read_text())
+
+
+def assert_same_as(payload: dict, search: GridSearchCV, greater_is_better: bool) -> None:
+    """Each config's mean CV score equals cv_results_ to 1e-9 relative; same best."""
+    sign = 1 if greater_is_better else -1
+    ours = {json.dumps(t["params"], sort_keys=True): t["mean_score"] for t in payload["trials"]}
+    assert len(ours) == len(search.cv_results_["params"])
+    for params, theirs in zip(
+        search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+    ):
+        assert sign * ours[json.dumps(params, sort_keys=True)] == pytest.approx(theirs, rel=1e-9)
+    assert payload["best"]["params"] == search.best_params_
+
+
+def test_a_binary_classifier_with_word_labels_is_tuned_gated_and_served(train, workdir):
+    from sklearn.ensemble import RandomForestClassifier
+
+    path, X, y = diagnoses(workdir)
+    spec = {"seed": 3, "data": {"source": str(path), "target": "diagnosis"},
+            "model": {"task": "classification"}, "search": {"params": GRID}}  # fmt: skip
+    out = train(spec, "--quiet").output
+    assert "registered diagnoses-rf version 1 -> alias champion" in out
+    folder, payload = search_results(workdir)
+
+    # GridSearchCV on the same stratified split, scored by log loss
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.2, random_state=3, stratify=y
+    )
+    search = GridSearchCV(RandomForestClassifier(random_state=3), GRID, cv=3,
+                          scoring="neg_log_loss", n_jobs=1).fit(X_train, y_train)  # fmt: skip
+    assert payload["task"] == "classification" and payload["scoring"] == "log_loss"
+    assert_same_as(payload, search, greater_is_better=False)
+
+    # test metrics, the confusion matrix and the plots, from the refit model
+    refit = search.best_estimator_
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(refit.predict(X_test) == y_test)))
+    assert {"log_loss", "f1_macro", "roc_auc", "cv_log_loss"} <= set(metrics)
+    confusion = json.loads((folder / "confusion_matrix.json").read_text())
+    assert confusion["classes"] == ["benign", "malignant"]
+    assert np.sum(confusion["matrix"]) == len(y_test)
+    assert np.trace(confusion["matrix"]) == np.sum(refit.predict(X_test) == y_test)
+    plots = {p.name for p in (folder / "report").glob("*.png")}
+    assert {"confusion_matrix.png", "calibration.png", "roc.png", "precision_recall.png"} <= plots
+    assert "predicted_vs_actual.png" not in plots
+
+    # the registered model: MLflow's pyfunc answers the words; the signature says string
+    model = pyfunc.load_model("models:/diagnoses-rf/1")
+    assert list(model.predict(X_test.head(4))) == list(refit.predict(X_test.head(4)))
+    assert model.metadata.get_output_schema().to_dict() == [
+        {"type": "string", "name": "diagnosis", "required": True}
+    ]
+
+    # a worse search is registered but does not take the alias: judged on log loss
+    spec["search"]["params"] = {"n_estimators": [2], "max_depth": [1]}
+    out = train(spec, "--quiet").output
+    assert "version 2 -> alias challenger" in out and "test log_loss" in out
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("diagnoses-rf", "champion").version) == "1"
+    again = train(spec, "--quiet").output  # nothing new: found by its test log loss
+    assert "unchanged" in again and "version 2 already -> alias challenger" in again
+
+    # served from the model folder: labels and probabilities; /invocations is pyfunc's bytes
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [str(BIN / "mlpipe"), "serve", "--port", str(port), "-m", str(folder / "model")]
+    with background(args, workdir / "serve.log", f"{url}/ready"):
+        described = httpx.get(f"{url}/model").json()  # the probabilities' graph, bit-exact
+        assert described["predictor"] == "onnx" and described["parity"]["max_abs_diff"] == 0.0
+        rows = X_test.head(5)
+        answer = httpx.post(f"{url}/predict", json=rows.to_dict(orient="records")).json()
+        assert answer["predictions"] == list(refit.predict(rows))
+        expected = refit.predict_proba(rows)
+        for got, row in zip(answer["probabilities"], expected, strict=True):
+            assert got == dict(zip(["benign", "malignant"], row, strict=True))
+        body = {"dataframe_split": rows.to_dict(orient="split")}
+        invocations = httpx.post(f"{url}/invocations", json=body).content
+        assert invocations == json.dumps({"predictions": model.predict(rows).tolist()}).encode()
+
+    # `mlpipe score` on the user's own file: the label and one probability column per class
+    args = ["score", "-m", str(folder / "model"), "-i", str(path), "-o", "out.parquet"]
+    scored = run_mlpipe(args, workdir)
+    assert scored.returncode == 0, scored.stderr
+    out = pd.read_parquet(workdir / "out.parquet")
+    assert out["prediction"].tolist() == list(refit.predict(X))
+    chances = out[["probability_benign", "probability_malignant"]].to_numpy()
+    np.testing.assert_array_equal(chances, refit.predict_proba(X))
+
+
+def test_a_multiclass_xgboost_search_by_macro_f1_equals_grid_search(train, workdir):
+    from sklearn.datasets import load_wine
+    from xgboost import XGBClassifier
+
+    grid = {"n_estimators": [5, 15], "max_depth": [2, 3]}
+    model = {"family": "xgboost", "task": "classification"}
+    search = {"params": grid, "scoring": "f1_macro"}
+    spec = {"seed": 4, "data": {"source": "wine"}, "model": model, "search": search}
+    out = train(spec, "--quiet").output
+    assert "registered wine-xgb version 1" in out
+    folder, payload = search_results(workdir)
+    X, y = load_wine(return_X_y=True, as_frame=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=4, stratify=y)
+    reference = GridSearchCV(XGBClassifier(random_state=4, n_jobs=1), grid, cv=3,
+                             scoring="f1_macro", n_jobs=1).fit(X_train, y_train)  # fmt: skip
+    assert payload["scoring"] == "f1_macro"
+    assert_same_as(payload, reference, greater_is_better=True)
+    plots = {p.name for p in (folder / "report").glob("*.png")}
+    assert {"confusion_matrix.png", "calibration.png"} <= plots and "roc.png" not in plots
+    version = MlflowClient().get_model_version("wine-xgb", "1")
+    assert float(version.tags["mlpipe.test_f1_macro"]) > 0.8

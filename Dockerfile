@@ -26,6 +26,11 @@ RUN uv pip install --python /opt/mlpipe/bin/python --no-deps .
 # The final stage: the same base (the venv's python is /usr/local/bin/python in both), the venv
 # and nothing else: no uv, no pip cache, no compilers.
 FROM python:${PYTHON_VERSION}-slim-bookworm
+# libgomp1: LightGBM's wheel links the system's OpenMP runtime (XGBoost's bundles its own)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 mlpipe \
     && useradd --system --uid 10001 --gid mlpipe --create-home --home-dir /home/mlpipe mlpipe
 COPY --from=build /opt/mlpipe /opt/mlpipe

@@ -155,8 +155,8 @@ def _xgboost_hyperparameters(path: str) -> frozenset[str]:
     return frozenset(names) - RESERVED - {"early_stopping_rounds", "callbacks", "kwargs"}
 
 
-def _xgboost_validate(model: Any) -> None:
-    # XGBoost's core checks parameters when a booster is configured: one round on 8 rows, ~2 ms
+def _fit_validate(model: Any) -> None:
+    # A booster's core checks parameters when it is configured: one round on 8 rows, ~2 ms
     # (labels 0 and 1: a target both a regressor and a classifier take)
     X = np.arange(24, dtype=np.float64).reshape(8, 3)
     model.fit(X, np.arange(8) % 2)
@@ -187,24 +187,61 @@ def _forest(name: str, path: str) -> Family:
     )
 
 
+def _build_lightgbm(path: str, params: Params, seed: int) -> Any:
+    # verbose=-1: LightGBM's own progress lines would print in the middle of `train`
+    return _estimator(path)(random_state=seed, n_jobs=1, verbose=-1, **params)
+
+
+def _lightgbm_first(model: Any, X: np.ndarray, k: int, method: str = "predict") -> np.ndarray:
+    # LightGBM's first k rounds are the k-round model (rounds are added in order)
+    return np.asarray(getattr(model, method)(X, num_iteration=k))
+
+
+def _lightgbm_hyperparameters(path: str) -> frozenset[str]:
+    # the importance type only changes feature_importances_, never the fit
+    return frozenset(_estimator(path)().get_params()) - RESERVED - {"importance_type"}
+
+
+def _boosting(path: str, functions: tuple[Any, ...], space: dict[str, list[Any]]) -> Family:
+    """A gradient-boosting family (regressor at ``path``, named by its module): ``functions``
+    are its (build, predict_first, hyperparameters, grow). Its first k rounds are the k-round
+    model (prefix scoring); it has no depth shortcut (each tree depends on the ones before)."""
+    build, first, hyperparameters, grow = functions
+    return Family(
+        name=path.split(".")[0],
+        build=partial(build, path),
+        predict_first=first,
+        list_hyperparameters=partial(hyperparameters, path),
+        default_space=space,
+        validate=_fit_validate,
+        grow=grow,
+    )
+
+
 FAMILIES: dict[str, Family] = {
     "random_forest": _forest("random_forest", "sklearn.ensemble.RandomForestRegressor"),
     # Extremely randomized trees draw their split thresholds at random, in the same seed order
     # per tree as a random forest, so the same shortcuts are exact for them
     "extra_trees": _forest("extra_trees", "sklearn.ensemble.ExtraTreesRegressor"),
-    "xgboost": Family(
-        name="xgboost",
-        build=partial(_build, "xgboost.XGBRegressor"),
-        predict_first=_boosting_first,
-        list_hyperparameters=partial(_xgboost_hyperparameters, "xgboost.XGBRegressor"),
-        default_space={
+    "xgboost": _boosting(
+        "xgboost.XGBRegressor",
+        (_build, _boosting_first, _xgboost_hyperparameters, _xgboost_grow),
+        {
             "n_estimators": [100, 200, 400],
             "max_depth": [3, 6],
             "learning_rate": [0.05, 0.1],
             "subsample": [0.8, 1.0],
         },
-        validate=_xgboost_validate,
-        grow=_xgboost_grow,
+    ),
+    "lightgbm": _boosting(
+        "lightgbm.LGBMRegressor",
+        (_build_lightgbm, _lightgbm_first, _lightgbm_hyperparameters, None),
+        {
+            "n_estimators": [100, 200, 400],
+            "num_leaves": [15, 31],
+            "learning_rate": [0.05, 0.1],
+            "min_child_samples": [10, 20],
+        },
     ),
 }
 
@@ -216,7 +253,7 @@ def _classifier(family: Family) -> Family:
     path = family.build.args[0].replace("Regressor", "Classifier")  # type: ignore[attr-defined]
     return replace(
         family,
-        build=partial(_build, path),
+        build=partial(family.build.func, path),  # type: ignore[attr-defined]
         list_hyperparameters=partial(family.list_hyperparameters.func, path),  # type: ignore[attr-defined]
         task="classification",
         scoring="log_loss",

@@ -19,6 +19,14 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # to trust. A forest's trees are sklearn.tree._tree.Tree: trusting exactly that type (and nothing
 # broader) lets the model load without falling back to pickle, which would run arbitrary code.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+# A LightGBM estimator holds its Booster, which skops rebuilds from LightGBM's own text model
+# (no code runs); these are the types skops lists for one, nothing broader.
+LIGHTGBM_TRUSTED_TYPES = [
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "lightgbm.sklearn.LGBMRegressor",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,9 @@ class Registry:
         from importlib.metadata import version
 
         packages = ["mlflow", "numpy", "pandas", "scipy", "scikit-learn"]
-        packages += ["xgboost-cpu"] if family == "xgboost" else ["skops"]
+        packages += {"xgboost": ["xgboost-cpu"], "lightgbm": ["lightgbm", "skops"]}.get(
+            family, ["skops"]
+        )
         return [f"{name}=={version(name)}" for name in packages]
 
     def log_model(
@@ -97,7 +107,8 @@ class Registry:
                     signature=signature,
                     input_example=input_example,
                     serialization_format="skops",
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                    skops_trusted_types=SKOPS_TRUSTED_TYPES
+                    + (LIGHTGBM_TRUSTED_TYPES if family == "lightgbm" else []),
                     registered_model_name=model_name,
                     pip_requirements=self.pip_requirements(family),
                 )

@@ -79,22 +79,34 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Log loss, accuracy, macro F1 and ROC AUC (binary: ``roc_auc``, which ``roc_auc_ovr``
     equals there; multiclass: one-vs-rest), from class codes (0..k-1), the predicted codes and
-    the probabilities (one column per class, in code order)."""
+    the probabilities (one column per class the model learned, in code order).
+
+    A metric scikit-learn refuses here is NaN, as GridSearchCV's ``error_score=nan`` records
+    it: a model fitted on a fold that lacked a class (halving's smallest rungs subsample rows
+    without stratifying) has too few probability columns for log loss and ROC AUC, while its
+    accuracy and F1 stand."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     proba = np.asarray(proba)
     binary = proba.shape[1] == 2
     response = proba[:, 1] if binary else proba  # what scikit-learn's scorers hand the metric
     metrics = {
-        "log_loss": float(log_loss(y_true, response)),
-        "accuracy": float(accuracy_score(y_true, labels)),
-        "f1_macro": float(f1_score(y_true, labels, average="macro")),
+        "log_loss": _or_nan(log_loss, y_true, response),
+        "accuracy": _or_nan(accuracy_score, y_true, labels),
+        "f1_macro": _or_nan(f1_score, y_true, labels, average="macro"),
     }
     if binary:
-        metrics["roc_auc"] = metrics["roc_auc_ovr"] = float(roc_auc_score(y_true, response))
+        metrics["roc_auc"] = metrics["roc_auc_ovr"] = _or_nan(roc_auc_score, y_true, response)
     else:
-        metrics["roc_auc_ovr"] = float(roc_auc_score(y_true, response, multi_class="ovr"))
+        metrics["roc_auc_ovr"] = _or_nan(roc_auc_score, y_true, response, multi_class="ovr")
     return metrics
+
+
+def _or_nan(metric: Any, *args: Any, **kwargs: Any) -> float:
+    try:
+        return float(metric(*args, **kwargs))
+    except ValueError:
+        return float("nan")
 
 
 def fold_metrics(family: Any, model: Any, X: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:

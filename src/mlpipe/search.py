@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -379,7 +380,11 @@ def _delta(unit: Unit, other: Unit | None) -> float:
 def ranked(results: Sequence[Any]) -> list[Any]:
     """The completed results, best first: lowest mean loss (``TrialResult.loss``), ties to the
     earlier config in grid order, as ``GridSearchCV`` breaks them."""
-    return sorted((r for r in results if r.status == "completed"), key=lambda r: (r.loss, r.index))
+    # a NaN score (a metric scikit-learn refused on some fold) ranks last, as in cv_results_
+    return sorted(
+        (r for r in results if r.status == "completed"),
+        key=lambda r: (math.isnan(r.loss), 0.0 if math.isnan(r.loss) else r.loss, r.index),
+    )
 
 
 def select_best(results: Sequence[Any]) -> Any:

@@ -28,7 +28,7 @@ BUILTIN_TARGETS = {
 }
 BUILTIN_SOURCES = tuple(BUILTIN_TARGETS)
 CLASSIFICATION_SOURCES = ("breast_cancer", "wine", "iris")
-FAMILY_SHORT = {"random_forest": "rf", "extra_trees": "et", "xgboost": "xgb"}
+FAMILY_SHORT = {"random_forest": "rf", "extra_trees": "et", "xgboost": "xgb", "lightgbm": "lgbm"}
 Scalar = int | float | str | bool | None
 
 
@@ -65,7 +65,7 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    family: Literal["random_forest", "extra_trees", "xgboost"] = "random_forest"
+    family: Literal["random_forest", "extra_trees", "xgboost", "lightgbm"] = "random_forest"
     task: Literal["regression", "classification"] = "regression"
 
 

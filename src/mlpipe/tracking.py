@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mlpipe.errors import UserError
 from mlpipe.links import EXPERIMENT_KIND
@@ -208,8 +209,9 @@ class Tracker(Registry):
         metrics: dict[str, float] = {"fit_seconds": result.fit_seconds}
         steps: list[tuple[str, float, int]] = []
         for name, values in result.fold_metrics.items():
-            metrics[f"cv_{name}_mean"] = float(sum(values) / len(values))
-            metrics[f"cv_{name}_std"] = statistics.pstdev(values)
+            # numpy's, as the trial's own: NaN (a metric refused on a fold) stays NaN
+            metrics[f"cv_{name}_mean"] = float(np.mean(values))
+            metrics[f"cv_{name}_std"] = float(np.std(values))
             steps += [(f"cv_{name}_fold", v, i) for i, v in enumerate(values)]
         self._log(run_id, params=result.params, metrics=metrics, steps=steps)
         self.client.set_terminated(run_id, "FINISHED" if result.status == "completed" else "FAILED")

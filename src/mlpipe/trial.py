@@ -48,11 +48,13 @@ class TrialResult:
         return get_scoring(self.scoring).loss(self.mean_score)
 
     def to_json(self) -> dict[str, Any]:
-        """The record written to tuning_results.json (NaN becomes null)."""
+        """The record written to tuning_results.json (NaN becomes null, in lists too)."""
         record = asdict(self)
         for key in ("mean_score", "std_score"):
             if not np.isfinite(record[key]):
                 record[key] = None
+        record["fold_scores"] = _nulls(record["fold_scores"])
+        record["fold_metrics"] = {k: _nulls(v) for k, v in record["fold_metrics"].items()}
         return record
 
     @classmethod
@@ -62,7 +64,17 @@ class TrialResult:
         for key in ("mean_score", "std_score"):
             if fields.get(key) is None:
                 fields[key] = float("nan")
+        fields["fold_scores"] = _nans(fields.get("fold_scores", []))
+        fields["fold_metrics"] = {k: _nans(v) for k, v in fields.get("fold_metrics", {}).items()}
         return cls(**fields)
+
+
+def _nulls(values: list[float]) -> list[float | None]:
+    return [v if np.isfinite(v) else None for v in values]
+
+
+def _nans(values: list[float | None]) -> list[float]:
+    return [float("nan") if v is None else v for v in values]
 
 
 def kfold(n_rows: int, cv: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -361,9 +361,11 @@ def boston() -> tuple[pd.DataFrame, pd.Series]:
     return frame.drop(columns=["MEDV"]), frame["MEDV"]
 
 
-def assert_same_as_halving_search(payload: dict, search) -> None:
-    """Every rung's candidates, resources and mean CV MSE (1e-9 relative) as cv_results_ has
-    them, row for row; the same best (the best of the last rung)."""
+def assert_same_as_halving_search(payload: dict, search, greater_is_better: bool = False) -> None:
+    """Every rung's candidates, resources and mean CV score (1e-9 relative; scikit-learn's
+    negated for a loss) as cv_results_ has them, row for row; the same best (the best of the
+    last rung)."""
+    sign = 1 if greater_is_better else -1
     trials = sorted(payload["trials"], key=lambda t: t["index"])
     results = search.cv_results_
     assert len(trials) == len(results["params"])
@@ -373,7 +375,7 @@ def assert_same_as_halving_search(payload: dict, search) -> None:
     ):  # fmt: skip
         plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
         assert (trial["params"], trial["rung"], trial["resources"]) == (plain, rung, amount)
-        assert trial["mean_score"] == pytest.approx(-score, rel=1e-9, abs=0)
+        assert trial["mean_score"] == pytest.approx(sign * score, rel=1e-9, abs=0)
     best = {k: v.item() if hasattr(v, "item") else v for k, v in search.best_params_.items()}
     assert payload["best"]["params"] == best
     last = max(t["rung"] for t in trials)

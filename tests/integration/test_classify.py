@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, background, run_mlpipe
+from conftest import BIN, assert_same_as_halving_search, background, run_mlpipe
 from mlflow import MlflowClient, pyfunc
 from sklearn.model_selection import GridSearchCV, train_test_split
 
@@ -148,3 +148,64 @@ def test_a_multiclass_xgboost_search_by_macro_f1_equals_grid_search(train, workd
     assert {"confusion_matrix.png", "calibration.png"} <= plots and "roc.png" not in plots
     version = MlflowClient().get_model_version("wine-xgb", "1")
     assert float(version.tags["mlpipe.test_f1_macro"]) > 0.8
+
+
+def test_a_halving_search_of_a_classifier_equals_halving_grid_search_cv(train, workdir):
+    """Rows as resource: scikit-learn's smallest rung is 2 * cv * n_classes rows (here 18),
+    the folds are stratified before rows are drawn, the ranking is by accuracy (higher is
+    better)."""
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    grid = {"max_depth": [None, 3, 6], "min_samples_leaf": [1, 4], "max_features": [0.5, 1.0],
+            "n_estimators": [10]}  # fmt: skip
+    search = {"strategy": "halving", "params": grid, "scoring": "accuracy"}
+    spec = {"seed": 4, "data": {"source": "wine"}, "model": {"task": "classification"},
+            "search": search}  # fmt: skip
+    train(spec, "--quiet")
+    _, payload = search_results(workdir)
+    X, y = load_wine(return_X_y=True, as_frame=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=4, stratify=y)
+    reference = HalvingGridSearchCV(
+        RandomForestClassifier(random_state=4), grid, cv=3, factor=3,
+        scoring="accuracy", random_state=4, n_jobs=1,
+    ).fit(X_train, y_train)  # fmt: skip
+    assert reference.n_resources_ == [18, 54]
+    assert_same_as_halving_search(payload, reference, greater_is_better=True)
+    # on 18 rows a fold can lack a class: log loss is refused there (NaN), accuracy stands
+    rung0 = [t for t in payload["trials"] if t["rung"] == 0]
+    assert any(None in t["fold_metrics"]["log_loss"] for t in rung0)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_lightgbm_search_equals_grid_search_and_registers(train, workdir, task):
+    """LightGBM end to end for both tasks: every config's CV score equals GridSearchCV's (its
+    rounds scored as prefixes of one fit), the model is registered with skops and MLflow's own
+    pyfunc predicts with it."""
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from sklearn import datasets
+
+    grid = {"n_estimators": [10, 40], "num_leaves": [7, 15], "min_child_samples": [5]}
+    source, estimator = "diabetes", LGBMRegressor
+    if task == "classification":
+        source, estimator = "wine", LGBMClassifier
+    spec = {"seed": 2, "data": {"source": source}, "model": {"family": "lightgbm", "task": task},
+            "search": {"params": grid}}  # fmt: skip
+    out = train(spec, "--quiet").output
+    assert f"registered {source}-lgbm version 1" in out
+    folder, payload = search_results(workdir)
+    X, y = getattr(datasets, f"load_{source}")(return_X_y=True, as_frame=True)
+    stratify = y if task == "classification" else None
+    X_train, X_test, y_train, _ = train_test_split(
+        X, y, test_size=0.2, random_state=2, stratify=stratify
+    )
+    scoring = "neg_log_loss" if task == "classification" else "neg_mean_squared_error"
+    reference = GridSearchCV(estimator(random_state=2, n_jobs=1, verbose=-1), grid, cv=3,
+                             scoring=scoring, n_jobs=1).fit(X_train, y_train)  # fmt: skip
+    assert_same_as(payload, reference, greater_is_better=False)
+    model = pyfunc.load_model(f"models:/{source}-lgbm/1")
+    expected = reference.best_estimator_.predict(X_test.head(5))
+    np.testing.assert_allclose(model.predict(X_test.head(5)), expected, rtol=1e-12)
+    assert "lightgbm.basic.Booster" in (folder / "model" / "MLmodel").read_text()

@@ -39,8 +39,16 @@ SPEC = {
 }
 
 
-# model-based search: 2 batches of 4, each shard or worker evaluating part of a batch
-TPE = {**TPE_SPEC, "n_jobs": 1, "search": {**TPE_SPEC["search"], "n_trials": 8}}
+# model-based search: 2 batches of 4, each shard or worker evaluating part of a batch; a
+# classifier ranked by accuracy (higher is better), so workers, shards, Dask and a resumed run
+# all take a classifier's codes, folds and scores through the same steps
+TPE = {
+    **TPE_SPEC,
+    "n_jobs": 1,
+    "data": {"source": "breast_cancer"},
+    "model": {"task": "classification"},
+    "search": {**TPE_SPEC["search"], "n_trials": 8, "scoring": "accuracy"},
+}
 HALVING = {"seed": 4, "n_jobs": 1, "search": {"strategy": "halving", "params": HALVING_GRID}}
 
 

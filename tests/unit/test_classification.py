@@ -1,6 +1,8 @@
 """Classification in-process: labels, stratified splits and folds, scorings equal to
 scikit-learn's, the spec's and the data's refusals."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,3 +151,23 @@ def test_a_regression_search_keeps_its_ids_and_a_classifier_gets_its_own():
     assert iris.family.key == "random_forest:classification:log_loss"
     accuracy = classifier_spec("iris", "random_forest", "accuracy")
     assert prepare(iris).search_id != prepare(accuracy).search_id
+
+
+def test_a_fold_that_lacked_a_class_gets_nan_where_scikit_learn_refuses_and_ranks_last():
+    """A model fitted without class 2 has two probability columns: log loss and ROC AUC are
+    refused (NaN, as GridSearchCV's error_score records them), accuracy and F1 stand; the
+    result survives its trip through JSON, and a NaN mean ranks after every number."""
+    from mlpipe.scoring import classification_metrics
+    from mlpipe.search import ranked
+    from mlpipe.trial import TrialResult
+
+    y_true = np.array([0, 1, 2, 2])
+    metrics = classification_metrics(y_true, np.array([0, 1, 1, 1]), np.full((4, 2), 0.5))
+    assert np.isnan(metrics["log_loss"]) and np.isnan(metrics["roc_auc"])
+    assert metrics["accuracy"] == 0.5
+    nan = TrialResult("a", 0, {}, [float("nan"), 0.2], float("nan"), float("nan"),
+                      {"log_loss": [float("nan"), 0.2]}, scoring="log_loss")  # fmt: skip
+    back = TrialResult.from_json(json.loads(json.dumps(nan.to_json(), allow_nan=False)))
+    assert np.isnan(back.fold_scores[0]) and back.fold_metrics["log_loss"][1] == 0.2
+    good = TrialResult("b", 1, {}, [0.3], 0.3, 0.0, scoring="log_loss")
+    assert [r.trial_id for r in ranked([nan, good])] == ["b", "a"]

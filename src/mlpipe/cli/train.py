@@ -33,7 +33,8 @@ def train(
     ] = None,
     target: Annotated[str | None, typer.Option(help="data.target: the column to predict.")] = None,
     family: Annotated[
-        str | None, typer.Option(help="model.family: random_forest | extra_trees | xgboost.")
+        str | None,
+        typer.Option(help="model.family: random_forest | extra_trees | xgboost | lightgbm."),
     ] = None,
     task: Annotated[
         str | None, typer.Option(help="model.task: regression | classification.")

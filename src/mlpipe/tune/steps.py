@@ -136,6 +136,7 @@ MODEL_WRITERS = {
     "random_forest": ("mlflow.sklearn", "skops.io"),
     "extra_trees": ("mlflow.sklearn", "skops.io"),
     "xgboost": ("mlflow.xgboost",),
+    "lightgbm": ("mlflow.sklearn", "skops.io"),
 }
 
 

@@ -100,13 +100,16 @@ class Profile:
         return Profile(self.features, self.prediction, self.rows, thresholds)
 
 
-def profile_column(name: str, values: np.ndarray) -> FeatureProfile:
-    """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins)."""
+def profile_column(
+    name: str, values: np.ndarray, cuts: np.ndarray | None = None
+) -> FeatureProfile:
+    """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins), or ``cuts``."""
     values = np.asarray(values, dtype=np.float64)
     present = values[np.isfinite(values)]
     if present.size == 0:
         return FeatureProfile(name, [], [1.0], int(values.size), int(values.size), 0, 0, {})
-    cuts = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+    if cuts is None:
+        cuts = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
     shares = np.bincount(np.searchsorted(cuts, present, side="left"), minlength=cuts.size + 1)
     return FeatureProfile(
         name=name,
@@ -120,23 +123,6 @@ def profile_column(name: str, values: np.ndarray) -> FeatureProfile:
     )
 
 
-def class_column(name: str, codes: np.ndarray, n_classes: int) -> FeatureProfile:
-    """A classifier's predicted class codes (0..n-1): one bin a class, cut halfway between."""
-    codes = np.asarray(codes, dtype=np.float64)
-    cuts = np.arange(n_classes - 1) + 0.5
-    shares = np.bincount(np.searchsorted(cuts, codes), minlength=n_classes) / max(codes.size, 1)
-    return FeatureProfile(
-        name=name,
-        cuts=[float(c) for c in cuts],
-        shares=[float(s) for s in shares],
-        count=int(codes.size),
-        missing=0,
-        mean=float(codes.mean()),
-        std=float(codes.std()),
-        quantiles={f"p{round(q * 100):02d}": float(np.quantile(codes, q)) for q in _QUANTILES},
-    )
-
-
 def build_profile(
     names: Sequence[str],
     matrix: np.ndarray,
@@ -145,14 +131,13 @@ def build_profile(
     n_classes: int | None = None,
 ) -> Profile:
     """The profile of a training matrix (rows x ``names``) and the model's predictions on it
-    (with ``n_classes``: a classifier's predicted class codes, one bin a class)."""
+    (with ``n_classes``: a classifier's predicted class codes, one bin a class, cut halfway
+    between codes)."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    predictions = np.asarray(predictions).ravel()
+    by_class = None if n_classes is None else np.arange(n_classes - 1) + 0.5
     return Profile(
         features=[profile_column(n, matrix[:, i]) for i, n in enumerate(names)],
-        prediction=profile_column(PREDICTION, predictions)
-        if n_classes is None
-        else class_column(PREDICTION, predictions, n_classes),
+        prediction=profile_column(PREDICTION, np.asarray(predictions).ravel(), by_class),
         rows=int(matrix.shape[0]),
         thresholds=thresholds or Thresholds(),
     )

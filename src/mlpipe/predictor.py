@@ -23,6 +23,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,11 @@ class LoadedModel:
     @property
     def version(self) -> str | None:
         return self.ref.version
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """A classifier's labels as the keys of its probabilities in JSON, in code order."""
+        return [] if self.classes is None else [str(c) for c in self.classes.tolist()]
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """What MLflow's pyfunc answers: a regressor's values, a classifier's ``predict``."""

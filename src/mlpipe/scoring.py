@@ -131,10 +131,19 @@ def class_list(classes: Any) -> list[Any]:
     return [c.item() if isinstance(c, np.generic) else c for c in classes]
 
 
-def held_out(model: Any, X: Any, codes: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """A fitted classifier's metrics on (X, the true class codes) and its probabilities. Its
-    ``classes_`` are the labels or their codes (XGBoost), sorted either way, so a class's
-    position there is its code."""
+@dataclass(frozen=True)
+class HeldOut:
+    """A fitted classifier on the test split: its metrics, predicted class codes and
+    probabilities (what the confusion matrix and the report's plots are drawn from)."""
+
+    metrics: dict[str, float]
+    predicted: np.ndarray
+    proba: np.ndarray
+
+
+def held_out(model: Any, X: Any, codes: np.ndarray) -> HeldOut:
+    """A fitted classifier on (X, the true class codes). Its ``classes_`` are the labels or
+    their codes (XGBoost), sorted either way, so a class's position there is its code."""
     proba = np.asarray(model.predict_proba(X))
     predicted = np.searchsorted(model.classes_, np.asarray(model.predict(X)))
-    return classification_metrics(codes, predicted, proba), proba
+    return HeldOut(classification_metrics(codes, predicted, proba), predicted, proba)

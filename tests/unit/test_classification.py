@@ -171,3 +171,16 @@ def test_a_fold_that_lacked_a_class_gets_nan_where_scikit_learn_refuses_and_rank
     assert np.isnan(back.fold_scores[0]) and back.fold_metrics["log_loss"][1] == 0.2
     good = TrialResult("b", 1, {}, [0.3], 0.3, 0.0, scoring="log_loss")
     assert [r.trial_id for r in ranked([nan, good])] == ["b", "a"]
+
+
+def test_the_profile_bins_a_classifiers_predictions_one_class_a_bin():
+    from mlpipe.drift import Counts, build_profile, compare
+
+    rows = np.random.default_rng(0).normal(size=(200, 1))
+    codes = np.repeat([0, 1, 2], [40, 100, 60])
+    profile = build_profile(["a"], rows, codes, n_classes=3)
+    assert profile.prediction.cuts == [0.5, 1.5]
+    assert profile.prediction.shares == [0.2, 0.5, 0.3]
+    counts = Counts(profile)  # served traffic predicting class 2 only: the prediction drifted
+    counts.add(rows, np.full(200, 2))
+    assert compare(counts).prediction.drifted

@@ -196,7 +196,7 @@ def render_predict(
     probabilities by label) and the model that made them."""
     body: dict[str, Any] = {"predictions": predictions.tolist()}
     if model.classes is not None:
-        names = [str(c) for c in model.classes.tolist()]
+        names = model.class_names
         body["predictions"] = model.classes[codes].tolist()
         body["probabilities"] = [dict(zip(names, row, strict=True)) for row in proba.tolist()]
     body["model"] = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}

@@ -156,7 +156,7 @@ class StreamHandler:
             else:  # the label by name, as /predict answers it, and each class's probability
                 _, codes, proba = self.model.classify(matrix[scored])
                 values = classes[codes].tolist()
-                names = [str(c) for c in classes.tolist()]
+                names = self.model.class_names
                 probabilities = [dict(zip(names, row, strict=True)) for row in proba.tolist()]
             entries = [
                 (prediction_record(item, p, name, version, at, chances), item.partition_key)

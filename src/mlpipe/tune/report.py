@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlpipe.data import Split
-from mlpipe.scoring import get_scoring
+from mlpipe.scoring import HeldOut, get_scoring
 from mlpipe.trial import TrialResult
 
 
@@ -35,10 +35,11 @@ def write_report(
     history: bool = False,
     param_importances: dict[str, float] | None = None,
     classes: np.ndarray | None = None,
+    held: HeldOut | None = None,
 ) -> list[Path]:
     """Draw the plots into ``folder`` (with ``history``, the optimisation history; with
-    ``param_importances``, those; with ``classes``, a classifier's, from ``model``'s
-    probabilities); returns the files written."""
+    ``param_importances``, those; with ``classes`` and ``held``, a classifier's, from its
+    predictions and probabilities on the test split); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -71,13 +72,11 @@ def write_report(
     fig.tight_layout()
     written.append(_save(fig, folder / "hyperparameters.png"))
 
-    if classes is not None:
+    if classes is not None and held is not None:
         from mlpipe.tune import classplots
 
         codes = split.y_test.to_numpy(dtype=np.int64)
-        predicted = np.searchsorted(model.classes_, predictions)
-        proba = np.asarray(model.predict_proba(split.X_test))
-        written += classplots.draw(plt, folder, codes, predicted, proba, classes, _save)
+        written += classplots.draw(plt, folder, codes, held.predicted, held.proba, classes, _save)
     else:
         written.append(_predicted_vs_actual(plt, folder, split, predictions))
     importances = getattr(model, "feature_importances_", None)

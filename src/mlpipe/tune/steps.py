@@ -26,6 +26,7 @@ from mlpipe.errors import TuningError
 from mlpipe.models import get_family
 from mlpipe.scoring import (
     CLASSES_FILE,
+    HeldOut,
     class_list,
     confusion,
     get_scoring,
@@ -93,11 +94,14 @@ def refit(
     return model, np.asarray(model.predict(split.X_test))
 
 
-def test_scores(family: Any, model: Any, split: Split, predictions: np.ndarray) -> dict[str, Any]:
-    """The refit model's metrics on the test split (a classifier's as ``scoring.held_out``)."""
+def test_scores(
+    family: Any, model: Any, split: Split, predictions: np.ndarray
+) -> tuple[dict[str, float], HeldOut | None]:
+    """The refit model's metrics on the test split, and a classifier's ``scoring.HeldOut``."""
     if family.task == "regression":
-        return regression_metrics(split.y_test.to_numpy(), predictions)
-    return held_out(model, split.X_test, split.y_test.to_numpy(dtype=np.int64))[0]
+        return regression_metrics(split.y_test.to_numpy(), predictions), None
+    held = held_out(model, split.X_test, split.y_test.to_numpy(dtype=np.int64))
+    return held.metrics, held
 
 
 def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
@@ -214,7 +218,7 @@ def finish(
     model, predictions = refit.submit(
         family.key, best.params, split, plan.dataset, spec.seed
     ).result()
-    test_metrics = test_scores(family, model, split, predictions)
+    test_metrics, held = test_scores(family, model, split, predictions)
     tracker.log_metrics(
         parent_run_id,
         {f"test_{k}": v for k, v in test_metrics.items()} | {f"best_cv_{scoring}": best.mean_score},
@@ -282,13 +286,12 @@ def finish(
     from mlpipe.predictor import download_model
     from mlpipe.tune import report
 
-    if classes is not None:
-        predicted = np.searchsorted(model.classes_, predictions)
+    if held is not None:
         codes = split.y_test.to_numpy(dtype=np.int64)
-        artifacts.write_json(out_dir / CONFUSION_FILE, confusion(codes, predicted, classes))
+        artifacts.write_json(out_dir / CONFUSION_FILE, confusion(codes, held.predicted, classes))
     report.write_report(out_dir / "report", results, split, predictions, model, family.name,
-                        history=model_based, param_importances=importances,
-                        classes=classes)  # fmt: skip
+                        history=model_based, param_importances=importances, classes=classes,
+                        held=held)  # fmt: skip
     download_model(model_uri, out_dir / "model")
     tracker.log_artifacts(parent_run_id, out_dir)
     tracker.end_search(parent_run_id, ok=True)
@@ -366,4 +369,5 @@ def champion_score(model_uri: str, spec: Spec, plan: Prepared) -> float:
     ):
         scoring = get_scoring(spec.scoring)
         return -np.inf if scoring.greater_is_better else np.inf
-    return held_out(model, split.X_test, split.y_test.to_numpy(dtype=np.int64))[0][spec.scoring]
+    codes = split.y_test.to_numpy(dtype=np.int64)
+    return held_out(model, split.X_test, codes).metrics[spec.scoring]

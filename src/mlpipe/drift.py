@@ -100,9 +100,7 @@ class Profile:
         return Profile(self.features, self.prediction, self.rows, thresholds)
 
 
-def profile_column(
-    name: str, values: np.ndarray, cuts: np.ndarray | None = None
-) -> FeatureProfile:
+def profile_column(name: str, values: np.ndarray, cuts: np.ndarray | None = None) -> FeatureProfile:
     """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins), or ``cuts``."""
     values = np.asarray(values, dtype=np.float64)
     present = values[np.isfinite(values)]

@@ -7,7 +7,7 @@ import html.parser
 import numpy as np
 import pytest
 
-from mlpipe import drift
+from mlpipe import drift, drift_report
 from mlpipe.errors import SpecError
 from mlpipe.serve.metrics import Metrics
 from mlpipe.serve.monitor import DriftWatch
@@ -125,7 +125,7 @@ class _Page(html.parser.HTMLParser):
 
 def test_the_report_is_a_page_with_a_table_row_and_a_chart_per_column(profile):
     result = drift.compare(counts_of(profile, sample(np.random.default_rng(5), 500, 1.0)))
-    page = drift.html_report(result, profile, "Drift of <today>")
+    page = drift_report.html_report(result, profile, "Drift of <today>")
     parser = _Page()
     parser.feed(page)
     assert parser.tags.count("tr") == 1 + 4 and parser.tags.count("svg") == 4

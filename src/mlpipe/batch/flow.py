@@ -35,7 +35,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from mlpipe import drift
+from mlpipe import drift, drift_report
 from mlpipe.batch import locations
 from mlpipe.errors import DataError, UserError
 from mlpipe.settings import DEFAULT_INPUT_ROOT, DEFAULT_MODEL_URI, DEFAULT_OUTPUT_ROOT, Settings
@@ -162,7 +162,7 @@ def report_html(partition: str, loaded: Any, result: Any) -> str:
     """The drift report of one partition (HTML)."""
     name = loaded.ref.name or "local"
     title = f"Drift of {partition} from {name} version {loaded.version}"
-    return drift.html_report(result, loaded.profile, title)
+    return drift_report.html_report(result, loaded.profile, title)
 
 
 def log_drift(

@@ -92,6 +92,7 @@ def score(
     from mlpipe.batch import score as scoring
     from mlpipe.batch.locations import resolve_ends
     from mlpipe.cli import PROCESS_STARTED
+    from mlpipe.drift_report import html_report
     from mlpipe.predictor import open_model
 
     out = render.console()
@@ -119,5 +120,5 @@ def score(
     out.print(f"drift: {render.drift_line(result)}")
     if drift_report is not None:
         title = f"Drift of {summary.input} from {summary.model_name} v{summary.model_version}"
-        locations.write_text(drift_report, drift.html_report(result, monitor.profile, title))
+        locations.write_text(drift_report, html_report(result, monitor.profile, title))
         out.print(f"drift report {drift_report}")

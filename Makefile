@@ -9,8 +9,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # fixtures stay in one process; each process starts its own session servers). The suite waits on
 # servers, workers and subprocesses about half the time, so on 2 cores two processes fill them:
 # a fresh clone's `make test` took 9:27 here, against 13:50 in one process. PYTEST_ARGS="-n 0"
-# runs it in one process; more processes than cores made servers time out.
-PYTEST_ARGS ?= --numprocesses=2 --dist=loadfile
+# runs it in one process; more processes than cores made servers time out. The modules go out
+# in the order tests/conftest.py puts them, slowest first (xdist's default reorders them by
+# their number of tests, which left the long integration modules to the end).
+PYTEST_ARGS ?= --numprocesses=2 --dist=loadfile --no-loadscope-reorder
 
 .PHONY: run test unit integration lint system-deps bench bench-search bench-serve bench-score \
 	bench-stream bench-scale \

@@ -10,10 +10,12 @@ same 50 rows and the bytes are compared.
 With ``--classifier`` the model is a RandomForestClassifier tuned on breast_cancer (`mlpipe train
 --data breast_cancer --task classification`), and mlpipe's load goes to /predict, which answers
 the label and both classes' probabilities; `mlflow models serve` answers /invocations (labels
-only: its pyfunc has no probabilities). The 50 rows are compared on /invocations.
+only: its pyfunc has no probabilities). The 50 rows are compared on /invocations. ``--family
+xgboost`` or ``lightgbm`` tunes that family instead (its ONNX graph is onnxmltools').
 
 Prints requests/s, p50 and p99 latency for both and the throughput ratio.
-Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI] [--classifier]
+Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI]
+                                  [--classifier [--family random_forest|xgboost|lightgbm]]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from common import BIN, DATA, MODEL, environment
 
 from mlpipe.processes import free_port, stop_group
 
-CLASSIFIER = "models:/breast_cancer-rf@champion"
+SHORT = {"random_forest": "rf", "xgboost": "xgb", "lightgbm": "lgbm"}
 
 
 def start(args: list[str], env: dict[str, str], cwd: str, ready_path: str) -> tuple:
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tracking-uri", help="a store with the model's champion (else: train it)")
     parser.add_argument("--classifier", action="store_true", help="breast_cancer's classifier")
+    parser.add_argument("--family", choices=sorted(SHORT), default="random_forest")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -128,7 +131,8 @@ def main() -> None:
     if args.classifier:
         from sklearn.datasets import load_breast_cancer
 
-        model, train = CLASSIFIER, ("--data", "breast_cancer", "--task", "classification")
+        model = f"models:/breast_cancer-{SHORT[args.family]}@champion"
+        train = ("--data", "breast_cancer", "--task", "classification", "--family", args.family)
         frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
     env = environment(folder, args.tracking_uri, train)
     body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})
@@ -152,6 +156,9 @@ def main() -> None:
         proc, url, log = start(command, env, folder, ready)
         try:
             replies[name] = answers(url, frame.iloc[:50])
+            if name == "mlpipe serve":
+                described = httpx.get(url + "/model", timeout=10).json()
+                print(f"mlpipe predictor: {described['predictor']} ({model})", flush=True)
             path, load = (
                 (mlpipe_path, mlpipe_body) if name == "mlpipe serve" else ("/invocations", body)
             )

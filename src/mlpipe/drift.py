@@ -2,7 +2,9 @@
 
 - ``build_profile`` (at training time) cuts every feature, and the model's predictions, into up to
   ten bins at the training data's deciles and keeps each bin's share, the count, the missing
-  count and a few quantiles. The profile is a small JSON file stored beside the registered model.
+  count and a few quantiles; for a classifier, the predicted class (one bin a class) and the
+  probability of each class (deciles again). The profile is a small JSON file stored beside the
+  registered model.
 - ``Counts`` adds up new rows into the same bins (a batch run: every row; the server: a sliding
   ``Window`` of the last N rows), and ``compare`` turns counts into a ``DriftResult``: per feature
   the population stability index, ``PSI = sum((a - e) * ln(a / e))`` over the bins, and the
@@ -70,17 +72,19 @@ class FeatureProfile:
 
 @dataclass(frozen=True)
 class Profile:
-    """The training data's features and the model's predictions on it."""
+    """The training data's features and the model's predictions on it (a classifier's: the
+    predicted class, and each class's probability in ``probabilities``, in class order)."""
 
     features: list[FeatureProfile]
     prediction: FeatureProfile
     rows: int
     thresholds: Thresholds = field(default_factory=Thresholds)
+    probabilities: list[FeatureProfile] = field(default_factory=list)
 
     @property
     def columns(self) -> list[FeatureProfile]:
-        """The features, then the prediction: the order of ``Counts``' rows."""
-        return [*self.features, self.prediction]
+        """The features, the prediction, the probabilities: the order of ``Counts``' rows."""
+        return [*self.features, self.prediction, *self.probabilities]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -93,10 +97,11 @@ class Profile:
             prediction=FeatureProfile(**raw["prediction"]),
             rows=raw["rows"],
             thresholds=Thresholds(**raw.get("thresholds", {})),
+            probabilities=[FeatureProfile(**f) for f in raw.get("probabilities", [])],
         )
 
     def with_thresholds(self, thresholds: Thresholds) -> Profile:
-        return Profile(self.features, self.prediction, self.rows, thresholds)
+        return Profile(self.features, self.prediction, self.rows, thresholds, self.probabilities)
 
 
 def profile_column(name: str, values: np.ndarray, cuts: np.ndarray | None = None) -> FeatureProfile:
@@ -125,23 +130,26 @@ def build_profile(
     matrix: np.ndarray,
     predictions: np.ndarray,
     thresholds: Thresholds | None = None,
-    n_classes: int | None = None,
+    probabilities: dict[str, np.ndarray] | None = None,
 ) -> Profile:
-    """The profile of a training matrix (rows x ``names``) and the model's predictions on it
-    (with ``n_classes``: a classifier's predicted class codes, one bin a class, cut halfway
-    between codes)."""
+    """The profile of a training matrix (rows x ``names``) and the model's predictions on it;
+    a classifier's are its predicted class codes (one bin a class, cut halfway between codes),
+    with ``probabilities``: each class's column of ``predict_proba`` by its column name."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    by_class = None if n_classes is None else np.arange(n_classes - 1) + 0.5
+    probabilities = probabilities or {}
+    by_class = np.arange(len(probabilities) - 1) + 0.5 if probabilities else None
     return Profile(
         features=[profile_column(n, matrix[:, i]) for i, n in enumerate(names)],
         prediction=profile_column(PREDICTION, np.asarray(predictions).ravel(), by_class),
         rows=int(matrix.shape[0]),
         thresholds=thresholds or Thresholds(),
+        probabilities=[profile_column(n, v) for n, v in probabilities.items()],
     )
 
 
 class Counts:
-    """Rows added up into the profile's bins, per feature and for the prediction."""
+    """Rows added up into the profile's bins, per feature, for the prediction and for a
+    classifier's probabilities (``proba``: rows x classes, required when profiled)."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -149,15 +157,22 @@ class Counts:
         self.table = np.zeros((len(profile.columns), width), dtype=np.int64)
         self.rows = 0
 
-    def bins(self, matrix: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-        """Each row's bin per column: rows x (features + 1)."""
+    def bins(
+        self, matrix: np.ndarray, predictions: np.ndarray, proba: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each row's bin per column: rows x (features + 1 + profiled probabilities)."""
         columns = [*np.asarray(matrix, dtype=np.float64).T, np.asarray(predictions).ravel()]
+        if self.profile.probabilities:
+            assert proba is not None, "the profile has the probabilities: pass them"
+            columns.extend(np.asarray(proba, dtype=np.float64).T)
         return np.stack(
             [c.bins_of(v) for c, v in zip(self.profile.columns, columns, strict=True)], axis=1
         )
 
-    def add(self, matrix: np.ndarray, predictions: np.ndarray) -> None:
-        self.add_bins(self.bins(matrix, predictions), +1)
+    def add(
+        self, matrix: np.ndarray, predictions: np.ndarray, proba: np.ndarray | None = None
+    ) -> None:
+        self.add_bins(self.bins(matrix, predictions, proba), +1)
 
     def add_bins(self, bins: np.ndarray, sign: int) -> None:
         for column in range(bins.shape[1]):
@@ -198,25 +213,37 @@ class ColumnDrift:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Every feature's figures, the prediction's, and whether any threshold was crossed."""
+    """Every feature's figures, the prediction's (and a classifier's probabilities'), and
+    whether any threshold was crossed."""
 
     features: list[ColumnDrift]
     prediction: ColumnDrift
     rows: int
     thresholds: Thresholds
+    probabilities: list[ColumnDrift] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[ColumnDrift]:
+        """In the profile's order: features, prediction, probabilities."""
+        return [*self.features, self.prediction, *self.probabilities]
 
     @property
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
 
     @property
+    def drifted_outputs(self) -> list[str]:
+        """The prediction and the probability columns that drifted."""
+        return [c.name for c in (self.prediction, *self.probabilities) if c.drifted]
+
+    @property
     def drifted(self) -> bool:
-        return bool(self.drifted_features) or self.prediction.drifted
+        return bool(self.drifted_features) or bool(self.drifted_outputs)
 
     def metrics(self) -> dict[str, float]:
         """Flat figures for MLflow: ``drift_psi_<name>``, ``drift_ks_<name>``, counts."""
         figures: dict[str, float] = {"drift_rows": self.rows}
-        for column in [*self.features, self.prediction]:
+        for column in self.columns:
             figures[f"drift_psi_{column.name}"] = column.psi
             figures[f"drift_ks_{column.name}"] = column.ks
             figures[f"drift_p_{column.name}"] = column.p_value
@@ -231,10 +258,11 @@ class DriftResult:
             "drifted": self.drifted,
             "drifted_features": self.drifted_features,
             "prediction_drifted": self.prediction.drifted,
+            "drifted_outputs": self.drifted_outputs,
             "max_psi": round(worst.psi, 4) if worst else None,
             "max_psi_feature": worst.name if worst else None,
             "prediction_psi": round(self.prediction.psi, 4),
-            "min_p_value": min(c.p_value for c in [*self.features, self.prediction]),
+            "min_p_value": min(c.p_value for c in self.columns),
             "psi_threshold": self.thresholds.psi,
             "ks_threshold": self.thresholds.ks,
             "p_value_threshold": self.thresholds.p_value,
@@ -250,7 +278,10 @@ def verdict(summary: dict[str, Any] | None) -> str:
         f"prediction PSI {summary['prediction_psi']:.3f}"
     )
     if summary["drifted"]:
-        return f"DRIFT in {', '.join(summary['drifted_features']) or 'the predictions'}; {detail}"
+        drifted = summary["drifted_features"] + [
+            name for name in summary.get("drifted_outputs", []) if name != PREDICTION
+        ]
+        return f"DRIFT in {', '.join(drifted) or 'the predictions'}; {detail}"
     return f"none past the thresholds; {detail}"
 
 
@@ -319,4 +350,5 @@ def compare(counts: Counts) -> DriftResult:
                 observed.tolist(),
             )
         )
-    return DriftResult(columns[:-1], columns[-1], rows, limits)
+    n = len(profile.features)
+    return DriftResult(columns[:n], columns[n], rows, limits, columns[n + 1 :])

@@ -12,7 +12,7 @@ def html_report(result: DriftResult, profile: Profile, title: str) -> str:
     """A self-contained page: the drift table, then expected-vs-observed bars per column."""
     limits = result.thresholds
     rows = []
-    for column in [*result.features, result.prediction]:
+    for column in result.columns:
         mark = "drifted" if column.drifted else "ok"
         rows.append(
             f'<tr class="{mark}"><td>{html.escape(column.name)}</td>'
@@ -21,12 +21,10 @@ def html_report(result: DriftResult, profile: Profile, title: str) -> str:
         )
     charts = "".join(
         _chart(column, profile_column)
-        for column, profile_column in zip(
-            [*result.features, result.prediction], profile.columns, strict=True
-        )
+        for column, profile_column in zip(result.columns, profile.columns, strict=True)
     )
     verdict = (
-        f"drift in {', '.join(result.drifted_features) or 'the predictions'}"
+        f"drift in {', '.join(result.drifted_features + result.drifted_outputs)}"
         if result.drifted
         else "no drift"
     )

@@ -29,7 +29,7 @@ log = logging.getLogger("mlpipe.fastpath")
 
 # The fast path is used when max |onnx - native| <= PARITY_TOLERANCE * max |native| over the
 # parity sample: 1e-4 of the prediction scale. Forests pass at 0 (the graph is exact); XGBoost
-# boosters differ by float32 rounding (~1e-7 of the scale).
+# and LightGBM differ by float32 rounding (~1e-7 of the scale, or of a probability).
 PARITY_TOLERANCE = 1e-4
 PARITY_ROWS = 256
 ONNX_FOLDER = "onnx"  # beside the model's files: onnx/model.onnx, onnx/parity_sample.json
@@ -116,12 +116,15 @@ class OnnxPredictor:
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.dtype = np.float32 if model_input.type == "tensor(float)" else np.float64
+        # onnxmltools' classifiers output label and probabilities: the scores are the latter
+        names = [output.name for output in self.session.get_outputs()]
+        self.outputs = ["probabilities" if "probabilities" in names else names[0]]
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """The graph's output: one value a row, or a classifier's probabilities (rows,
         classes)."""
-        (output, *_) = self.session.run(
-            None, {self.input_name: matrix.astype(self.dtype, copy=False)}
+        (output,) = self.session.run(
+            self.outputs, {self.input_name: matrix.astype(self.dtype, copy=False)}
         )
         output = np.asarray(output).reshape(len(matrix), -1)
         return output.reshape(-1) if output.shape[1] == 1 else output

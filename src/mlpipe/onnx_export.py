@@ -9,8 +9,9 @@ float32 leaves and a float32 output. A forest classifier is the same graph with 
 class (``TreeEnsemble`` gives a leaf one target, so each tree is written once per class with that
 class's leaf shares): its output is ``predict_proba``, bit for bit, and its labels follow.
 
-XGBoost boosters go through onnxmltools (float32, as XGBoost itself computes), so they agree
-with the native model to float32 rounding, not bit for bit.
+XGBoost and LightGBM models go through onnxmltools (float32, as both compute), so they agree
+with the native model to float32 rounding, not bit for bit. Their classifiers' graphs output
+``label`` and ``probabilities`` (rows, classes; no ZipMap), the latter ``predict_proba``.
 
 Pure: imports neither Prefect nor MLflow; ``onnx`` and ``onnxmltools`` are imported on use.
 """
@@ -22,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-# Opsets: TreeEnsemble is ai.onnx.ml 5; onnxmltools' XGBoost converter supports up to 15.
-ONNX_OPSET, ONNX_ML_OPSET, XGBOOST_OPSET = 21, 5, 15
+# Opsets: TreeEnsemble is ai.onnx.ml 5; onnxmltools' XGBoost and LightGBM converters support up
+# to 15.
+ONNX_OPSET, ONNX_ML_OPSET, CONVERTER_OPSET = 21, 5, 15
 INPUT_NAME = "X"
 
 
@@ -45,6 +47,11 @@ def to_onnx(model: Any, n_features: int) -> bytes:
     if isinstance(model, RandomForestClassifier | ExtraTreesClassifier):
         trees = [estimator.tree_ for estimator in model.estimators_]
         return forest_to_onnx(trees, n_features, float(len(trees)), len(model.classes_))
+    module = type(model).__module__
+    if module.startswith("xgboost"):
+        return xgboost_to_onnx(model, n_features)
+    if module.startswith("lightgbm"):
+        return lightgbm_to_onnx(model, n_features)
     if hasattr(model, "predict_proba"):
         raise ConversionError(f"no ONNX converter for {type(model).__name__}")
     if isinstance(model, RandomForestRegressor | ExtraTreesRegressor):
@@ -52,8 +59,6 @@ def to_onnx(model: Any, n_features: int) -> bytes:
         return forest_to_onnx(trees, n_features, divisor=float(len(trees)))
     if isinstance(model, DecisionTreeRegressor | ExtraTreeRegressor):
         return forest_to_onnx([model.tree_], n_features, divisor=1.0)
-    if type(model).__module__.startswith("xgboost"):
-        return xgboost_to_onnx(model, n_features)
     raise ConversionError(f"no ONNX converter for {type(model).__name__}")
 
 
@@ -188,9 +193,10 @@ def _child(
 
 
 def xgboost_to_onnx(model: Any, n_features: int) -> bytes:
-    """An XGBoost regressor (or Booster) as a float32 ONNX graph, via onnxmltools."""
+    """An XGBoost regressor, classifier or Booster as a float32 ONNX graph, via onnxmltools."""
+    import copy
+
     from onnxmltools import convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
 
     booster = model.get_booster() if hasattr(model, "get_booster") else model
     # onnxmltools reads features as f0, f1, ...; a booster fitted on a DataFrame carries the
@@ -198,12 +204,37 @@ def xgboost_to_onnx(model: Any, n_features: int) -> bytes:
     booster = booster.copy()
     booster.feature_names = None
     booster.feature_types = None
+    if hasattr(model, "predict_proba"):  # a classifier needs its wrapper: classes, objective
+        model = copy.copy(model)
+        model._Booster = booster
+    else:
+        model = booster
+    return _converted(convert_xgboost, model, n_features)
+
+
+def lightgbm_to_onnx(model: Any, n_features: int) -> bytes:
+    """A LightGBM regressor or classifier as a float32 ONNX graph, via onnxmltools."""
+    from onnxmltools import convert_lightgbm
+
+    if hasattr(model, "predict_proba"):
+        return _converted(convert_lightgbm, model, n_features, zipmap=False)
+    return _converted(convert_lightgbm, model, n_features)
+
+
+def _converted(convert: Any, model: Any, n_features: int, **options: Any) -> bytes:
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
     try:
-        graph = convert_xgboost(
-            booster,
+        graph = convert(
+            model,
             initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-            target_opset=XGBOOST_OPSET,
+            target_opset=CONVERTER_OPSET,
+            **options,
         )
-    except (RuntimeError, ValueError, NotImplementedError) as exc:
-        raise ConversionError(f"onnxmltools cannot convert this booster: {exc}") from exc
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
+        raise ConversionError(f"onnxmltools cannot convert this model: {exc}") from exc
+    for output in graph.graph.output:  # any number of rows (one converter writes a fixed 1)
+        dims = output.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "N"
     return bytes(graph.SerializeToString())

@@ -138,6 +138,9 @@ class LoadedModel:
     profile: Profile | None = None  # the training data's, when the version was logged with one
     # a classifier's labels in code order (``classes.json`` beside the model); None: a regressor
     classes: np.ndarray | None = None
+    # an XGBoost classifier learned the codes (XGBoost takes no other labels): its ``predict``,
+    # and MLflow's pyfunc, answer codes; /predict and `mlpipe score` answer ``classes[code]``
+    predicts_codes: bool = False
 
     @property
     def version(self) -> str | None:
@@ -158,12 +161,13 @@ class LoadedModel:
         """A classifier's answer: ``predict``'s, each row's class code (its position in
         ``classes``) and the probabilities (one column per class). On the fast path the label
         is the likeliest class, as a forest's ``predict`` takes it from the same (bit-equal)
-        probabilities; natively, the model's own ``predict``."""
+        probabilities and a booster's from the same to float32 rounding; natively, the
+        model's own ``predict``."""
         assert self.classes is not None
         proba = self.predictor.scores(matrix)
         if self.predictor.kind != "native":
             codes = np.argmax(proba, axis=1)
-            return self.classes[codes], codes, proba
+            return (codes if self.predicts_codes else self.classes[codes]), codes, proba
         predictions = self.predictor.predict(matrix)
         return predictions, np.searchsorted(self.native.model.classes_, predictions), proba
 
@@ -256,6 +260,7 @@ def _load_folder(
         load_seconds=time.perf_counter() - started,
         profile=_read_profile(path),
         classes=_read_classes(path),
+        predicts_codes="xgboost" in meta.flavors,
     )
     if reason:
         log.warning("model %s: serving with the native predictor: %s", ref.uri, reason)

@@ -147,3 +147,9 @@ def held_out(model: Any, X: Any, codes: np.ndarray) -> HeldOut:
     proba = np.asarray(model.predict_proba(X))
     predicted = np.searchsorted(model.classes_, np.asarray(model.predict(X)))
     return HeldOut(classification_metrics(codes, predicted, proba), predicted, proba)
+
+
+def probability_columns(classes: Any) -> list[str]:
+    """A classifier's probability columns (batch output, drift profile), one per class in code
+    order: ``probability_<label>``; none for a regressor."""
+    return [] if classes is None else [f"probability_{c}" for c in np.asarray(classes).tolist()]

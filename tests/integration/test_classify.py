@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 from conftest import BIN, assert_same_as_halving_search, background, run_mlpipe
 from mlflow import MlflowClient, pyfunc
@@ -52,7 +53,7 @@ def assert_same_as(payload: dict, search: GridSearchCV, greater_is_better: bool)
     assert payload["best"]["params"] == search.best_params_
 
 
-def test_a_binary_classifier_with_word_labels_is_tuned_gated_and_served(train, workdir):
+def test_a_binary_classifier_with_word_labels_is_tuned_gated_and_served(train, workdir, postgres):
     from sklearn.ensemble import RandomForestClassifier
 
     path, X, y = diagnoses(workdir)
@@ -82,6 +83,11 @@ def test_a_binary_classifier_with_word_labels_is_tuned_gated_and_served(train, w
     assert np.trace(confusion["matrix"]) == np.sum(refit.predict(X_test) == y_test)
     plots = {p.name for p in (folder / "report").glob("*.png")}
     assert {"confusion_matrix.png", "calibration.png", "roc.png", "precision_recall.png"} <= plots
+    profile = json.loads((folder / "model" / "profile.json").read_text())  # drift's reference
+    assert [p["name"] for p in profile["probabilities"]] == [
+        "probability_benign",
+        "probability_malignant",
+    ]
     assert "predicted_vs_actual.png" not in plots
 
     # the registered model: MLflow's pyfunc answers the words; the signature says string
@@ -125,6 +131,31 @@ def test_a_binary_classifier_with_word_labels_is_tuned_gated_and_served(train, w
     assert out["prediction"].tolist() == list(refit.predict(X))
     chances = out[["probability_benign", "probability_malignant"]].to_numpy()
     np.testing.assert_array_equal(chances, refit.predict_proba(X))
+    assert "drift: none past the thresholds" in scored.stdout  # features, class, probabilities
+
+    # the database sink gets the same columns: a PostgreSQL table, read back
+    table = ["-o", postgres["url"], "--output-table", "diagnoses"]
+    stored = run_mlpipe([*args[:-2], *table], workdir, PGPASSWORD=postgres["password"])
+    assert stored.returncode == 0, stored.stderr
+    dsn = postgres["url"].replace("+psycopg", "")
+    with psycopg.connect(dsn, password=postgres["password"]) as conn:
+        columns = "prediction, probability_benign, probability_malignant"
+        rows = conn.execute(f'SELECT {columns} FROM diagnoses ORDER BY "row"').fetchall()
+    assert [r[0] for r in rows] == out["prediction"].tolist()
+    np.testing.assert_array_equal([r[1:] for r in rows], chances)
+
+
+def assert_served_fast(uri: str, X: pd.DataFrame, native) -> None:
+    """mlpipe's loader serves the registered booster from its ONNX graph: probabilities within
+    the parity tolerance of ``predict_proba``, the same labels (codes for XGBoost, as pyfunc)."""
+    from mlpipe.fastpath import PARITY_TOLERANCE
+    from mlpipe.predictor import load_model, parse_model_uri
+
+    loaded = load_model(parse_model_uri(uri))
+    assert loaded.predictor.kind == "onnx" and loaded.parity.ok, loaded.fallback_reason
+    labels, _, proba = loaded.classify(X.to_numpy(dtype=np.float64))
+    assert np.max(np.abs(proba - native.predict_proba(X))) <= PARITY_TOLERANCE
+    assert labels.tolist() == native.predict(X).tolist()
 
 
 def test_a_multiclass_xgboost_search_by_macro_f1_equals_grid_search(train, workdir):
@@ -148,6 +179,9 @@ def test_a_multiclass_xgboost_search_by_macro_f1_equals_grid_search(train, workd
     assert {"confusion_matrix.png", "calibration.png"} <= plots and "roc.png" not in plots
     version = MlflowClient().get_model_version("wine-xgb", "1")
     assert float(version.tags["mlpipe.test_f1_macro"]) > 0.8
+    assert_served_fast(
+        "models:/wine-xgb/1", X, pyfunc.load_model("models:/wine-xgb/1").get_raw_model()
+    )
 
 
 def test_a_halving_search_of_a_classifier_equals_halving_grid_search_cv(train, workdir):
@@ -209,3 +243,9 @@ def test_a_lightgbm_search_equals_grid_search_and_registers(train, workdir, task
     expected = reference.best_estimator_.predict(X_test.head(5))
     np.testing.assert_allclose(model.predict(X_test.head(5)), expected, rtol=1e-12)
     assert "lightgbm.basic.Booster" in (folder / "model" / "MLmodel").read_text()
+    if task == "classification":
+        assert_served_fast(f"models:/{source}-lgbm/1", X, model.get_raw_model())
+    else:  # the regressor's ONNX graph too (float32, within the parity tolerance)
+        from mlpipe.predictor import load_model, parse_model_uri
+
+        assert load_model(parse_model_uri(f"models:/{source}-lgbm/1")).predictor.kind == "onnx"

@@ -26,11 +26,12 @@ from conftest import (
 
 pytestmark = pytest.mark.integration
 
-# 8 units of 2 sizes: long enough for a shard to be killed between two units
+# a grid of 8 units of 2 sizes, for 3 shards and a Dask cluster to split (the kills are of the
+# halving and TPE searches below)
 SPEC = {
     "search": {
         "params": {
-            "n_estimators": [60, 120],
+            "n_estimators": [10, 20],
             "max_depth": [None, 4, 8, 12],
             "min_samples_leaf": [1, 3],
         }

@@ -96,6 +96,9 @@ def test_up_with_s3_artifacts_then_train_serve_stream_score_s3_to_s3_down(
         }
         status = run_mlpipe(["status"], project, **env)
         assert status.returncode == 0 and status.stdout.count(" up ") == 3, status.stdout
+        # MLflow's GenAI job runner is off: no huey consumers in the MLflow server's group
+        assert not [cmd for cmd in group_commands(pids["mlflow"]) if "huey" in cmd]
+        assert any("uvicorn" in cmd for cmd in group_commands(pids["mlflow"]))
         again = run_mlpipe(up_args, project, **env)
         assert again.returncode == 2 and "already running" in again.stderr
 
@@ -168,6 +171,19 @@ def test_up_with_s3_artifacts_then_train_serve_stream_score_s3_to_s3_down(
     assert local.active({"MLPIPE_HOME": str(home)}) is None
     status = run_mlpipe(["status"], project, **env)
     assert status.returncode == 3 and "mlpipe up" in status.stdout
+
+
+def group_commands(leader: int) -> list[str]:
+    """The command lines of the processes in ``leader``'s process group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == leader:  # pgrp
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError):
+            continue
+    return found
 
 
 def stream_handler_loads_from_the_registry(mlflow_url, no_s3, aws_endpoint, new_streams):

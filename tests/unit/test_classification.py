@@ -173,14 +173,53 @@ def test_a_fold_that_lacked_a_class_gets_nan_where_scikit_learn_refuses_and_rank
     assert [r.trial_id for r in ranked([nan, good])] == ["b", "a"]
 
 
-def test_the_profile_bins_a_classifiers_predictions_one_class_a_bin():
-    from mlpipe.drift import Counts, build_profile, compare
+def test_the_profile_bins_the_predicted_class_and_each_class_probability():
+    from mlpipe.drift import Counts, Profile, build_profile, compare, verdict
 
-    rows = np.random.default_rng(0).normal(size=(200, 1))
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(200, 1))
     codes = np.repeat([0, 1, 2], [40, 100, 60])
-    profile = build_profile(["a"], rows, codes, n_classes=3)
+    proba = rng.dirichlet([2, 5, 3], size=200)
+    names = ["probability_low", "probability_mid", "probability_high"]
+    profile = build_profile(
+        ["a"], rows, codes, probabilities=dict(zip(names, proba.T, strict=True))
+    )
     assert profile.prediction.cuts == [0.5, 1.5]
     assert profile.prediction.shares == [0.2, 0.5, 0.3]
-    counts = Counts(profile)  # served traffic predicting class 2 only: the prediction drifted
-    counts.add(rows, np.full(200, 2))
+    assert [p.name for p in profile.probabilities] == names
+    assert len(profile.probabilities[0].cuts) == 9  # deciles of each class's probability
+    assert Profile.from_json(profile.to_json()) == profile
+
+    same = Counts(profile)  # the training rows again: nothing drifted
+    same.add(rows, codes, proba)
+    assert not compare(same).drifted
+    # served traffic whose classes are as often predicted, but far less sure of "high"
+    unsure = proba.copy()
+    unsure[:, 2] *= 0.2
+    counts = Counts(profile)
+    counts.add(rows, codes, unsure)
+    result = compare(counts)
+    assert not result.prediction.drifted and result.drifted_features == []
+    assert "probability_high" in result.drifted_outputs and result.drifted
+    assert {"drift_psi_probability_high", "drift_psi_prediction"} <= set(result.metrics())
+    assert "DRIFT in probability_high" in verdict(result.summary())
+    # served traffic predicting class 2 only: the predicted class drifted
+    counts = Counts(profile)
+    counts.add(rows, np.full(200, 2), proba)
     assert compare(counts).prediction.drifted
+    assert verdict(compare(counts).summary()).startswith("DRIFT in")
+
+
+def test_a_profile_without_probabilities_still_reads_and_counts():
+    """A classifier registered before the probabilities were profiled."""
+    from mlpipe.drift import Counts, Profile, build_profile, compare
+
+    rows = np.random.default_rng(1).normal(size=(150, 2))
+    profile = build_profile(["a", "b"], rows, rows[:, 0])
+    raw = json.loads(profile.to_json())
+    del raw["probabilities"]
+    old = Profile.from_json(json.dumps(raw))
+    assert old == profile and old.probabilities == []
+    counts = Counts(old)
+    counts.add(rows, rows[:, 0], np.zeros((150, 2)))  # probabilities given, none profiled
+    assert compare(counts).probabilities == [] and not compare(counts).drifted

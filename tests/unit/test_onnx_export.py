@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from lightgbm import LGBMClassifier, LGBMRegressor
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
@@ -55,11 +56,17 @@ def test_a_one_leaf_tree(data):
     assert fast.predict(probe[:5]).tolist() == [4.25] * 5
 
 
-def test_xgboost_matches_to_float32_rounding(data):
+@pytest.mark.parametrize(
+    "model",
+    [XGBRegressor(n_estimators=60, max_depth=4, n_jobs=1, random_state=0),
+     LGBMRegressor(n_estimators=60, num_leaves=15, n_jobs=1, random_state=0, verbose=-1)],
+    ids=["xgboost", "lightgbm"],
+)  # fmt: skip
+def test_boosters_match_to_float32_rounding(data, model):
     X, y, probe = data
-    model = XGBRegressor(n_estimators=60, max_depth=4, n_jobs=1, random_state=0).fit(X, y)
+    model.fit(X, y)
     fast = OnnxPredictor(to_onnx(model, X.shape[1]))
-    expected = model.predict(probe)
+    expected = model.predict(pd.DataFrame(probe, columns=X.columns))
     diff = np.max(np.abs(fast.predict(probe) - expected))
     assert diff <= PARITY_TOLERANCE * np.max(np.abs(expected))
 
@@ -89,8 +96,24 @@ def test_forest_classifiers_give_the_probabilities_bit_for_bit_and_the_same_labe
     assert np.array_equal(model.classes_[np.argmax(proba, axis=1)], model.predict(frame))
 
 
-def test_xgboost_classifiers_have_no_onnx_form_yet(data):
-    X, y, _ = data
-    model = XGBClassifier(n_estimators=3, n_jobs=1).fit(X, (y > y.median()).astype(int))
-    with pytest.raises(ConversionError, match="XGBClassifier"):
-        to_onnx(model, X.shape[1])
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("booster", [XGBClassifier, LGBMClassifier])
+def test_boosted_classifiers_give_the_probabilities_to_float32_rounding_and_the_same_labels(
+    data, booster, n_classes
+):
+    """onnxmltools' graphs (no ZipMap): ``probabilities`` within the parity tolerance of
+    ``predict_proba`` (1e-4; float32 rounding is ~1e-7), and its argmax is ``predict``."""
+    X, y, probe = data
+    codes = np.digitize(y, np.quantile(y, [0.4, 0.7]))
+    if n_classes == 2:
+        codes = (codes > 0).astype(int)
+    quiet = {"verbose": -1} if booster is LGBMClassifier else {}
+    model = booster(n_estimators=30, max_depth=3, n_jobs=1, random_state=0, **quiet)
+    model.fit(X, codes)
+    fast = OnnxPredictor(to_onnx(model, X.shape[1]))
+    frame = pd.DataFrame(probe, columns=X.columns)
+    proba, expected = fast.predict(probe), model.predict_proba(frame)
+    assert proba.shape == (len(probe), n_classes)
+    assert np.max(np.abs(proba - expected)) <= PARITY_TOLERANCE
+    assert np.max(np.abs(fast.predict(probe[:1]) - expected[:1])) <= PARITY_TOLERANCE
+    assert np.array_equal(np.argmax(proba, axis=1), model.predict(frame))

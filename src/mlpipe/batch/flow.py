@@ -231,8 +231,7 @@ def _drifted(found: dict[str, Any] | None) -> str:
     if not found["drifted"]:
         return "none"
     columns = list(found["drifted_features"])
-    if found["prediction_drifted"]:
-        columns.append("prediction")
+    columns += found.get("drifted_outputs", ["prediction"] if found["prediction_drifted"] else [])
     return "DRIFT: " + ", ".join(columns)
 
 

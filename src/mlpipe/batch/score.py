@@ -53,6 +53,7 @@ from mlpipe.batch.sql_sink import SqlSink
 from mlpipe.contract import InputContract
 from mlpipe.drift import Counts
 from mlpipe.errors import RejectLimitError, UserError
+from mlpipe.scoring import probability_columns
 
 
 class ScoringModel(Protocol):
@@ -76,11 +77,6 @@ class ScoringModel(Protocol):
     def predict(self, matrix: np.ndarray) -> np.ndarray: ...
 
     def classify(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-def probability_columns(classes: Any) -> list[str]:
-    """A classifier's probability columns, one per class in code order (none for a regressor)."""
-    return [] if classes is None else [f"probability_{c}" for c in classes.tolist()]
 
 
 BATCH_ROWS = 32_768  # measured on 5M rows: faster and ~80 MB lighter than 131,072
@@ -267,7 +263,7 @@ def score(
         sink.write_predictions(pa.Table.from_arrays(columns, schema=predictions_schema))
         scored += n
         if monitor is not None:
-            monitor.add(matrix, binned)
+            monitor.add(matrix, binned, None if classes is None else predicted[2])
 
     rows = 0
     first_rejects: list[str] = []

@@ -153,6 +153,9 @@ def up(
         PREFECT_HOME=str(folder / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
+    # MLflow's server job runner (GenAI trace and prompt jobs, which mlpipe does not use) starts
+    # eight huey consumers, ~2 GB and ~40 s of CPU: off unless the user turns it on
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     prefect_url, mlflow_url = f"http://{HOST}:{prefect_port}/api", f"http://{HOST}:{mlflow_port}"
     stack = Stack(str(folder), [], pool)
     try:

@@ -102,7 +102,7 @@ class Predictions:
                 status, payload = 200, render(model, predictions)
             else:
                 predictions, codes, proba = model.classify(matrix)
-                self.watch.observe(model, matrix, codes)
+                self.watch.observe(model, matrix, codes, proba)
                 status, payload = 200, render(model, predictions, codes, proba)
             self.metrics.predictions.labels(model.version or "local", model.predictor.kind).inc(
                 len(predictions)

@@ -33,12 +33,19 @@ class DriftWatch:
         self.window_rows = window_rows  # None: the profile's (the spec's monitoring.window)
         self.model: LoadedModel | None = None
         self.window: Window | None = None
-        self.queue: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.queue: deque[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = deque()
         self.queued = 0
         self.flagged = False
 
-    def observe(self, model: LoadedModel, matrix: np.ndarray, predictions: np.ndarray) -> None:
-        """Called per request: remember the rows, bin them later."""
+    def observe(
+        self,
+        model: LoadedModel,
+        matrix: np.ndarray,
+        predictions: np.ndarray,
+        proba: np.ndarray | None = None,
+    ) -> None:
+        """Called per request: remember the rows (and a classifier's probabilities), bin them
+        later."""
         if model.profile is None:
             return
         if model is not self.model:
@@ -48,7 +55,7 @@ class DriftWatch:
             self.queue.clear()
             self.queued, self.flagged = 0, False
         assert self.window is not None
-        self.queue.append((matrix, predictions))
+        self.queue.append((matrix, predictions, proba))
         self.queued += len(matrix)
         while self.queued - len(self.queue[0][0]) >= self.window.size:  # older than the window
             self.queued -= len(self.queue.popleft()[0])
@@ -58,11 +65,11 @@ class DriftWatch:
         if self.window is None:
             return None
         while self.queue:
-            matrix, predictions = self.queue.popleft()
-            self.window.add(matrix, predictions)
+            matrix, predictions, proba = self.queue.popleft()
+            self.window.add(matrix, predictions, proba)
         self.queued = 0
         result = compare(self.window)
-        for column in [*result.features, result.prediction]:
+        for column in result.columns:
             self.metrics.drift_psi.labels(column.name).set(column.psi)
             self.metrics.drift_ks.labels(column.name).set(column.ks)
         self.metrics.drift_rows.set(result.rows)

@@ -31,6 +31,7 @@ from mlpipe.scoring import (
     confusion,
     get_scoring,
     held_out,
+    probability_columns,
     regression_metrics,
 )
 from mlpipe.search import (
@@ -232,7 +233,7 @@ def finish(
     if family.task == "classification":
         outputs = pd.Series(predictions, name=str(split.y_test.name))
     signature = infer_signature(plan.dataset.as_loaded(split.X_test), outputs)
-    profile = training_profile(spec, model, split)
+    profile = training_profile(spec, model, split, plan.dataset.classes)
     files = {drift.PROFILE_FILE: profile.to_json()}
     classes = plan.dataset.classes
     if classes is not None:
@@ -312,15 +313,21 @@ def finish(
     )
 
 
-def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
+def training_profile(
+    spec: Spec, model: Any, split: Split, known: np.ndarray | None = None
+) -> drift.Profile:
     """The training split's features and the model's predictions on them (a classifier's as
-    class codes), with the spec's drift thresholds: what batch runs and the server compare new
-    inputs with."""
+    class codes, and each class's probability named after ``known``, the dataset's labels),
+    with the spec's drift thresholds: what batch runs and the server compare new inputs with."""
     monitoring = spec.monitoring
     predictions = np.asarray(model.predict(split.X_train)).ravel()
     classes = getattr(model, "classes_", None) if spec.model.task == "classification" else None
+    probabilities = None
     if classes is not None:
         predictions = np.searchsorted(classes, predictions)
+        proba = np.asarray(model.predict_proba(split.X_train)).T
+        names = probability_columns(classes if known is None else known)
+        probabilities = dict(zip(names, proba, strict=True))
     return drift.build_profile(
         list(split.X_train.columns),
         split.X_train.to_numpy(dtype=np.float64),
@@ -332,7 +339,7 @@ def training_profile(spec: Spec, model: Any, split: Split) -> drift.Profile:
             window=monitoring.window,
             p_value=monitoring.p_value,
         ),
-        n_classes=None if classes is None else len(classes),
+        probabilities=probabilities,
     )
 
 

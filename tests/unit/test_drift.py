@@ -114,6 +114,24 @@ def test_the_server_watch_queues_requests_and_flags_a_crossing_once(profile):
     assert watch.window is not None and watch.window.rows == 300
 
 
+def test_single_row_requests_are_binned_at_once_into_the_last_window_of_rows(profile):
+    """Many one-row requests (the server's usual traffic) are binned in one call when the
+    window is checked: the same counts as the last ``window_rows`` rows binned directly."""
+
+    class Model:
+        def __init__(self, profile):
+            self.profile = profile
+
+    watch, model = DriftWatch(Metrics(), window_rows=300), Model(profile)
+    rows = sample(np.random.default_rng(5), 1000)
+    for row in rows:
+        watch.observe(model, row[None, :], row[None, 0] * 2 + row[None, 1])
+    watch.evaluate()
+    assert not watch.queue and watch.window.rows == 300
+    expected = counts_of(profile, rows[-300:])
+    assert np.array_equal(watch.window.table, expected.table)
+
+
 class _Page(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()

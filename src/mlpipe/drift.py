@@ -163,7 +163,8 @@ class Counts:
         """Each row's bin per column: rows x (features + 1 + profiled probabilities)."""
         columns = [*np.asarray(matrix, dtype=np.float64).T, np.asarray(predictions).ravel()]
         if self.profile.probabilities:
-            assert proba is not None, "the profile has the probabilities: pass them"
+            if proba is None:
+                raise ValueError("the profile has each class's probability: pass proba")
             columns.extend(np.asarray(proba, dtype=np.float64).T)
         return np.stack(
             [c.bins_of(v) for c, v in zip(self.profile.columns, columns, strict=True)], axis=1
@@ -279,7 +280,7 @@ def verdict(summary: dict[str, Any] | None) -> str:
     )
     if summary["drifted"]:
         drifted = summary["drifted_features"] + [
-            name for name in summary.get("drifted_outputs", []) if name != PREDICTION
+            name for name in summary["drifted_outputs"] if name != PREDICTION
         ]
         return f"DRIFT in {', '.join(drifted) or 'the predictions'}; {detail}"
     return f"none past the thresholds; {detail}"

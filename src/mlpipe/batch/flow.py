@@ -230,9 +230,7 @@ def _drifted(found: dict[str, Any] | None) -> str:
         return "not checked"
     if not found["drifted"]:
         return "none"
-    columns = list(found["drifted_features"])
-    columns += found.get("drifted_outputs", ["prediction"] if found["prediction_drifted"] else [])
-    return "DRIFT: " + ", ".join(columns)
+    return "DRIFT: " + ", ".join([*found["drifted_features"], *found["drifted_outputs"]])
 
 
 @flow(name="batch_score", log_prints=False)

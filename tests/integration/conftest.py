@@ -74,11 +74,20 @@ def workdir(tmp_path, monkeypatch, empty_store):
     return tmp_path
 
 
+# The specs of most tests run their trials one at a time, in the process that runs the search:
+# the suite's two xdist processes keep both cores busy already, and each of a search's pool
+# processes costs ~2 s of CPU for its imports (a spec's default n_jobs: -1). The pool is tested
+# where it is the point: test_readme (the default spec), test_scale (two workers, Dask) and
+# test_tune's Boston search.
+ONE_AT_A_TIME = {"n_jobs": 1}
+
+
 @pytest.fixture
 def train(workdir, servers, monkeypatch):
     """Run `mlpipe train` in-process (typer's runner) on a spec dict, its flow runs on the
     session's Prefect server (Prefect's ephemeral mode has its own tests, run as a user runs
-    it: test_readme, test_terminal); returns the result."""
+    it: test_readme, test_terminal); returns the result. Trials run one at a time unless the
+    spec sets ``n_jobs`` (``ONE_AT_A_TIME``)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = servers["PREFECT_API_URL"]
@@ -86,7 +95,7 @@ def train(workdir, servers, monkeypatch):
 
     def run(spec: dict, *args: str, expect: int = 0):
         path = workdir / "spec.yaml"
-        path.write_text(yaml.safe_dump(spec))
+        path.write_text(yaml.safe_dump({**ONE_AT_A_TIME, **spec}))
         with temporary_settings(updates={PREFECT_API_URL: url}):
             result = CliRunner().invoke(app, ["train", "--config", str(path), *args])
         assert result.exit_code == expect, result.output + repr(result.exception)
@@ -111,7 +120,7 @@ def register_model(root: Path, params: dict, prefect_api_url: str) -> str:
     server at ``prefect_api_url``: no temporary server to start): boston-rf version 1, the
     champion. Returns the store's tracking URI."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    spec = {"search": {"params": params}, "artifacts_dir": str(root / "artifacts")}
+    spec = {**ONE_AT_A_TIME, "search": {"params": params}, "artifacts_dir": str(root / "artifacts")}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {"PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": uri}
     result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
@@ -227,7 +236,8 @@ def served_project(servers, tmp_path_factory) -> dict:
     session's servers) registered boston-rf version 1, the champion: its ``root``, ``env``,
     ``api`` and the command's ``stdout`` / ``stderr``."""
     root = tmp_path_factory.mktemp("project")
-    (root / "spec.yaml").write_text(yaml.safe_dump({"search": {"params": SERVERS_GRID}}))
+    spec = {**ONE_AT_A_TIME, "search": {"params": SERVERS_GRID}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
     assert done.returncode == 0, done.stdout + done.stderr

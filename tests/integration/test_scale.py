@@ -26,7 +26,7 @@ from conftest import (
 
 pytestmark = pytest.mark.integration
 
-# a grid of 8 units of 2 sizes, for 3 shards and a Dask cluster to split (the kills are of the
+# a grid of 8 units of 2 sizes, for 2 shards and a Dask cluster to split (the kills are of the
 # halving and TPE searches below)
 SPEC = {
     "search": {
@@ -132,10 +132,10 @@ def run_shards(work: dict, name: str, count: int, spec: str) -> list[str]:
 
 
 def test_shards_then_finalize_equal_one_machine(work, single):
-    outputs = run_shards(work, "sharded", 3, "spec")
+    outputs = run_shards(work, "sharded", 2, "spec")
     search_id = single["search_id"]
     for i, out in enumerate(outputs):
-        assert f"shard {i}/3 of search {search_id}" in out
+        assert f"shard {i}/2 of search {search_id}" in out
     shard_files = sorted((work["root"] / "sharded" / search_id / "shards").glob("*.json"))
     shard_trials = [json.loads(p.read_text())["trials"] for p in shard_files]
     assert sorted(t["trial_id"] for ts in shard_trials for t in ts) == sorted(

@@ -200,18 +200,18 @@ def test_every_record_gets_one_prediction_equal_to_the_online_api(
 def test_a_consumer_killed_midway_loses_nothing_and_writes_nothing_twice(
     store, env, client, streams, tmp_path
 ):
-    total = 20_000
+    total = 8_000
     entries = [(json.dumps(r).encode(), r["id"]) for r in houses(total, prefix="s")]
     assert kinesis.put_records(client, streams[0], entries) == [None] * total
     state = ["--state", str(tmp_path / "state.db"), "--batch-size", "100"]
     tail = Tail(client, streams[1])
     logs = []
     consumer = Consumer(tmp_path, env, streams, *state)
-    tail.wait_for(3_000, consumer.proc)
+    tail.wait_for(1_500, consumer.proc)
     logs.append(consumer.signal(signal.SIGKILL))  # somewhere
     for _ in range(5):  # then inside a batch: claimed in the ledger, not yet marked written
         consumer = Consumer(tmp_path, env, streams, *state)
-        tail.wait_for(len(tail.records) + 500, consumer.proc)
+        tail.wait_for(len(tail.records) + 300, consumer.proc)
         wait_for_claims(tmp_path / "state.db", consumer.proc)
         logs.append(consumer.signal(signal.SIGKILL))
         if in_flight(tmp_path / "state.db"):

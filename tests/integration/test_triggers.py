@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import (
     BIN,
+    ONE_AT_A_TIME,
     api,
     free_port,
     process_worker,
@@ -46,7 +47,7 @@ def drifted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def train(project: dict, params: dict) -> str:
-    spec = {"search": {"params": params}, "tracking": {"experiment": MODEL},
+    spec = {**ONE_AT_A_TIME, "search": {"params": params}, "tracking": {"experiment": MODEL},
             "registry": {"model_name": MODEL}}  # fmt: skip
     (project["root"] / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], project["root"],

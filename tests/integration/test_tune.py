@@ -51,7 +51,7 @@ BOSTON_GRID = {"n_estimators": [5, 15, 30], "max_depth": [None, 4], "min_samples
 def test_boston_search_is_tracked_registered_and_equals_grid_search(train, workdir):
     from sklearn.ensemble import RandomForestRegressor
 
-    result = train({"search": {"params": BOSTON_GRID}})
+    result = train({"n_jobs": -1, "search": {"params": BOSTON_GRID}})  # a pool of the cores
     folder, payload = results_of(workdir)
 
     # the files other tools read

@@ -132,6 +132,26 @@ def test_single_row_requests_are_binned_at_once_into_the_last_window_of_rows(pro
     assert np.array_equal(watch.window.table, expected.table)
 
 
+def test_the_servers_first_drift_check_imports_nothing():
+    """The server's first check runs on its event loop: what ``compare`` imports is loaded
+    with the server (a fresh interpreter: this one has imported everything already)."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys\n"
+        "import mlpipe.serve.monitor\n"
+        "before = set(sys.modules)\n"
+        "from mlpipe import drift\n"
+        "import numpy as np\n"
+        "drift.homogeneity_p(np.array([0.5, 0.5]), 100, np.array([40, 60]))\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 class _Page(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()

@@ -134,7 +134,7 @@ def test_up_with_s3_artifacts_then_train_serve_stream_score_s3_to_s3_down(
         stream_handler_loads_from_the_registry(mlflow_url, no_s3, aws_endpoint, new_streams)
 
         # batch: S3 in, S3 out; killed during its upload, then run again
-        many = pd.concat([houses] * 2000, ignore_index=True)
+        many = pd.concat([houses] * 1000, ignore_index=True)  # ~20 MiB out: 3 upload parts
         many.insert(0, "house", [uuid.uuid4().hex for _ in range(len(many))])
         put_parquet(s3, bucket, "in/date=2026-12-01/part-0.parquet", many.iloc[: len(many) // 2])
         put_parquet(s3, bucket, "in/date=2026-12-01/part-1.parquet", many.iloc[len(many) // 2 :])

@@ -14,7 +14,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # their number of tests, which left the long integration modules to the end).
 PYTEST_ARGS ?= --numprocesses=2 --dist=loadfile --no-loadscope-reorder
 
-.PHONY: run test unit integration lint system-deps bench bench-search bench-serve bench-score \
+# `make image`: the full image and the serving image (Dockerfile: default and `serve` targets)
+IMAGE ?= mlpipe:0.1.0
+SERVE_IMAGE ?= mlpipe-serve:0.1.0
+
+.PHONY: run test unit integration lint system-deps image bench-image bench bench-search bench-serve bench-score \
 	bench-stream bench-scale \
 	bench-db lock clean
 
@@ -38,14 +42,17 @@ test: $(STAMP) system-deps  ## the whole suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests run for real: PostgreSQL (database sources and sinks), Chromium
-# (the drift report) and curl (a client of the prediction API). Installed when missing and root;
-# otherwise those tests skip (CI: fail).
+# (the drift report), curl (a client of the prediction API), Docker's daemon and debootstrap
+# (the images; a stand-in base where no registry is reached). Installed when missing and root;
+# otherwise those tests skip (CI: fail). test_image starts the daemon when it is not running.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "installing Debian packages:$$missing"; \
@@ -59,6 +66,9 @@ unit: $(STAMP)
 
 integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+image:  ## the full and the serving image (a stand-in base where python:3.11-slim can't be pulled)
+	deploy/docker/build.sh $(IMAGE) $(SERVE_IMAGE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -84,13 +94,18 @@ bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 
 bench-scale: $(STAMP)  ## the default search: one core vs 2 shards vs a 2-worker Dask cluster
 	$(BIN)/python benchmarks/scale.py $(ARGS)
 
+bench-image: $(STAMP) image  ## the full vs the serving image: sizes and docker run to /ready
+	$(BIN)/python benchmarks/image.py $(ARGS)
+
 bench-db: $(STAMP) system-deps  ## pandas read_sql+to_sql vs mlpipe score, PostgreSQL to PostgreSQL
 	$(BIN)/python benchmarks/db_score.py $(ARGS)
 
-lock:  ## re-resolve requirements.lock (dev) and requirements-image.lock (the image: no dev tools)
+lock:  ## re-resolve requirements.lock (dev), requirements-image.lock (no dev tools), -serve (serving)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 --no-header \
 		-o requirements-image.lock
+	$(BIN)/uv pip compile deploy/docker/requirements-serve.in -c requirements.lock \
+		--python-version 3.11 --no-header -o requirements-serve.lock
 	# uv resolves for this platform and drops the marker; the lock is shared with macOS users
 	sed -i "s/^awslambdaric==\([^ ]*\)$$/awslambdaric==\1 ; sys_platform == 'linux'/" \
 		requirements.lock requirements-image.lock

@@ -28,9 +28,10 @@ BOSTON = Path(__file__).parents[1] / "src/mlpipe/data/boston.csv"
 
 # The slowest modules first, longest first (2-5 min each on 2 cores): `make test`'s xdist hands
 # whole modules to its two processes in collection order, and a long module collected last
-# runs alone at the end while the other process has nothing left to do.
-SLOW_FIRST = ("scale", "deploy", "tune", "database", "triggers", "serve", "stack", "classify",
-              "readme", "stream", "score")  # fmt: skip
+# runs alone at the end while the other process has nothing left to do. test_image leads: a
+# cold `make image` (~5 min, mostly downloads and unpacking) overlaps the other modules.
+SLOW_FIRST = ("image", "scale", "deploy", "tune", "database", "triggers", "serve", "stack",
+              "classify", "readme", "stream", "score")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -309,7 +309,14 @@ def _native_loader(meta: Any, path: Path, ref: ModelRef, allow_pickle: bool) -> 
         source = (
             str(path) if path.is_dir() or ref.name is None else f"models:/{ref.name}/{ref.version}"
         )
-        return importlib.import_module(f"mlflow.{flavor}").load_model(source)
+        try:
+            return importlib.import_module(f"mlflow.{flavor}").load_model(source)
+        except ModuleNotFoundError as exc:  # the serving image serves the ONNX fast path only
+            raise UserError(
+                f"model {ref.uri} needs its native predictor here (no ONNX fast path, or "
+                f"--no-onnx), and this installation has no {exc.name}: serve it with the full "
+                "image (mlpipe, not mlpipe-serve) or an install of mlpipe with its dependencies"
+            ) from exc
 
     return load
 

@@ -106,3 +106,17 @@ def test_non_numeric_signatures_are_refused():
         InputContract(("s",), ("string",))
     with pytest.raises(UserError, match="no named input columns"):
         InputContract.from_signature_inputs([{"type": "tensor"}])
+
+
+def test_without_pyarrow_a_parquet_body_is_a_415_that_names_what_to_send(monkeypatch):
+    """The serving image has no pyarrow: its /invocations answers a Parquet body with 415."""
+    import sys
+
+    from mlpipe.serve import protocol
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` fails, as if absent
+    contract = InputContract(("a",), ("double",))
+    with pytest.raises(InputError) as raised:
+        protocol.invocations_matrix(b"PAR1", protocol.PARQUET_TYPE, contract, 10)
+    assert raised.value.status == 415
+    assert "application/json" in str(raised.value) and "text/csv" in str(raised.value)

@@ -86,6 +86,55 @@ def test_the_kubernetes_template_takes_every_job_variable_we_set():
     assert "working_dir" in deployments.base_job_template("process")["variables"]["properties"]
 
 
+def test_a_docker_pools_runs_see_the_hosts_folders_at_the_same_paths(tmp_path, monkeypatch):
+    """Local roots and a SQLite store's folder are mounted where they are on the host, once
+    each (a folder inside another rides on its mount); S3 roots and server URIs are not
+    folders; runs start in the working folder, as its owner."""
+    monkeypatch.chdir(tmp_path)
+    container = deployments.docker_container(
+        "mlpipe:1", tmp_path, "data/incoming", "s3://bucket/scored",
+        "sqlite:////" + str(tmp_path / "store" / "mlflow.db").lstrip("/"),
+    )  # fmt: skip
+    variables = container.job_variables()
+    assert variables["image"] == "mlpipe:1"
+    assert variables["volumes"] == [f"{tmp_path}:{tmp_path}"]  # both local folders are inside
+    assert (tmp_path / "data" / "incoming").is_dir() and (tmp_path / "store").is_dir()
+    owner = tmp_path.stat()
+    assert variables["container_create_kwargs"] == {
+        "working_dir": str(tmp_path), "user": f"{owner.st_uid}:{owner.st_gid}",
+        "entrypoint": ""}  # fmt: skip
+    assert variables["env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert variables["auto_remove"] is True
+    elsewhere = tmp_path / "elsewhere"
+    other = deployments.docker_container(
+        "mlpipe:1", tmp_path / "work", str(elsewhere / "in"), str(elsewhere / "out"),
+        "http://127.0.0.1:5000",
+    )  # fmt: skip
+    (tmp_path / "work").mkdir()
+    assert sorted(other.job_variables()["volumes"]) == sorted(
+        f"{p}:{p}" for p in (tmp_path / "work", elsewhere / "in", elsewhere / "out")
+    )
+    assert other.job_variables()["env"]["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    template = deployments.base_job_template("docker")["variables"]["properties"]
+    assert set(variables) <= set(template)  # every variable we set, prefect-docker takes
+
+
+def test_deploy_apply_to_a_docker_pool_checks_the_image_and_daemon_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlpipe.cli import app
+
+    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "DOCKER_HOST": f"unix://{tmp_path}/no"}
+    for args, expected in (
+        (["--pool-type", "docker"], "--pool-type docker needs --image"),
+        (["--pool-type", "docker", "--image", "mlpipe:1"], "no Docker daemon answers at unix://"),
+        (["--pool-type", "lambda"], "expected one of process, docker, kubernetes"),
+    ):
+        result = CliRunner().invoke(app, ["deploy", "apply", *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_prefect_yaml_declares_the_same_deployments_as_mlpipe_deploy():
     config = yaml.safe_load(PREFECT_YAML.read_text())
     by_entrypoint = {}

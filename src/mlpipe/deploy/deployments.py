@@ -4,7 +4,8 @@
 Two ways to run them, as Prefect has:
 - static (``serve``): one long-lived process polls the API and runs the flows itself;
 - dynamic (``apply``): the deployments are registered on a work pool, and any worker of that pool
-  (``prefect worker start --pool mlpipe-process``, or a Kubernetes worker) runs them.
+  runs them: a process worker (``prefect worker start --pool mlpipe-process``), a Docker worker
+  (each run in a container of the mlpipe image) or a Kubernetes worker (each run a Job).
 
 The flows are referenced by module path (``mlpipe.batch.flow.batch_score``), so a worker needs
 mlpipe installed (the project's venv, or its image) but no copy of the source tree. The same
@@ -23,7 +24,7 @@ from mlpipe.errors import UserError
 from mlpipe.settings import DEFAULT_POOL
 
 DEPLOYMENT_NAME = "mlpipe"
-POOL_TYPES = ("process", "kubernetes")
+POOL_TYPES = ("process", "docker", "kubernetes")
 FLOW_ENTRYPOINTS = {
     "tune": "mlpipe.tune.flows.tune",
     "batch_score": "mlpipe.batch.flow.batch_score",
@@ -69,6 +70,49 @@ class KubernetesJob:
 
 
 @dataclass(frozen=True)
+class DockerContainer:
+    """Job variables of prefect-docker's work pool. A run sees what a process pool's run sees:
+    the host folders it reads and writes (its working folder, local data roots, a SQLite
+    store's folder) mounted at the same paths, its working folder the same, as the owner of
+    that folder (Docker's ``--user $(id -u):$(id -g)`` for bind mounts: what it writes stays the
+    user's). A loopback Prefect API puts the container on the host's network (prefect-docker),
+    so loopback servers are reached as they are from the host."""
+
+    image: str
+    working_dir: Path
+    mounts: tuple[Path, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def job_variables(self) -> dict[str, Any]:
+        owner = self.working_dir.stat()
+        folders = _outermost((self.working_dir, *self.mounts))
+        return {
+            "image": self.image,
+            "volumes": [f"{folder}:{folder}" for folder in folders],
+            # a user other than the image's has no home: Prefect's and mlpipe's go to /tmp
+            "env": {"PREFECT_HOME": "/tmp/prefect", "MLPIPE_HOME": "/tmp/mlpipe", **dict(self.env)},
+            "auto_remove": True,
+            "container_create_kwargs": {
+                "working_dir": str(self.working_dir),
+                "user": f"{owner.st_uid}:{owner.st_gid}",
+                # the worker's command is Prefect's (`prefect flow-run execute`), not an mlpipe
+                # subcommand: the image's entrypoint (`mlpipe`) is set aside
+                "entrypoint": "",
+            },
+        }
+
+
+def _outermost(folders: Sequence[Path]) -> list[Path]:
+    """Each folder once, none inside another of them (one bind mount covers it)."""
+    unique = sorted({f.resolve() for f in folders}, key=lambda f: len(f.parts))
+    kept: list[Path] = []
+    for folder in unique:
+        if not any(folder.is_relative_to(outer) for outer in kept):
+            kept.append(folder)
+    return kept
+
+
+@dataclass(frozen=True)
 class DeploySettings:
     """What ``mlpipe deploy`` was asked for (validated by ``parse_schedules`` and the CLI)."""
 
@@ -79,11 +123,12 @@ class DeploySettings:
     pool: str = DEFAULT_POOL
     working_dir: Path | None = None  # process pools: where flow runs start
     kubernetes: KubernetesJob | None = None  # set for a kubernetes pool
+    docker: DockerContainer | None = None  # set for a docker pool
     triggers: dict[str, list[Any]] = field(default_factory=dict)  # per flow
 
     @property
     def pool_type(self) -> str:
-        return "kubernetes" if self.kubernetes else "process"
+        return "kubernetes" if self.kubernetes else "docker" if self.docker else "process"
 
 
 def parse_schedules(crons: list[str], intervals: list[str]) -> dict[str, Schedule]:
@@ -166,6 +211,8 @@ def _load_flow(name: str) -> Any:
 def _job_variables(settings: DeploySettings) -> dict[str, Any]:
     if settings.kubernetes is not None:
         return settings.kubernetes.job_variables()
+    if settings.docker is not None:
+        return settings.docker.job_variables()
     return {"working_dir": str(settings.working_dir)} if settings.working_dir else {}
 
 
@@ -194,13 +241,17 @@ def ensure_pool(name: str, pool_type: str) -> str:
 
 
 def base_job_template(pool_type: str) -> dict[str, Any]:
-    """The pool's base job template: Prefect's process template, or mlpipe's kubernetes one
-    (``k8s.work_pool_template``: prefect-kubernetes' default made to pass restricted pod
-    security)."""
+    """The pool's base job template: Prefect's process template, prefect-docker's, or mlpipe's
+    kubernetes one (``k8s.work_pool_template``: prefect-kubernetes' default made to pass
+    restricted pod security)."""
     if pool_type == "process":
         from prefect.workers.process import ProcessWorker
 
         return ProcessWorker.get_default_base_job_template()
+    if pool_type == "docker":
+        from prefect_docker.worker import DockerWorker
+
+        return DockerWorker.get_default_base_job_template()
     if pool_type == "kubernetes":
         from mlpipe.deploy.k8s import work_pool_template
 
@@ -309,6 +360,26 @@ def deploy_settings(
         parameters=parameters,
         schedules=parse_schedules(cron, interval),
         **pool,
+    )
+
+
+def docker_container(
+    image: str, working_dir: Path, input_root: str, output_root: str, tracking_uri: str
+) -> DockerContainer:
+    """A docker pool's container: the local data roots and a SQLite store's folder mounted
+    beside the working folder; the tracking URI in the environment too (MLflow's own
+    variable, for anything in the run that reads it rather than the flow's parameter)."""
+    from mlpipe.batch.locations import absolute
+
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    roots = [absolute(root) for root in (input_root, output_root)]
+    mounts = [Path(root) for root in roots if "://" not in root]
+    if tracking_uri.startswith("sqlite:///"):
+        mounts.append(Path(tracking_uri.removeprefix("sqlite://")).parent)
+    for folder in mounts:  # Docker would create a missing one, owned by root
+        folder.mkdir(parents=True, exist_ok=True)
+    return DockerContainer(
+        image, working_dir, tuple(mounts), (("MLFLOW_TRACKING_URI", tracking_uri),)
     )
 
 

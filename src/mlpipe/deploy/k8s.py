@@ -39,13 +39,14 @@ class Render:
     """What ``mlpipe deploy k8s`` was asked for."""
 
     overlay: str
-    image: str
+    image: str  # the full image: the servers, the worker, the tuning Jobs
     search_id: str
     shards: int = 4
     parallelism: int | None = None  # None: the overlay's, capped at shards
     spec_yaml: str | None = None  # None: the base's spec.yaml
     artifacts: str | None = None  # MLflow's artifact destination, s3://BUCKET/PREFIX
     role_arn: str | None = None  # the IAM role of MLflow's service account (the aws overlay)
+    serve_image: str | None = None  # the serving Deployment's; None: ``serving_image``
 
     def __post_init__(self) -> None:
         from mlpipe.batch.objects import S3Url, is_s3
@@ -74,6 +75,22 @@ class Render:
                 f"{self.shards} (= --shards) or leave it out"
             )
         split_image(self.image)
+        split_image(self.serving_image)
+
+    @property
+    def serving_image(self) -> str:
+        """The serving image (the Dockerfile's ``serve`` target): as given, else the full
+        image's name with ``-serve`` and the same tag (``make image``'s pair:
+        REGISTRY/mlpipe:0.1.0 and REGISTRY/mlpipe-serve:0.1.0)."""
+        if self.serve_image:
+            return self.serve_image
+        entry = split_image(self.image)
+        if "digest" in entry:  # a digest names one image's content, not its sibling's
+            raise UserError(
+                f"--image {self.image} is pinned by digest: give --serve-image too (the serving "
+                "image's own digest)"
+            )
+        return f"{entry['newName']}-serve:{entry['newTag']}"
 
     @property
     def stepwise(self) -> bool:
@@ -134,7 +151,10 @@ def render(settings: Render) -> str:
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
             "resources": [f"../overlays/{settings.overlay}"],
-            "images": [{"name": "mlpipe", **split_image(settings.image)}],
+            "images": [
+                {"name": "mlpipe", **split_image(settings.image)},
+                {"name": "mlpipe-serve", **split_image(settings.serving_image)},
+            ],
             "configMapGenerator": [tune_config],
             "patches": [
                 {"target": {"kind": "Job", "name": SHARDS_JOB}, "patch": yaml.safe_dump(ops)}

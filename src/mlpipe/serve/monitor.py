@@ -17,11 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-# what `compare` imports at its first call (its chi-square test), imported with the server
-# instead: the first drift check runs on the event loop, where this import stalled every request
-# in flight for ~140 ms here (the serve benchmark's p99 in the first seconds of traffic)
-import scipy.special  # noqa: F401
-
 from mlpipe.drift import DriftResult, Window, compare
 from mlpipe.predictor import LoadedModel
 from mlpipe.serve.metrics import Metrics

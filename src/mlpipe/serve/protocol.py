@@ -160,8 +160,15 @@ def _csv_value(cell: str) -> Any:
 
 
 def _parquet_matrix(body: bytes, contract: InputContract, max_rows: int) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:  # the serving image leaves pyarrow (~150 MB) out
+        raise InputError.single(
+            f"this server reads no Parquet (pyarrow is not installed); send {JSON_TYPE} or "
+            f"{CSV_TYPE}",
+            status=415,
+        ) from None
 
     try:
         table = pq.read_table(io.BytesIO(body))

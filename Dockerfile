@@ -28,12 +28,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 mlpipe \
     && useradd --system --uid 10001 --gid mlpipe --create-home --home-dir /home/mlpipe mlpipe
+# no git in the image: MLflow's run tags skip the commit without a warning per run
 ENV PATH=/opt/mlpipe/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PREFECT_HOME=/home/mlpipe/.prefect \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
-    MLPIPE_HOME=/home/mlpipe/.mlpipe
+    MLPIPE_HOME=/home/mlpipe/.mlpipe \
+    GIT_PYTHON_REFRESH=quiet
 WORKDIR /home/mlpipe
 EXPOSE 8000
 USER 10001:10001

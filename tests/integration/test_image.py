@@ -34,6 +34,8 @@ ROOT = Path(__file__).parents[2]
 IMAGE, SERVE_IMAGE = "mlpipe:0.1.0", "mlpipe-serve:0.1.0"  # the Makefile's names
 MODEL = "image-rf"
 GRID = {"n_estimators": [10], "max_depth": [4, None]}
+# the owner of the docker pool test's project folder: a user neither root nor the image's
+USER = 4242 if os.geteuid() == 0 else os.geteuid()
 SEQUENCE = "49590338271490256608559692538361571095921575989136588"  # + 3 digits: Kinesis' 56
 
 
@@ -249,12 +251,15 @@ def test_a_docker_pool_runs_tune_and_batch_score_in_containers(
     project = tmp_path / "project"
     incoming = project / "data" / "incoming" / "date=2026-11-22"  # the default roots
     incoming.mkdir(parents=True)
+    (project / "data" / "scored").mkdir()
     X, _ = boston()
     X.head(50).to_parquet(incoming / "part-0.parquet")
     spec = {**ONE_AT_A_TIME, "search": {"params": {"n_estimators": [5], "max_depth": [3]}},
             "tracking": {"experiment": "image-pool"},
             "registry": {"model_name": "image-pool"}}  # fmt: skip
     (project / "spec.yaml").write_text(yaml.safe_dump(spec))
+    for path in (project, *project.rglob("*")) if os.geteuid() == 0 else ():
+        os.chown(path, USER, USER)
     env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     pool = f"docker-{uuid.uuid4().hex[:6]}"
     applied = run_mlpipe(["deploy", "apply", "--pool-type", "docker", "--image", IMAGE,
@@ -298,8 +303,8 @@ def test_a_docker_pool_runs_tune_and_batch_score_in_containers(
         "image-pool", "champion"
     )
     assert version.version == "1"
-    owner = project.stat().st_uid
-    assert {p.stat().st_uid for p in project.rglob("*")} == {owner}  # written as the folder's owner
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in project.rglob("*")}
+    assert owners == {(USER, USER)}  # the runs wrote as the folder's owner
     left = docker("ps", "--all", "--filter", "label=io.prefect.flow-run-id", "--quiet").stdout
     assert not left.strip()  # auto_remove: no container left behind
 

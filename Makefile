@@ -8,10 +8,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Two pytest processes, each taking whole test modules (pytest-xdist, --dist=loadfile: a module's
 # fixtures stay in one process; each process starts its own session servers). The suite waits on
 # servers, workers and subprocesses about half the time, so on 2 cores two processes fill them
-# (a fresh clone's `make test` took 16:01 here, the images' cold build included). PYTEST_ARGS="-n 0"
-# runs it in one process; more processes than cores made servers time out. The modules go out
-# in the order tests/conftest.py puts them, slowest first (xdist's default reorders them by
-# their number of tests, which left the long integration modules to the end).
+# (a fresh clone's `make test`: 16:01 and 18:10 here, a cold build of the images included).
+# PYTEST_ARGS="-n 0" runs it in one process; more processes than cores made servers time out.
+# The modules go out in the order tests/conftest.py puts them, slowest first (xdist's default
+# reorders them by their number of tests, which left the long integration modules to the end).
 PYTEST_ARGS ?= --numprocesses=2 --dist=loadfile --no-loadscope-reorder
 
 # `make image`: the full image and the serving image (Dockerfile: default and `serve` targets)

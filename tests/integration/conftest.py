@@ -264,17 +264,30 @@ def api(project: dict, method: str, path: str, *, ok=(), **kwargs) -> httpx.Resp
     return reply
 
 
+def wait_final(project: dict, flow_run_id: str, seconds: float = 180) -> dict:
+    """The flow run once it reaches a final state (through ``api``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = api(project, "GET", f"/flow_runs/{flow_run_id}").json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} is still {run['state']['type']}")
+
+
 @contextlib.contextmanager
-def process_worker(pool: str, cwd: Path, env: dict[str, str]) -> Iterator[None]:
-    """`prefect worker start --pool POOL --type process`, as a user starts one, polling every
-    2 s; its output in cwd/worker.log; stopped by pid."""
-    with (cwd / "worker.log").open("wb") as log:
+def prefect_worker(
+    pool: str, cwd: Path, env: dict[str, str], kind: str = "process", log: Path | None = None
+) -> Iterator[None]:
+    """`prefect worker start --pool POOL --type KIND`, as a user starts one, polling every
+    2 s; its output in ``log`` (default cwd/worker.log); stopped by pid."""
+    with (log or cwd / "worker.log").open("wb") as out:
         worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", kind],
             cwd=cwd,
             env={**os.environ, **env, "PATH": f"{BIN}:{os.environ['PATH']}",
                  "PREFECT_WORKER_QUERY_SECONDS": "2"},
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

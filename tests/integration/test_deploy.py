@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import BIN, api, process_worker, run_mlpipe, stop
+from conftest import BIN, api, prefect_worker, run_mlpipe, stop, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +34,12 @@ def deployed(served_project, receiver, s3):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"created work pool {POOL!r} (process)" in result.stdout
-    with process_worker(POOL, served_project["root"], served_project["env"]):
+    with prefect_worker(POOL, served_project["root"], served_project["env"]):
         yield {**served_project, "output": result.stdout}
 
 
 def deployment(project, name: str = "batch_score/mlpipe") -> dict:
     return api(project, "GET", f"/deployments/name/{name}").json()
-
-
-def wait_final(project, flow_run_id: str, seconds: float = 180) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        run = api(project, "GET", f"/flow_runs/{flow_run_id}").json()
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(1)
-    raise TimeoutError(f"flow run {flow_run_id} is still {run['state']['type']}")
 
 
 def partition(root: Path, day: str, frame: pd.DataFrame | None = None) -> Path:

@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, ONE_AT_A_TIME, api, boston, run_mlpipe, system_tool
+from conftest import (
+    ONE_AT_A_TIME,
+    api,
+    boston,
+    prefect_worker,
+    run_mlpipe,
+    system_tool,
+    wait_final,
+)
 
 from mlpipe.processes import free_port, stop_group
 
@@ -267,14 +275,9 @@ def test_a_docker_pool_runs_tune_and_batch_score_in_containers(
                           "--model", f"models:/{MODEL}@champion"], project, **env)  # fmt: skip
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert f"prefect worker start --pool {pool} --type docker" in applied.stdout
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "docker"],
-        cwd=project, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
     project_api = {"api": servers["PREFECT_API_URL"]}
-    try:
+    log = tmp_path / "worker.log"  # not in the project, whose every file is the user's
+    with prefect_worker(pool, project, env, kind="docker", log=log):
         runs = {}
         for flow, parameters in (("batch_score", {"partition": "date=2026-11-22"}),
                                  ("tune", {})):  # fmt: skip
@@ -282,19 +285,10 @@ def test_a_docker_pool_runs_tune_and_batch_score_in_containers(
             created = f"/deployments/{deployment['id']}/create_flow_run"
             runs[flow] = api(project_api, "POST", created,
                              json={"parameters": parameters}).json()["id"]  # fmt: skip
-        deadline = time.monotonic() + 420
-        states = {}
-        while time.monotonic() < deadline:
-            states = {flow: api(project_api, "GET", f"/flow_runs/{run}").json()["state"]["type"]
-                      for flow, run in runs.items()}  # fmt: skip
-            if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states.values()):
-                break
-            time.sleep(2)
+        states = {flow: wait_final(project_api, run, seconds=420)["state"]["type"]
+                  for flow, run in runs.items()}  # fmt: skip
         assert states == {"batch_score": "COMPLETED", "tune": "COMPLETED"}, (
-            states, (tmp_path / "worker.log").read_text()[-4000:])  # fmt: skip
-    finally:
-        stop_group(worker.pid)
-        log.close()
+            states, log.read_text()[-4000:])  # fmt: skip
     scored = pd.read_parquet(project / "data/scored/date=2026-11-22/predictions.parquet")
     assert len(scored) == 50
     from mlflow import MlflowClient

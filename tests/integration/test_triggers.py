@@ -22,7 +22,7 @@ from conftest import (
     ONE_AT_A_TIME,
     api,
     free_port,
-    process_worker,
+    prefect_worker,
     render_in_chromium,
     run_mlpipe,
     stop,
@@ -71,7 +71,7 @@ def project(servers, receiver, tmp_path_factory):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     try:
-        with process_worker(POOL, root, env):
+        with prefect_worker(POOL, root, env):
             yield project | {"output": result.stdout}
     finally:  # the sensor's schedule would go on filling the session's server
         for flow in ("watch_incoming", "batch_score", "tune"):

@@ -175,6 +175,7 @@ def test_serve_from_the_registry_answers_ready_and_predict_and_is_healthy(
         mlflow.set_tracking_uri(servers["MLFLOW_TRACKING_URI"])
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(rows)
         np.testing.assert_allclose(answer.json()["predictions"], expected, rtol=1e-5)
+        assert httpx.get(f"{url}/version").text == mlflow.__version__  # MLflow's client reads it
         parquet = httpx.post(
             f"{url}/invocations", content=rows.to_parquet(), timeout=10,
             headers={"Content-Type": "application/vnd.apache.parquet"},

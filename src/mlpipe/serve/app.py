@@ -100,7 +100,8 @@ def create_app(
         """The process is alive (it may still be loading the model)."""
         return {"status": "ok"}
 
-    mlflow_version = _version("mlflow")
+    # the serving image has MLflow's client package, mlflow-skinny, of the same version
+    mlflow_version = next((v for v in map(_version, ("mlflow", "mlflow-skinny")) if v != "0"), "0")
 
     @app.get("/version", tags=["operations"], response_class=PlainTextResponse)
     async def version() -> PlainTextResponse:

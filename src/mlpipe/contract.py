@@ -46,7 +46,9 @@ class InputContract:
         if unsupported:
             raise UserError(
                 f"the model's signature has column types {sorted(unsupported)}; mlpipe serves "
-                f"models whose inputs are all numeric ({', '.join(NUMERIC_TYPES)})"
+                f"models whose inputs are all numeric ({', '.join(NUMERIC_TYPES)}). A model "
+                "trained on a table with categories predicts through MLflow for now "
+                "(mlflow.pyfunc.load_model, `mlflow models serve`)"
             )
         object.__setattr__(self, "_name_set", frozenset(self.names))
         integers = [j for j, kind in enumerate(self.types) if kind in INTEGER_TYPES]

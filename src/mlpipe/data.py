@@ -20,6 +20,7 @@ from mlpipe.errors import DataError
 from mlpipe.spec import BUILTIN_SOURCES, CLASSIFICATION_SOURCES, DataSpec
 
 FILE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MIN_ROWS = 10  # rows with a target a search needs: a test split and folds of a few rows each
 
 # Integer features stay integers in the model's signature (MLflow's `long`), so `mlflow.pyfunc`
 # takes the table as pandas reads it; MLflow refuses an int64 column where the signature says
@@ -34,15 +35,20 @@ _SIGNATURE_DTYPE = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features (as float64) and target of one table, with the feature types as loaded."""
+    """Features and target of one table, with the feature types as loaded. ``X`` holds numbers
+    as float64 and categories as strings (``columns.prepare``), missing values as NaN."""
 
     name: str
     X: pd.DataFrame
     y: pd.Series
-    dtypes: dict[Any, str] = field(default_factory=dict)  # column -> int64 or float64
+    dtypes: dict[Any, str] = field(default_factory=dict)  # column -> int64, float64 or object
     # classification: the labels, sorted as scikit-learn's ``classes_`` (``y`` holds their codes,
     # 0..k-1, so every family fits the same classes in the same order); None for regression
     classes: np.ndarray | None = field(default=None, compare=False)
+    # each feature's kind (None: built by hand, every column numeric) and the rows left out for
+    # a missing target
+    columns: Any = field(default=None, compare=False)
+    dropped_rows: int = 0
 
     def decode(self, codes: Any) -> np.ndarray:
         """Class codes as the labels they stand for."""
@@ -53,6 +59,36 @@ class Dataset:
         """``frame`` (rows of ``X``) with the columns' types as the table had them: what the
         signature and the input example describe. Exact: integer values were integers."""
         return frame.astype({c: self.dtypes.get(c, "float64") for c in frame.columns})
+
+    @property
+    def needs_frame(self) -> bool:
+        """Whether models of this table take the frame through a column step (categories,
+        booleans), not the float64 matrix alone."""
+        from mlpipe.columns import needs_frame
+
+        return self.columns is not None and needs_frame(self.columns)
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading left out, as the lines a user reads (``train`` prints them)."""
+        notes = []
+        if self.dropped_rows:
+            notes.append(
+                f"data: {self.dropped_rows} row(s) with no value in {self.y.name!r} left out"
+            )
+        if self.columns is not None and self.columns.identifiers:
+            notes.append(
+                f"data: column(s) {', '.join(self.columns.identifiers)} left out of the features: "
+                "almost every value is distinct (an identifier); name one in data.categorical "
+                "to keep it"
+            )
+        return notes
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The column kinds and the rows left out, as ``tuning_results.json`` holds them."""
+        kinds = self.columns.to_json() if self.columns is not None else None
+        return {"columns": kinds, "dropped_rows": self.dropped_rows}
 
     @cached_property
     def fingerprint(self) -> str:
@@ -74,10 +110,16 @@ class Split:
     X_test: pd.DataFrame
     y_train: pd.Series
     y_test: pd.Series
+    frame: bool = False  # the features go through a column step (``Dataset.needs_frame``)
 
     @cached_property
-    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.X_train.to_numpy(dtype=np.float64), self.y_train.to_numpy(dtype=np.float64)
+    def train_arrays(self) -> tuple[np.ndarray | pd.DataFrame, np.ndarray]:
+        """What a search's trials fit on: the training features as a float64 matrix (the
+        prepared frame, where a column step encodes it in each fold) and the target."""
+        y = self.y_train.to_numpy(dtype=np.float64)
+        if self.frame:
+            return self.X_train.reset_index(drop=True), y
+        return self.X_train.to_numpy(dtype=np.float64), y
 
 
 def load_dataset(spec: DataSpec, seed: int, task: str = "regression") -> Dataset:
@@ -92,23 +134,42 @@ def load_dataset(spec: DataSpec, seed: int, task: str = "regression") -> Dataset
             f"data.target: column {target!r} is not in {spec.source}; "
             f"columns are: {', '.join(map(str, frame.columns))}"
         )
+    from mlpipe.columns import BOOLEAN, CATEGORICAL, decide_columns, needs_frame, prepare
+
+    for option, names in (("data.categorical", spec.categorical), ("data.drop", spec.drop)):
+        if target in names:
+            raise DataError(f"{option}: {target!r} is the target (data.target); remove it there")
+    both = sorted(set(spec.categorical) & set(spec.drop))
+    if both:
+        raise DataError(
+            f"data.categorical and data.drop both name {both[0]!r}; keep it in one of them"
+        )
+    missing_target = frame[target].isna()
+    dropped_rows = int(missing_target.sum())
+    if dropped_rows:
+        frame = frame.loc[~missing_target].reset_index(drop=True)
+        if len(frame) < MIN_ROWS:
+            raise DataError(
+                f"data.target: {len(frame)} row(s) have a value in {target!r} ({dropped_rows} "
+                f"left out for a missing one); a search needs at least {MIN_ROWS}"
+            )
     X = frame.drop(columns=[target])
     y = frame[target]
     if X.shape[1] == 0:
         raise DataError(f"data.source {spec.source}: no feature columns besides {target!r}")
-    bad = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-    if bad:
-        raise DataError(
-            f"data.source {spec.source}: non-numeric feature column(s) {', '.join(bad)}; "
-            "encode them as numbers or drop them"
-        )
-    if y.isna().any():
-        raise DataError(
-            f"data.target: column {target!r} has {int(y.isna().sum())} missing value(s)"
-        )
-    # The search computes on float64 (as GridSearchCV's input validation would); the types as
-    # loaded are kept for the signature and the input example.
-    dtypes = {c: _SIGNATURE_DTYPE.get(str(X[c].dtype), "float64") for c in X}
+    columns = decide_columns(X, spec.categorical, spec.drop)
+    # The search computes on float64 (as GridSearchCV's input validation would), categories on
+    # strings; the types as loaded are kept for the signature and the input example.
+    # Booleans: in a table of numbers and booleans, 0/1 doubles, as before column kinds (it keeps
+    # its float64 matrix, fast path and numeric contract); beside categories, MLflow's boolean
+    # (pandas' nullable one: optional where missing), since the pipeline casts them itself
+    loaded = {CATEGORICAL: "object"}
+    if needs_frame(columns):
+        loaded[BOOLEAN] = "boolean"
+    dtypes = {
+        c: loaded.get(kind) or _SIGNATURE_DTYPE.get(str(X[c].dtype), "float64")
+        for c, kind in columns.kinds.items()
+    }
     classes = None
     if task == "classification":
         classes, codes = _classes(y, target)
@@ -119,8 +180,8 @@ def load_dataset(spec: DataSpec, seed: int, task: str = "regression") -> Dataset
             "regress on; for a classifier set model.task: classification"
         )
     return Dataset(
-        name=spec.name, X=X.astype("float64"), y=y.astype("float64"), dtypes=dtypes,
-        classes=classes,
+        name=spec.name, X=prepare(X, columns), y=y.astype("float64"), dtypes=dtypes,
+        classes=classes, columns=columns, dropped_rows=dropped_rows,
     )  # fmt: skip
 
 
@@ -242,4 +303,6 @@ def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
         )
     except ValueError as exc:  # a test split smaller than the number of classes
         raise DataError(f"data.test_size {test_size}: {exc}") from exc
-    return Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    return Split(
+        X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test, frame=dataset.needs_frame
+    )

@@ -67,6 +67,8 @@ class FeatureProfile:
     mean: float
     std: float
     quantiles: dict[str, float]
+    # a categorical feature's frequent categories, a bin each, then the rest (columns.py)
+    categories: list[str] | None = None
 
     def bins_of(self, values: np.ndarray) -> np.ndarray:
         return np.searchsorted(np.asarray(self.cuts), values, side="left")
@@ -106,8 +108,16 @@ class Profile:
         return Profile(self.features, self.prediction, self.rows, thresholds, self.probabilities)
 
 
-def profile_column(name: str, values: np.ndarray, cuts: np.ndarray | None = None) -> FeatureProfile:
-    """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins), or ``cuts``."""
+def profile_column(
+    name: str,
+    values: np.ndarray,
+    cuts: np.ndarray | None = None,
+    categories: list[str] | None = None,
+) -> FeatureProfile:
+    """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins), or ``cuts``;
+    for category codes, a bin a category in ``categories``, then one for the rest."""
+    if categories is not None:
+        cuts = np.arange(len(categories)) + 0.5
     values = np.asarray(values, dtype=np.float64)
     present = values[np.isfinite(values)]
     if present.size == 0:
@@ -124,6 +134,7 @@ def profile_column(name: str, values: np.ndarray, cuts: np.ndarray | None = None
         mean=float(present.mean()),
         std=float(present.std()),
         quantiles={f"p{round(q * 100):02d}": float(np.quantile(present, q)) for q in _QUANTILES},
+        categories=categories,
     )
 
 
@@ -133,15 +144,20 @@ def build_profile(
     predictions: np.ndarray,
     thresholds: Thresholds | None = None,
     probabilities: dict[str, np.ndarray] | None = None,
+    categories: dict[str, list[str]] | None = None,
 ) -> Profile:
     """The profile of a training matrix (rows x ``names``) and the model's predictions on it;
     a classifier's are its predicted class codes (one bin a class, cut halfway between codes),
-    with ``probabilities``: each class's column of ``predict_proba`` by its column name."""
+    with ``probabilities``: each class's column of ``predict_proba`` by its column name. A
+    column named in ``categories`` holds category codes (the rest: one code more)."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    probabilities = probabilities or {}
+    probabilities, categories = probabilities or {}, categories or {}
     by_class = np.arange(len(probabilities) - 1) + 0.5 if probabilities else None
     return Profile(
-        features=[profile_column(n, matrix[:, i]) for i, n in enumerate(names)],
+        features=[
+            profile_column(n, matrix[:, i], categories=categories.get(n))
+            for i, n in enumerate(names)
+        ],
         prediction=profile_column(PREDICTION, np.asarray(predictions).ravel(), by_class),
         rows=int(matrix.shape[0]),
         thresholds=thresholds or Thresholds(),

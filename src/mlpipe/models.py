@@ -57,6 +57,9 @@ class Family:
     # whether the estimator fits any labels (strings, booleans) as its classes; XGBoost takes
     # only the codes 0..k-1
     any_labels: bool = True
+    # the estimator has no n_jobs and takes every core through OpenMP: a trial limits it to one
+    # thread (parallelism comes from running trials side by side)
+    openmp: bool = False
 
     @property
     def key(self) -> str:
@@ -187,6 +190,29 @@ def _forest(name: str, path: str) -> Family:
     )
 
 
+def _build_hist(path: str, params: Params, seed: int) -> Any:
+    # no early stopping: the number of rounds would depend on a validation draw, and a k-round
+    # prefix would no longer be the k-round model
+    return _estimator(path)(random_state=seed, early_stopping=False, **params)
+
+
+def _hist_first(model: Any, X: np.ndarray, k: int, method: str = "predict") -> np.ndarray:
+    # A shallow copy that keeps the first k rounds is, round for round, the k-round model
+    # (predictions add each round's trees to the baseline in order)
+    if k == len(model._predictors):
+        return np.asarray(getattr(model, method)(X))
+    head = copy.copy(model)
+    head._predictors = model._predictors[:k]
+    return np.asarray(getattr(head, method)(X))
+
+
+def _hist_hyperparameters(path: str) -> frozenset[str]:
+    # the early-stopping knobs do nothing with early stopping off; categorical_features is
+    # mlpipe's (columns.encoder), from the table's column kinds
+    fixed = {"early_stopping", "n_iter_no_change", "validation_fraction", "scoring", "tol"}
+    return frozenset(_estimator(path)().get_params()) - RESERVED - fixed - {"categorical_features"}
+
+
 def _build_lightgbm(path: str, params: Params, seed: int) -> Any:
     # verbose=-1: LightGBM's own progress lines would print in the middle of `train`
     return _estimator(path)(random_state=seed, n_jobs=1, verbose=-1, **params)
@@ -223,6 +249,24 @@ FAMILIES: dict[str, Family] = {
     # Extremely randomized trees draw their split thresholds at random, in the same seed order
     # per tree as a random forest, so the same shortcuts are exact for them
     "extra_trees": _forest("extra_trees", "sklearn.ensemble.ExtraTreesRegressor"),
+    # scikit-learn's histogram boosting: native categories and missing values
+    "hist_gradient_boosting": Family(
+        name="hist_gradient_boosting",
+        build=partial(_build_hist, "sklearn.ensemble.HistGradientBoostingRegressor"),
+        predict_first=_hist_first,
+        list_hyperparameters=partial(
+            _hist_hyperparameters, "sklearn.ensemble.HistGradientBoostingRegressor"
+        ),
+        default_space={
+            "max_iter": [100, 200, 400],
+            "learning_rate": [0.05, 0.1],
+            "max_leaf_nodes": [15, 31],
+            "min_samples_leaf": [10, 20],
+        },
+        validate=_sklearn_validate,
+        size_param="max_iter",
+        openmp=True,
+    ),
     "xgboost": _boosting(
         "xgboost.XGBRegressor",
         (_build, _boosting_first, _xgboost_hyperparameters, _xgboost_grow),

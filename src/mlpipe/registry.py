@@ -53,15 +53,16 @@ class Registry:
     experiment_id: str
 
     @staticmethod
-    def pip_requirements(family: str) -> list[str]:
+    def pip_requirements(family: str, pipeline: bool = False) -> list[str]:
         """The exact versions this process runs. Listing them spares MLflow its requirement
-        inference (a subprocess that reloads the model: 7 s of a 9 s registration here)."""
+        inference (a subprocess that reloads the model: 7 s of a 9 s registration here). A
+        pipeline (a table with categories) is stored with skops whatever its family."""
         from importlib.metadata import version
 
         packages = ["mlflow", "numpy", "pandas", "scipy", "scikit-learn"]
-        packages += {"xgboost": ["xgboost-cpu"], "lightgbm": ["lightgbm", "skops"]}.get(
-            family, ["skops"]
-        )
+        packages += {"xgboost": ["xgboost-cpu"], "lightgbm": ["lightgbm"]}.get(family, [])
+        if family != "xgboost" or pipeline:
+            packages.append("skops")
         return [f"{name}=={version(name)}" for name in packages]
 
     def log_model(
@@ -87,7 +88,8 @@ class Registry:
             contextlib.redirect_stderr(chatter),
             mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id),
         ):
-            if family == "xgboost":
+            pipeline = type(model).__name__ == "Pipeline"
+            if family == "xgboost" and not pipeline:
                 import mlflow.xgboost
 
                 info = mlflow.xgboost.log_model(
@@ -107,10 +109,14 @@ class Registry:
                     signature=signature,
                     input_example=input_example,
                     serialization_format="skops",
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES
-                    + (LIGHTGBM_TRUSTED_TYPES if family == "lightgbm" else []),
+                    skops_trusted_types=trusted_types(model, family)
+                    if pipeline
+                    else (
+                        SKOPS_TRUSTED_TYPES
+                        + (LIGHTGBM_TRUSTED_TYPES if family == "lightgbm" else [])
+                    ),
                     registered_model_name=model_name,
-                    pip_requirements=self.pip_requirements(family),
+                    pip_requirements=self.pip_requirements(family, pipeline),
                 )
             # start_run(run_id=...) ends the run on exit; the caller decides its final status.
         self._log_model_files(info.model_id, model, held_out, files or {})
@@ -154,6 +160,15 @@ class Registry:
         """The version of ``model_name`` registered from ``run_id``, if any."""
         found = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
         return str(found[0].version) if found else None
+
+
+def trusted_types(model: Any, family: str) -> list[str]:
+    """The types skops must be told to trust to load ``model``: exactly those it is made of
+    (for a pipeline: mlpipe's column step, the trees, the booster, the predictors), read from
+    the model's own skops form."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
 def infer_signature(features: Any, predictions: Any) -> Any:

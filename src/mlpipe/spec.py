@@ -29,7 +29,13 @@ BUILTIN_TARGETS = {
 }
 BUILTIN_SOURCES = tuple(BUILTIN_TARGETS)
 CLASSIFICATION_SOURCES = ("breast_cancer", "wine", "iris")
-FAMILY_SHORT = {"random_forest": "rf", "extra_trees": "et", "xgboost": "xgb", "lightgbm": "lgbm"}
+FAMILY_SHORT = {
+    "random_forest": "rf",
+    "extra_trees": "et",
+    "hist_gradient_boosting": "hgb",
+    "xgboost": "xgb",
+    "lightgbm": "lgbm",
+}
 Scalar = int | float | str | bool | None
 
 
@@ -46,6 +52,10 @@ class DataSpec(_Strict):
     rows: int = Field(1000, ge=10, description="synthetic only")
     features: int = Field(10, ge=1, description="synthetic only")
     noise: float = Field(10.0, ge=0, description="synthetic only")
+    categorical: list[str] = Field(
+        default_factory=list, description="integer-coded columns to take as categories"
+    )
+    drop: list[str] = Field(default_factory=list, description="columns left out of the features")
 
     @property
     def is_builtin(self) -> bool:
@@ -66,7 +76,9 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    family: Literal["random_forest", "extra_trees", "xgboost", "lightgbm"] = "random_forest"
+    family: Literal[
+        "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost", "lightgbm"
+    ] = "random_forest"
     task: Literal["regression", "classification"] = "regression"
 
 

@@ -10,8 +10,10 @@ data:
   # rows: 1000            # synthetic only
   # features: 10          # synthetic only
   # noise: 10.0           # synthetic only
+  # categorical: [zone]   # integer-coded columns to take as categories (strings are already)
+  # drop: [order_id]      # columns left out of the features
 model:
-  family: random_forest   # random_forest | extra_trees | xgboost
+  family: random_forest   # random_forest | extra_trees | hist_gradient_boosting | xgboost ...
 search:
   strategy: grid          # grid | random or tpe (with n_trials) | halving (see the README)
   cv: 3                   # KFold splits of the training split

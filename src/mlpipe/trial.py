@@ -4,6 +4,7 @@ no MLflow, so the same code runs in a thread, a process, a Dask worker or a Kube
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -11,13 +12,18 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlpipe.models import Family, get_family
 from mlpipe.scoring import fold_metrics, get_scoring
 from mlpipe.search import Unit
+
+if TYPE_CHECKING:  # a pool worker of a numeric table imports neither pandas nor the column step
+    import pandas as pd
+
+    from mlpipe.columns import Columns
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Warm:
 def cross_validate_unit(
     unit: Unit,
     family: Family,
-    X: np.ndarray,
+    X: np.ndarray | pd.DataFrame,
     y: np.ndarray,
     folds: list[tuple[np.ndarray, np.ndarray]],
     seed: int,
@@ -171,25 +177,8 @@ def cross_validate_unit(
     fold's fit grows the candidate's model of an earlier rung, and is kept for the next. Raises
     on failure (the caller records and retries)."""
     sizes = sorted(set(unit.sizes))
-    largest = unit.largest_params
-    cap = largest.get(family.depth_param) if family.depth_param else None
-    fold_fits: list[FoldFit] = []
-    for i, (train_idx, test_idx) in enumerate(folds):
-        same = reference[i] if reference is not None else None
-        if same is not None and _reaches_no_cap(same, cap, sizes):
-            fold_fits.append(FoldFit(same.per_size, same.depth, 0.0))
-            continue
-        started = time.perf_counter()
-        model = None if warm is None else warm.grow(family, largest, i, X[train_idx], y[train_idx])
-        if model is None:
-            model = family.build(largest, seed)
-            model.fit(X[train_idx], y[train_idx])
-        if warm is not None:
-            warm.save(family, largest, i, model)
-        seconds = time.perf_counter() - started
-        per_size = {k: fold_metrics(family, model, X[test_idx], y[test_idx], k) for k in sizes}
-        depth = family.depth_of(model) if family.depth_of is not None else None
-        fold_fits.append(FoldFit(per_size, depth, seconds))
+    with _one_thread(family):
+        fold_fits = _fit_folds(unit, family, X, y, folds, seed, reference, warm)
     fit_seconds = sum(f.seconds for f in fold_fits)
     largest_size = max(sizes)
     results = []
@@ -216,6 +205,58 @@ def cross_validate_unit(
             )
         )
     return UnitRun(results, fold_fits)
+
+
+def _one_thread(family: Family) -> Any:
+    if not family.openmp:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="openmp")
+
+
+def _fit_folds(
+    unit: Unit,
+    family: Family,
+    X: np.ndarray | pd.DataFrame,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    reference: list[FoldFit] | None,
+    warm: Warm | None,
+) -> list[FoldFit]:
+    """Each fold's fit of the unit's largest config, scored at every size of the unit."""
+    sizes = sorted(set(unit.sizes))
+    largest = unit.largest_params
+    encoding = None
+    if not isinstance(X, np.ndarray):
+        from mlpipe.columns import columns_of, encoder, fit_fold
+
+        encoding = encoder(family.name, columns_of(X))
+    build_params = {**largest, **(encoding.model_params if encoding else {})}
+    cap = largest.get(family.depth_param) if family.depth_param else None
+    fold_fits: list[FoldFit] = []
+    for i, (train_idx, test_idx) in enumerate(folds):
+        same = reference[i] if reference is not None else None
+        if same is not None and _reaches_no_cap(same, cap, sizes):
+            fold_fits.append(FoldFit(same.per_size, same.depth, 0.0))
+            continue
+        started = time.perf_counter()
+        if encoding is None:
+            X_fit, X_score = X[train_idx], X[test_idx]
+        else:  # the column step is fitted on the fold's training rows, as in a Pipeline
+            X_fit, X_score = fit_fold(encoding, X, y, train_idx, test_idx)
+        model = None if warm is None else warm.grow(family, largest, i, X_fit, y[train_idx])
+        if model is None:
+            model = family.build(build_params, seed)
+            model.fit(X_fit, y[train_idx])
+        if warm is not None:
+            warm.save(family, largest, i, model)
+        seconds = time.perf_counter() - started
+        per_size = {k: fold_metrics(family, model, X_score, y[test_idx], k) for k in sizes}
+        depth = family.depth_of(model) if family.depth_of is not None else None
+        fold_fits.append(FoldFit(per_size, depth, seconds))
+    return fold_fits
 
 
 def _reaches_no_cap(fit: FoldFit, cap: Any, sizes: list[int]) -> bool:
@@ -245,8 +286,24 @@ def failed_results(unit: Unit, exc: BaseException) -> list[TrialResult]:
     ]
 
 
-def fit_final(family: Family, params: dict[str, Any], X: Any, y: Any, seed: int) -> Any:
-    """Refit ``params`` on the whole training split (features keep their names)."""
-    model = family.build(params, seed)
+def fit_final(
+    family: Family,
+    params: dict[str, Any],
+    X: Any,
+    y: Any,
+    seed: int,
+    columns: Columns | None = None,
+) -> Any:
+    """Refit ``params`` on the whole training split (features keep their names). With
+    ``columns`` (a table with categories or booleans), the model is the pipeline that casts
+    and encodes the table as loaded before the estimator (``columns.make_pipeline``)."""
+    if columns is None:
+        model = family.build(params, seed)
+    else:
+        from mlpipe.columns import encoder, make_pipeline
+
+        encoding = encoder(family.name, columns)
+        estimator = family.build({**params, **encoding.model_params}, seed)
+        model = make_pipeline(columns, encoding, estimator)
     model.fit(X, y)
     return model

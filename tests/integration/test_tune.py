@@ -367,3 +367,70 @@ def test_the_flow_fails_only_when_every_trial_fails(train, workdir):
     grid = {"n_estimators": [5], "bootstrap": [False], "max_samples": [0.5]}  # see above
     result = train({"search": {"params": grid}}, expect=1)
     assert "all 1 trials failed" in result.output and "bootstrap=False" in result.output
+
+
+def test_a_table_with_categories_through_halving_tpe_and_the_registry(train, workdir):
+    """A table as pandas reads a CSV (strings, empty cells, an id, missing targets): halving over
+    trees (the warm-start shortcut) equals HalvingGridSearchCV over the documented pipeline; a
+    TPE search's trials equal GridSearchCV over each of them; the registered model is the
+    pipeline, and MLflow's pyfunc takes the CSV as pandas reads it, unseen category included."""
+    import mlflow
+    import pandas as pd
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+    from tables import documented_pipeline, make_table
+
+    from mlpipe.spec import Spec
+    from mlpipe.tune.plan import prepare
+
+    table = make_table(300, seed=2)
+    csv = workdir / "houses.csv"
+    table.to_csv(csv, index=False)
+    data = {"source": str(csv), "target": "y"}
+    grid = {"max_depth": [3, None], "min_samples_leaf": [1, 2, 4]}
+    spec = {"seed": 6, "data": data,
+            "search": {"strategy": "halving", "resource": "n_estimators", "max_resources": 12,
+                       "factor": 2, "params": grid}}  # fmt: skip
+    result = train(spec, "--quiet")
+    assert "order_id left out of the features" in result.output
+    assert f"{int(table['y'].isna().sum())} row(s) with no value in 'y'" in result.output
+    out, payload = results_of(workdir)
+    assert payload["columns"]["kinds"]["city"] == "categorical"
+    assert payload["dropped_rows"] == int(table["y"].isna().sum())
+    plan = prepare(Spec.model_validate({"seed": 6, "data": data}))
+    columns = plan.dataset.columns
+    pipeline = documented_pipeline(Spec.model_validate({"seed": 6, "data": data}), columns)
+    search = HalvingGridSearchCV(
+        pipeline, {f"model__{k}": v for k, v in grid.items()}, cv=3, factor=2,
+        resource="model__n_estimators", max_resources=12, scoring="neg_mean_squared_error",
+        n_jobs=1,
+    ).fit(plan.split.X_train, plan.split.y_train)  # fmt: skip
+    renamed = {**payload, "trials": [
+        {**t, "params": {f"model__{k}": v for k, v in t["params"].items()}}
+        for t in payload["trials"]], "best": {
+        "params": {f"model__{k}": v for k, v in payload["best"]["params"].items()}}}  # fmt: skip
+    assert_same_as_halving_search(renamed, search)
+    mapping = json.loads((out / "model" / "columns.json").read_text())
+    assert mapping["categories"]["city"] == sorted(set(plan.split.X_train["city"].dropna()))
+
+    frame = pd.read_csv(csv).drop(columns=["y"])
+    frame.loc[0, "city"] = "tokyo"  # never seen in training
+    model = mlflow.pyfunc.load_model(f"models:/{payload['model_name']}/{payload['model_version']}")
+    answers = model.predict(frame)
+    assert np.isfinite(answers).all() and len(answers) == len(frame)
+
+    tpe = {"seed": 6, "data": data, "model": {"family": "hist_gradient_boosting"},
+           "search": {"strategy": "tpe", "n_trials": 6, "batch_size": 3,
+                      "params": {"max_iter": [5, 10], "learning_rate": {"low": 0.05, "high": 0.3},
+                                 "max_leaf_nodes": [7, 15]}}}  # fmt: skip
+    train(tpe, "--quiet")
+    newest = max(
+        (workdir / "artifacts").glob("*/tuning_results.json"), key=lambda p: p.stat().st_mtime
+    )
+    trials = json.loads(newest.read_text())["trials"]
+    hgb = documented_pipeline(Spec.model_validate(tpe), columns)
+    for trial in trials:
+        one = GridSearchCV(hgb, {f"model__{k}": [v] for k, v in trial["params"].items()}, cv=3,
+                           scoring="neg_mean_squared_error", n_jobs=1)  # fmt: skip
+        one.fit(plan.split.X_train, plan.split.y_train)
+        assert trial["mean_score"] == pytest.approx(-one.best_score_, rel=1e-9, abs=0)

@@ -71,7 +71,8 @@ def test_a_range_is_int_or_float_linear_or_log():
         ),
         (
             "model:\n  family: svm\n",
-            "model.family: Input should be 'random_forest', 'extra_trees', 'xgboost' or 'lightgbm'",
+            "model.family: Input should be 'random_forest', 'extra_trees', "
+            "'hist_gradient_boosting', 'xgboost' or 'lightgbm'",
         ),
         ("data:\n  test_size: 1.5\n", "data.test_size: Input should be less than 1 (got 1.5)"),
         ("n_jobs: 0\n", "n_jobs: 0 is not allowed"),

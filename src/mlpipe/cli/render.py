@@ -34,6 +34,8 @@ def tune_summary(outcome: TuneOutcome, settings: Settings) -> None:
 
     from mlpipe.search import ranked
 
+    for note in outcome.data_notes:
+        out.print(note, highlight=False)
     done = ranked(outcome.results)
     failed = len(outcome.results) - len(done)
     table = Table(

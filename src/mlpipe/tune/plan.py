@@ -52,7 +52,19 @@ class Prepared:
             }
             | self._task(spec)
             | self._strategy(spec)
+            | self._left_out()
         )
+
+    def _left_out(self) -> dict[str, Any]:
+        # only a table that had some: searches of the tables before column kinds stay as logged
+        columns, left = self.dataset.columns, dict[str, Any]()
+        if self.dataset.dropped_rows:
+            left["dropped_rows"] = self.dataset.dropped_rows
+        if columns is not None and columns.identifiers:
+            left["identifiers"] = ",".join(columns.identifiers)
+        if columns is not None and columns.dropped:
+            left["dropped_columns"] = ",".join(columns.dropped)
+        return left
 
     @staticmethod
     def _task(spec: Spec) -> dict[str, Any]:

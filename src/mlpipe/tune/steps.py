@@ -78,6 +78,7 @@ class TuneOutcome:
     reused: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     unchanged: bool = False  # a rerun that found this search registered already (rerun.py)
+    data_notes: list[str] = field(default_factory=list)  # columns and rows loading left out
 
 
 @task(name="refit", cache_policy=NONE)
@@ -91,7 +92,8 @@ def refit(
     y = split.y_train
     if chosen.task == "classification" and chosen.any_labels:
         y = dataset.decode(y)
-    model = fit_final(chosen, params, split.X_train, y, seed)
+    columns = dataset.columns if split.frame else None
+    model = fit_final(chosen, params, split.X_train, y, seed, columns)
     return model, np.asarray(model.predict(split.X_test))
 
 
@@ -140,6 +142,7 @@ def run_search(spec: Spec, tracker: Tracker, fresh: bool) -> TuneOutcome:
 MODEL_WRITERS = {
     "random_forest": ("mlflow.sklearn", "skops.io"),
     "extra_trees": ("mlflow.sklearn", "skops.io"),
+    "hist_gradient_boosting": ("mlflow.sklearn", "skops.io"),
     "xgboost": ("mlflow.xgboost",),
     "lightgbm": ("mlflow.sklearn", "skops.io"),
 }
@@ -190,6 +193,7 @@ def repeat(
         reused=len(reused),
         timings={"lookup": time.perf_counter() - started},
         unchanged=True,
+        data_notes=plan.dataset.notes,
     )
 
 
@@ -238,6 +242,12 @@ def finish(
     classes = plan.dataset.classes
     if classes is not None:
         files[CLASSES_FILE] = json.dumps(class_list(classes))
+    if split.frame:  # the column kinds and each column's categories in the training split
+        from mlpipe.columns import COLUMNS_FILE, categories
+
+        columns = plan.dataset.columns
+        mapping = {**columns.to_json(), "categories": categories(split.X_train, columns)}
+        files[COLUMNS_FILE] = json.dumps(mapping, indent=1)
     model_uri, version = tracker.log_model(
         parent_run_id,
         family.name,
@@ -282,6 +292,7 @@ def finish(
             "model_version": version,
             "alias": promotion.alias,
         }
+        | plan.dataset.record
         | ({"param_importances": importances} if model_based else {}),
     )
     from mlpipe.predictor import download_model
@@ -310,6 +321,7 @@ def finish(
         promotion=promotion,
         reused=reused,
         timings=timings,
+        data_notes=plan.dataset.notes,
     )
 
 
@@ -328,9 +340,13 @@ def training_profile(
         proba = np.asarray(model.predict_proba(split.X_train)).T
         names = probability_columns(classes if known is None else known)
         probabilities = dict(zip(names, proba, strict=True))
+    from mlpipe.columns import profile_matrix
+
+    # a table with categories: its frequent categories, one bin each, and one bin for the rest
+    matrix, profiled = profile_matrix(split.X_train, drift.BINS - 1 if split.frame else 0)
     return drift.build_profile(
         list(split.X_train.columns),
-        split.X_train.to_numpy(dtype=np.float64),
+        matrix,
         predictions,
         drift.Thresholds(
             psi=monitoring.psi_threshold,
@@ -340,6 +356,7 @@ def training_profile(
             p_value=monitoring.p_value,
         ),
         probabilities=probabilities,
+        categories=profiled,
     )
 
 
@@ -365,7 +382,7 @@ def champion_score(model_uri: str, spec: Spec, plan: Prepared) -> float:
 
     split = plan.split
     if spec.model.task == "regression":
-        predictions = predict_frame(load_pyfunc(model_uri), split.X_test)
+        predictions = predict_frame(load_pyfunc(model_uri), plan.dataset.as_loaded(split.X_test))
         return regression_metrics(split.y_test.to_numpy(), predictions)[spec.scoring]
     model = load_native(model_uri)
     classes = np.asarray(model.classes_)

@@ -119,7 +119,8 @@ class Registry:
                     pip_requirements=self.pip_requirements(family, pipeline),
                 )
             # start_run(run_id=...) ends the run on exit; the caller decides its final status.
-        self._log_model_files(info.model_id, model, held_out, files or {})
+        # a pipeline (a table with categories) has no ONNX form yet: the native predictor serves
+        self._log_model_files(info.model_id, model, None if pipeline else held_out, files or {})
         if chatter.getvalue().strip():
             logging.getLogger("mlflow").info(chatter.getvalue().strip())
         self.client.update_run(run_id, status="RUNNING")

@@ -70,7 +70,7 @@ def loaded(forest, frame, name: str, version: str):
         contract=contract,
         signature={},
         predictor=OnnxPredictor(to_onnx(forest, frame.shape[1])),
-        native=NativePredictor(forest, contract.names),
+        native=NativePredictor(forest, contract),
         parity=None,
         fallback_reason=None,
         load_seconds=0.0,

@@ -209,20 +209,27 @@ def profiled_categories(frame: pd.DataFrame, columns: Columns, most: int) -> dic
     return out
 
 
-def profile_matrix(prepared: pd.DataFrame, most: int) -> tuple[np.ndarray, dict[str, list[str]]]:
-    """A ``prepare``d training frame as its drift profile counts it, and the profiled
-    categories (``profiled_categories``, ``profile_codes``; none in a frame of numbers)."""
+def profile_matrix(
+    prepared: pd.DataFrame, most: int
+) -> tuple[np.ndarray, dict[str, tuple[list[str], list[int]]]]:
+    """A ``prepare``d training frame as its drift profile counts it: numbers as they are, a
+    category as its code (its position in the frame's sorted categories, as the input contract
+    codes it); and per categorical column its ``most`` most frequent categories, with the bin
+    of each code (theirs, then one for the rest and for an unseen code)."""
     columns = columns_of(prepared)
-    if not columns.categorical:
-        return prepared.to_numpy(dtype=np.float64), {}
+    mapping = categories(prepared, columns)
     profiled = profiled_categories(prepared, columns, most)
-    return profile_codes(prepared, profiled), profiled
+    bins = {}
+    for name, frequent in profiled.items():
+        rank = {category: k for k, category in enumerate(frequent)}
+        codes = [rank.get(category, len(frequent)) for category in mapping[name]]
+        bins[name] = (frequent, [*codes, len(frequent)])
+    return profile_codes(prepared, mapping), bins
 
 
 def profile_codes(frame: pd.DataFrame, profiled: Mapping[str, list[str]]) -> np.ndarray:
-    """``frame`` (``prepare``d) as the float64 matrix a drift profile counts: numbers as they
-    are, a profiled category as its position in ``profiled``, any other as one more, missing as
-    NaN."""
+    """``frame`` (``prepare``d) as a float64 matrix: numbers as they are, a category of
+    ``profiled`` as its position there, any other as one more, missing as NaN."""
     matrix = np.empty(frame.shape, dtype=np.float64)
     for j, name in enumerate(frame.columns):
         if name not in profiled:

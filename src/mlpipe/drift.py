@@ -67,10 +67,15 @@ class FeatureProfile:
     mean: float
     std: float
     quantiles: dict[str, float]
-    # a categorical feature's frequent categories, a bin each, then the rest (columns.py)
+    # a categorical feature's frequent categories, a bin each, then the rest (columns.py);
+    # ``codes``: the bin of each category code the input contract gives (unseen: the last)
     categories: list[str] | None = None
+    codes: list[int] | None = None
 
     def bins_of(self, values: np.ndarray) -> np.ndarray:
+        if self.codes is not None:  # a category code's bin (NaN, missing, stays NaN)
+            lookup = np.asarray([*self.codes, np.nan], dtype=np.float64)
+            values = lookup[np.where(np.isnan(values), len(self.codes), values).astype(np.intp)]
         return np.searchsorted(np.asarray(self.cuts), values, side="left")
 
 
@@ -112,13 +117,16 @@ def profile_column(
     name: str,
     values: np.ndarray,
     cuts: np.ndarray | None = None,
-    categories: list[str] | None = None,
+    categories: tuple[list[str], list[int]] | None = None,
 ) -> FeatureProfile:
     """Deciles as cut points (repeated ones merged: a 0/1 column gets two bins), or ``cuts``;
-    for category codes, a bin a category in ``categories``, then one for the rest."""
-    if categories is not None:
-        cuts = np.arange(len(categories)) + 0.5
+    for category codes, ``categories``: the frequent ones, a bin each, then one for the rest,
+    and each code's bin."""
     values = np.asarray(values, dtype=np.float64)
+    if categories is not None:
+        cuts = np.arange(len(categories[0])) + 0.5
+        lookup = np.asarray(categories[1], dtype=np.float64)
+        values = np.where(np.isnan(values), np.nan, lookup[np.nan_to_num(values).astype(np.intp)])
     present = values[np.isfinite(values)]
     if present.size == 0:
         return FeatureProfile(name, [], [1.0], int(values.size), int(values.size), 0, 0, {})
@@ -134,7 +142,8 @@ def profile_column(
         mean=float(present.mean()),
         std=float(present.std()),
         quantiles={f"p{round(q * 100):02d}": float(np.quantile(present, q)) for q in _QUANTILES},
-        categories=categories,
+        categories=None if categories is None else categories[0],
+        codes=None if categories is None else categories[1],
     )
 
 
@@ -144,7 +153,7 @@ def build_profile(
     predictions: np.ndarray,
     thresholds: Thresholds | None = None,
     probabilities: dict[str, np.ndarray] | None = None,
-    categories: dict[str, list[str]] | None = None,
+    categories: dict[str, tuple[list[str], list[int]]] | None = None,
 ) -> Profile:
     """The profile of a training matrix (rows x ``names``) and the model's predictions on it;
     a classifier's are its predicted class codes (one bin a class, cut halfway between codes),
@@ -171,8 +180,9 @@ class Counts:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        width = max(len(c.shares) for c in profile.columns)
-        self.table = np.zeros((len(profile.columns), width), dtype=np.int64)
+        # one slot past the widest column's bins counts each column's missing values
+        self.missing_slot = max(len(c.shares) for c in profile.columns)
+        self.table = np.zeros((len(profile.columns), self.missing_slot + 1), dtype=np.int64)
         self.rows = 0
 
     def bins(
@@ -185,7 +195,11 @@ class Counts:
                 raise ValueError("the profile has each class's probability: pass proba")
             columns.extend(np.asarray(proba, dtype=np.float64).T)
         return np.stack(
-            [c.bins_of(v) for c, v in zip(self.profile.columns, columns, strict=True)], axis=1
+            [
+                np.where(np.isnan(v), self.missing_slot, c.bins_of(v))
+                for c, v in zip(self.profile.columns, columns, strict=True)
+            ],
+            axis=1,
         )
 
     def add(
@@ -228,6 +242,7 @@ class ColumnDrift:
     drifted: bool
     expected: list[float]
     observed: list[float]
+    missing: float = 0.0  # the share of the rows where the value was missing
 
 
 @dataclass(frozen=True)
@@ -388,7 +403,8 @@ def compare(counts: Counts) -> DriftResult:
     for k, column in enumerate(profile.columns):
         expected = np.asarray(column.shares)
         observed_counts = counts.table[k, : expected.size]
-        observed = observed_counts / max(rows, 1)
+        # the shares of the rows that have a value (a missing one is counted on its own)
+        observed = observed_counts / max(int(observed_counts.sum()), 1)
         p, d = psi(expected, observed), binned_ks(expected, observed)
         chance = homogeneity_p(expected, column.count - column.missing, observed_counts)
         large = (limits.psi is not None and p > limits.psi) or (
@@ -404,6 +420,7 @@ def compare(counts: Counts) -> DriftResult:
                 flagged and large and real,
                 expected.tolist(),
                 observed.tolist(),
+                float(counts.table[k, counts.missing_slot] / max(rows, 1)),
             )
         )
     n = len(profile.features)

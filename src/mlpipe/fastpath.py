@@ -54,15 +54,15 @@ class NativePredictor:
 
     kind = "native"
 
-    def __init__(self, model: Any, columns: tuple[str, ...]) -> None:
+    def __init__(self, model: Any, contract: InputContract) -> None:
         self._model = model
         self._load: Callable[[], Any] | None = None
         self._lock = threading.Lock()
-        self.columns = list(columns)
+        self.contract = contract
 
     @classmethod
-    def deferred(cls, load: Callable[[], Any], columns: tuple[str, ...]) -> NativePredictor:
-        native = cls(None, columns)
+    def deferred(cls, load: Callable[[], Any], contract: InputContract) -> NativePredictor:
+        native = cls(None, contract)
         native._load = load
         return native
 
@@ -90,9 +90,8 @@ class NativePredictor:
         return np.asarray(self.model.predict_proba(self._frame(matrix)))
 
     def _frame(self, matrix: np.ndarray) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(matrix, columns=self.columns)
+        # categories back from their codes: the model's pipeline takes the table
+        return self.contract.frame(matrix)
 
 
 class OnnxPredictor:
@@ -232,7 +231,8 @@ def export_fast_path(
     sample = held_out.iloc[:PARITY_ROWS]
     # predicted as a reader predicts: float64 rows in a frame with the signature's names
     matrix = sample.to_numpy(dtype=np.float64)
-    predictions = NativePredictor(model, tuple(sample.columns)).scores(matrix)
+    numbers = InputContract(tuple(sample.columns), ("double",) * len(sample.columns))
+    predictions = NativePredictor(model, numbers).scores(matrix)
     record = {"columns": list(sample.columns), "data": matrix.tolist()}
     record |= {"predictions": predictions.tolist(), "model_id": model_id}
     (target / PARITY_FILE).write_text(json.dumps(record))

@@ -236,8 +236,10 @@ def _load_folder(
     meta = Model.load(str(path))
     if meta.signature is None:
         raise UserError(f"model {ref.uri} has no signature; log it with one to serve it")
-    contract = InputContract.from_signature_inputs(meta.signature.inputs.to_dict())
-    native = NativePredictor.deferred(_native_loader(meta, path, ref, allow_pickle), contract.names)
+    contract = InputContract.from_signature_inputs(
+        meta.signature.inputs.to_dict(), _read_categories(path)
+    )
+    native = NativePredictor.deferred(_native_loader(meta, path, ref, allow_pickle), contract)
     samples, recorded = _parity_samples(meta, path, contract)
     predictor: Predictor = native
     parity: Parity | None = None
@@ -265,6 +267,13 @@ def _load_folder(
     if reason:
         log.warning("model %s: serving with the native predictor: %s", ref.uri, reason)
     return loaded
+
+
+def _read_categories(path: Path) -> dict[str, list[str]]:
+    """Each categorical feature's categories in code order (``columns.json``, written by
+    ``mlpipe train`` for a table with categories); none for a table of numbers."""
+    file = path / "columns.json"  # columns.COLUMNS_FILE (columns.py imports scikit-learn)
+    return dict(json.loads(file.read_text())["categories"]) if file.is_file() else {}
 
 
 def _read_classes(path: Path) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,14 +172,25 @@ def trusted_types(model: Any, family: str) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
-def infer_signature(features: Any, predictions: Any) -> Any:
-    """MLflow's signature of a table of features (in the types as loaded) and predictions."""
+def infer_signature(features: Any, predictions: Any, optional: Sequence[str] = ()) -> Any:
+    """MLflow's signature of a table of features (in the types as loaded) and predictions; the
+    ``optional`` columns (missing somewhere in the training data, if not in ``features``) are
+    marked as such, so MLflow's pyfunc takes a missing value there."""
     import warnings
 
     from mlflow.models import infer_signature as infer
+    from mlflow.types.schema import ColSpec, Schema
 
     with warnings.catch_warnings():
         # MLflow's hint that integer columns cannot hold missing values: mlpipe's contract
         # refuses missing values anyway, and the hint would print in the middle of `train`.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        return infer(features, predictions)
+        signature = infer(features, predictions)
+    if optional:
+        signature.inputs = Schema(
+            [
+                ColSpec(c.type, c.name, required=c.required and c.name not in optional)
+                for c in signature.inputs.inputs
+            ]
+        )
+    return signature

@@ -349,3 +349,120 @@ def test_a_version_logged_before_integer_columns_kept_their_type_serves(server, 
             assert answer.json()["predictions"] == expected.tolist()
     finally:
         tracker.set_alias("boston-rf", "champion", "1")
+
+
+@pytest.fixture(scope="module")
+def houses(tmp_path_factory, servers):
+    """`mlpipe train` on a table as users have it (strings, a category, booleans, empty cells,
+    an id, missing targets): houses-rf version 1, the pipeline of one-hot and the forest."""
+    from tables import make_table
+
+    root = tmp_path_factory.mktemp("houses")
+    table = make_table(300, seed=4)
+    table.to_csv(root / "houses.csv", index=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    grid = {"n_estimators": [10, 20], "min_samples_leaf": [1, 3]}
+    spec = {
+        "n_jobs": 1,
+        "data": {"source": "houses.csv", "target": "y"},
+        "search": {"params": grid},
+    }
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {"PREFECT_API_URL": servers["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": uri}
+    result = run_mlpipe(["train", "--config", "spec.yaml", "--quiet"], root, **env)
+    assert result.returncode == 0, result.stderr
+    assert "order_id left out of the features" in result.stdout
+    rows = pd.read_csv(root / "houses.csv").drop(columns=["y"]).head(60)
+    rows.loc[0, "city"] = "tokyo"  # a category training never saw
+    rows.loc[1, "size"] = None
+    return {"root": root, "uri": uri, "rows": rows, "model": "models:/houses-rf@champion"}
+
+
+def test_a_model_of_categories_answers_the_same_row_everywhere(
+    houses, tmp_path, client, new_streams
+):
+    """The same rows, as pandas reads the CSV, through MLflow's pyfunc, `mlflow models serve`,
+    `mlpipe serve` (/predict and /invocations, JSON records, split and CSV), `mlpipe score`
+    (CSV and Parquet) and the Lambda handler: the same answers, row for row; the unseen
+    category and the missing values are counted, never refused."""
+    from mlpipe.batch import score as scoring
+    from mlpipe.predictor import open_model
+    from mlpipe.stream.handler import StreamHandler
+    from mlpipe.stream.kinesis import read
+    from mlpipe.stream.ledger import SqliteLedger
+
+    mlflow.set_tracking_uri(houses["uri"])
+    rows = houses["rows"]
+    expected = np.asarray(mlflow.pyfunc.load_model(houses["model"]).predict(rows))
+    inputs = {c.name: (c.type.name, c.required) for c in mlflow.models.get_model_info(
+        houses["model"]).signature.inputs.inputs}  # fmt: skip
+    assert inputs["city"] == ("string", False) and inputs["flag"] == ("boolean", True)
+    assert "order_id" not in inputs
+    records = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
+               for r in rows.drop(columns=["order_id"]).to_dict(orient="records")]  # fmt: skip
+    split = {
+        "dataframe_split": {
+            "columns": list(records[0]),
+            "data": [list(r.values()) for r in records],
+        }
+    }
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": houses["uri"],
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [str(BIN / "mlpipe"), "serve", "--model", houses["model"], "--port", str(port)]
+    csv = rows.drop(columns=["order_id"]).to_csv(index=False)
+    with background(
+        args, houses["root"] / "serve.log", f"{url}/ready", cwd=houses["root"], env=env
+    ):
+        answers = {
+            "predict": httpx.post(f"{url}/predict", json=records).json()["predictions"],
+            "invocations": httpx.post(f"{url}/invocations", json=split).json()["predictions"],
+            "csv": httpx.post(f"{url}/invocations", content=csv,
+                              headers={"Content-Type": "text/csv"}).json()["predictions"],
+        }  # fmt: skip
+        metrics = httpx.get(f"{url}/metrics").text
+        described = httpx.get(f"{url}/model").json()
+    for name, answer in answers.items():
+        np.testing.assert_array_equal(answer, expected, err_msg=name)
+    assert 'mlpipe_unseen_categories_total{feature="city"} 3.0' in metrics  # once per route
+    assert described["predictor"] == "native" and "ONNX" in described["fallback_reason"]
+
+    mlflow_port = free_port()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    args = [str(BIN / "mlflow"), "models", "serve", "-m", houses["model"], "--env-manager",
+            "local", "--host", "127.0.0.1", "--port", str(mlflow_port)]  # fmt: skip
+    with background(args, houses["root"] / "mlflow-serve.log", f"{mlflow_url}/ping", env=env):
+        theirs = httpx.post(f"{mlflow_url}/invocations", json=split, timeout=60)
+    assert theirs.status_code == 200, theirs.text
+    np.testing.assert_array_equal(theirs.json()["predictions"], expected)
+
+    model = open_model(houses["model"], houses["uri"])
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    for name in ("rows.csv", "rows.parquet"):
+        summary = scoring.score(model, tmp_path / name, tmp_path / f"{name}.out.parquet")
+        assert summary.rejected == 0 and summary.unseen == {"city": 1}, name
+        assert (
+            summary.missing
+            == rows[["city", "size", "x"]].isna().sum().loc[lambda s: s > 0].to_dict()
+        )
+        scored = pd.read_parquet(tmp_path / f"{name}.out.parquet")["prediction"]
+        np.testing.assert_array_equal(scored, expected, err_msg=name)
+
+    (output,) = new_streams("houses-out")
+    handler = StreamHandler(
+        model=model, kinesis=client, output=output,
+        ledger=SqliteLedger(sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)),
+    )  # fmt: skip
+    event = {
+        "Records": [aws_kinesis_record(i, {"id": f"r{i}", **r}) for i, r in enumerate(records)]
+    }
+    assert handler(event) == {"batchItemFailures": []}
+    got = {
+        (r := json.loads(record["Data"]))["id"]: r["prediction"] for record in read(client, output)
+    }
+    assert [got[f"r{i}"] for i in range(len(records))] == expected.tolist()

@@ -102,7 +102,7 @@ def test_integer_columns_take_integers_and_integral_floats(kind):
 
 
 def test_non_numeric_signatures_are_refused():
-    with pytest.raises(UserError, match="all numeric"):
+    with pytest.raises(UserError, match="whose inputs are numeric"):
         InputContract(("s",), ("string",))
     with pytest.raises(UserError, match="no named input columns"):
         InputContract.from_signature_inputs([{"type": "tensor"}])
@@ -120,3 +120,79 @@ def test_without_pyarrow_a_parquet_body_is_a_415_that_names_what_to_send(monkeyp
         protocol.invocations_matrix(b"PAR1", protocol.PARQUET_TYPE, contract, 10)
     assert raised.value.status == 415
     assert "application/json" in str(raised.value) and "text/csv" in str(raised.value)
+
+
+# A model of a table with categories: city (string, may be missing), zone (integer-coded),
+# flag (boolean), x (a number that may be missing)
+TABLE = InputContract(
+    ("city", "zone", "flag", "x"),
+    ("string", "long", "boolean", "double"),
+    optional=frozenset({"city", "x"}),
+    categories={"city": ("lima", "oslo", "paris"), "zone": ("1", "3", "4")},
+)
+
+
+def test_categories_become_codes_unseen_ones_the_last_and_missing_nan():
+    matrix = TABLE.matrix_from_records(
+        [
+            {"city": "paris", "zone": 3, "flag": True, "x": 0.5},
+            {"city": "tokyo", "zone": 9, "flag": False, "x": None},
+            {"city": None, "zone": 4.0, "flag": True, "x": float("nan")},
+        ]
+    )
+    assert matrix[0].tolist() == [2.0, 1.0, 1.0, 0.5]
+    assert matrix[1].tolist()[:3] == [3.0, 3.0, 0.0] and np.isnan(matrix[1, 3])
+    assert np.isnan(matrix[2, 0]) and matrix[2, 1] == 2.0 and np.isnan(matrix[2, 3])
+    assert TABLE.unseen(matrix) == {"city": 1, "zone": 1}
+    assert TABLE.missing(matrix) == {"city": 1, "x": 2}
+    frame = TABLE.frame(matrix)
+    assert frame["city"].tolist()[:2] == ["paris", "\x00unseen"] and np.isnan(frame["city"][2])
+    assert frame["zone"].tolist() == ["3", "\x00unseen", "4"]
+
+
+NONE_MISSING = "(the model was trained with none missing)"
+
+
+def test_what_a_table_contract_refuses_is_named_row_and_field():
+    found, error = problems(
+        TABLE.matrix_from_records,
+        [
+            {"city": 3, "zone": "a", "flag": 1, "x": "z"},
+            {"city": "oslo", "zone": None, "flag": None, "x": float("inf")},
+        ],
+    )
+    assert error.status == 422
+    assert found == [
+        (0, "city", "is a number (3); a category (a string) is required"),
+        (0, "zone", 'is a string ("a"); an integer code is required'),
+        (0, "flag", "is a number (1); true or false is required"),
+        (0, "x", "is a string ('z'); a number is required"),
+        (1, "zone", f"is null; an integer code is required {NONE_MISSING}"),
+        (1, "flag", f"is null; true or false is required {NONE_MISSING}"),
+        (1, "x", "is inf; NaN and Infinity are not accepted"),
+    ]  # fmt: skip
+
+
+def test_a_batch_of_columns_takes_codes_and_missing_values_where_optional():
+    from mlpipe.contract import ColumnValues
+
+    city = TABLE.codes("city", np.array(["paris", None, "tokyo", ""], dtype=object))
+    zone = TABLE.codes("zone", np.array([3, 4, 1, 7]))
+    assert city.tolist()[0] == 2.0 and np.isnan(city[1]) and city[2] == 3.0 and np.isnan(city[3])
+    assert zone.tolist() == [1.0, 2.0, 0.0, 3.0]
+    x = np.array([0.5, np.nan, np.nan, 1.0])
+    columns = ColumnValues(
+        [city, zone, np.array([1.0, 0.0, 1.0, 0.0]), x],
+        [None, None, None, None],
+        [None, None, None, np.array(["0.5", "", "abc", "1"], dtype=object)],
+    )
+    matrix, valid, reasons = TABLE.check_columns(columns)
+    assert valid.tolist() == [True, True, False, True]  # only the text that is no number
+    assert np.isnan(matrix[3, 0]) and matrix[3, 1:].tolist() == [3.0, 0.0, 1.0]  # "": missing
+    assert reasons == ["field 'x' is a string ('abc'); a number is required"]
+    required = InputContract(("city",), ("string",), categories={"city": ("a", "b")})
+    _, valid, reasons = required.check_columns(
+        ColumnValues([required.codes("city", np.array(["a", None], dtype=object))], [None], [None])
+    )
+    assert valid.tolist() == [True, False]
+    assert reasons == ["field 'city' is empty (null); a category (a string) is required"]

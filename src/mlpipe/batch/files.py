@@ -170,10 +170,11 @@ def check_columns(
         raise DataError(
             f"{where}: no id column(s) {', '.join(missing_ids)}; it has {', '.join(schema.names)}"
         )
-    for name in contract.names:
+    for name, declared in zip(contract.names, contract.types, strict=True):
         kind = schema.field(name).type
         text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        if not (_is_number(kind) or text or pa.types.is_null(kind)):  # null: all values missing
+        boolean = pa.types.is_boolean(kind) and declared == "boolean"
+        if not (_is_number(kind) or text or boolean or pa.types.is_null(kind)):  # null: all missing
             raise DataError(f"{where}: column {name!r} has type {kind}; the model takes numbers")
     return schema
 
@@ -186,11 +187,16 @@ def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValu
     """The batch's feature columns as float64 arrays, with their nulls and, where text did not
     parse as a number, the text itself."""
     values, nulls, texts = [], [], []
+    kinds = dict(zip(contract.names, contract.types, strict=True))
     for name in contract.names:
         column = batch.column(name)
         null_mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
         text = None
-        if _is_number(column.type):
+        if name in contract.categories:
+            array = contract.codes(name, column.to_numpy(zero_copy_only=False))
+        elif kinds[name] == "boolean" and not pa.types.is_boolean(column.type):
+            array, text = _booleans(column)
+        elif _is_number(column.type) or pa.types.is_boolean(column.type):
             array = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         else:
             try:
@@ -208,6 +214,17 @@ def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValu
         nulls.append(null_mask)
         texts.append(text)
     return ColumnValues(values, nulls, texts)
+
+
+def _booleans(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """A boolean feature read as text (CSV): true/false or 1/0 as 1/0, blank as missing; NaN
+    and the text itself for anything else (so a rejection can quote it)."""
+    words = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
+    truth = {"true": 1.0, "1": 1.0, "false": 0.0, "0": 0.0}
+    seen = words.to_numpy(zero_copy_only=False)
+    array = np.array([truth.get(w, np.nan) if isinstance(w, str) else np.nan for w in seen])
+    odd = [isinstance(w, str) and w not in truth and w != "" for w in seen]
+    return array, column.to_numpy(zero_copy_only=False) if any(odd) else None
 
 
 def clear_stale_temporaries(output: Path) -> None:

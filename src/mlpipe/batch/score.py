@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +99,10 @@ class ScoreSummary:
     predictor: str
     files: int
     first_rejects: list[str] = field(default_factory=list)
+    # a model of a table with categories: per feature, the scored rows whose category training
+    # never saw, and the missing values (features that may be missing)
+    unseen: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -118,6 +122,8 @@ class ScoreSummary:
             "model_version": self.model_version,
             "predictor": self.predictor,
             "files": self.files,
+            "unseen_categories": self.unseen,
+            "missing_values": self.missing,
         }
 
 
@@ -250,6 +256,8 @@ def score(
         pa.scalar(scored_at, pa.timestamp("us", tz="UTC")),
     ]
     scored = rejected = 0
+    unseen: Counter[str] = Counter()
+    missing: Counter[str] = Counter()
 
     def write(ids_of_rows: list[pa.Array], matrix: np.ndarray, predicted: Any) -> None:
         nonlocal scored
@@ -304,6 +312,8 @@ def score(
                 id_arrays = [pc.filter(a, mask) for a in id_arrays]
                 matrix = matrix[valid]
             if len(matrix):
+                unseen.update(contract.unseen(matrix))
+                missing.update(contract.missing(matrix))
                 writes.append(predicted_then_written(id_arrays, matrix))
             while len(writes) > workers + 1:  # a few batches in flight, no more
                 writes.popleft().result()
@@ -336,6 +346,8 @@ def score(
         predictor=model.predictor.kind,
         files=files,
         first_rejects=first_rejects[:5],
+        unseen=dict(unseen),
+        missing=dict(missing),
     )
 
 

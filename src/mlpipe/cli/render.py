@@ -139,6 +139,10 @@ def score_summary(summary: Any, out: Console, total_seconds: float) -> None:
     )
     out.print(f"input {summary.input}")
     out.print(f"output {summary.output}")
+    for label, counts in (("unseen categories", summary.unseen), ("missing", summary.missing)):
+        if counts:  # scored by the family's rule; counted where an operator looks
+            shown = ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items()))
+            out.print(f"{label}: {shown}", markup=False)
     if summary.rejected:
         out.print(f"[yellow]{summary.rejected:,} rows rejected[/] -> {summary.rejects}")
         shown = summary.first_rejects[:3]

@@ -96,6 +96,7 @@ class Predictions:
                 body, content_type.decode("latin-1") if content_type else None, model.contract,
                 self.max_rows,
             )  # fmt: skip
+            self.metrics.count_inputs(model.contract, matrix)
             if model.classes is None:
                 predictions = model.predict(matrix)
                 self.watch.observe(model, matrix, predictions)

@@ -8,7 +8,9 @@ on any worker reports the sum over all of them.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -39,6 +41,20 @@ class Metrics:
             "mlpipe_predictions",
             "Rows predicted, by model version and predictor (onnx or native).",
             ["model_version", "predictor"],
+            registry=self.registry,
+        )
+        # a model of a table with categories: what its inputs held that training had not
+        self.unseen = Counter(
+            "mlpipe_unseen_categories",
+            "Values of a categorical feature never seen in training (scored by the family's "
+            "rule), by feature.",
+            ["feature"],
+            registry=self.registry,
+        )
+        self.missing = Counter(
+            "mlpipe_missing_values",
+            "Missing values in the features that may be missing, by feature.",
+            ["feature"],
             registry=self.registry,
         )
         self.model_events = Counter(
@@ -83,6 +99,16 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="max",
         )
+
+    def count_inputs(self, contract: Any, matrix: np.ndarray) -> None:
+        """Count the unseen categories and missing values of a request's rows (nothing to do
+        for a model of numbers alone)."""
+        if contract.categories:
+            for feature, count in contract.unseen(matrix).items():
+                self.unseen.labels(feature).inc(count)
+        if contract.optional:
+            for feature, count in contract.missing(matrix).items():
+                self.missing.labels(feature).inc(count)
 
     def render(self) -> bytes:
         """The exposition text, summed over worker processes in multiprocess mode."""

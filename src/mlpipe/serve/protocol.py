@@ -147,7 +147,18 @@ def _csv_matrix(body: bytes, contract: InputContract, max_rows: int) -> np.ndarr
         raise InputError.single("the CSV body is empty; send a header row and data rows")
     header, data = rows[0], rows[1:]
     check_rows(data, max_rows)
-    return contract.matrix_from_rows(header, [[_csv_value(cell) for cell in row] for row in data])
+    kinds = dict(zip(contract.names, contract.types, strict=True))
+    cells = [
+        _CSV_CELLS.get(_csv_kind(contract, kinds.get(name), name), _csv_value) for name in header
+    ]
+    return contract.matrix_from_rows(
+        header, [[read(cell) for read, cell in zip(cells, row, strict=False)] for row in data]
+    )
+
+
+def _csv_kind(contract: InputContract, kind: str | None, name: str) -> str:
+    # a category is its text as written ("007" stays "007"); an integer code is a number
+    return "text" if name in contract.categories and kind == "string" else kind or ""
 
 
 def _csv_value(cell: str) -> Any:
@@ -157,6 +168,15 @@ def _csv_value(cell: str) -> Any:
         return float(cell)
     except ValueError:
         return cell
+
+
+_BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}
+_CSV_CELLS = {
+    "text": lambda cell: cell if cell.strip() else None,
+    "boolean": lambda cell: (
+        _BOOLEAN_WORDS.get(cell.strip().lower(), cell) if cell.strip() else None
+    ),
+}
 
 
 def _parquet_matrix(body: bytes, contract: InputContract, max_rows: int) -> np.ndarray:

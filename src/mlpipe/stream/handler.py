@@ -165,6 +165,7 @@ class StreamHandler:
             errors = kinesis.put_records(self.kinesis, self.output, entries)
             _sort(valid, errors, done, failed)
             totals.scored = errors.count(None)
+            _log_inputs(self.model.contract, matrix[scored])
         if poison:
             for item in poison:
                 log.warning("record %s is poison: %s", item.key, item.reason)
@@ -186,6 +187,17 @@ def _sort(items: Sequence[Item], errors: Sequence[str | None], done: list, faile
     if first:
         count = sum(1 for e in errors if e)
         log.warning("%d record(s) not written, to be retried: %s", count, first)
+
+
+def _log_inputs(contract: Any, matrix: np.ndarray) -> None:
+    """Log what a batch's scored records held that training had not (categories never seen,
+    missing values): scored by the family's rule, and counted where an operator looks."""
+    unseen, missing = contract.unseen(matrix), contract.missing(matrix)
+    if unseen or missing:
+        log.info(
+            "scored %d records: unseen categories %s; missing values %s",
+            len(matrix), unseen or "none", missing or "none",
+        )  # fmt: skip
 
 
 def _reason(error: InputError) -> str:

@@ -31,7 +31,6 @@ from mlpipe.scoring import (
     confusion,
     get_scoring,
     held_out,
-    probability_columns,
     regression_metrics,
 )
 from mlpipe.search import (
@@ -51,6 +50,7 @@ from mlpipe.trial import (
 )
 from mlpipe.tune import artifacts, rerun, tpe
 from mlpipe.tune.plan import Prepared, pending_trials, prepare
+from mlpipe.tune.profile import training_profile, with_missing
 from mlpipe.tune.progress import NullObserver, Observer
 from mlpipe.tune.trials import run_trials
 
@@ -236,7 +236,8 @@ def finish(
     outputs: Any = predictions
     if family.task == "classification":
         outputs = pd.Series(predictions, name=str(split.y_test.name))
-    signature = infer_signature(plan.dataset.as_loaded(split.X_test), outputs)
+    missing = plan.dataset.X.columns[plan.dataset.X.isna().any()]
+    signature = infer_signature(plan.dataset.as_loaded(split.X_test), outputs, list(missing))
     profile = training_profile(spec, model, split, plan.dataset.classes)
     files = {drift.PROFILE_FILE: profile.to_json()}
     classes = plan.dataset.classes
@@ -255,7 +256,7 @@ def finish(
         plan.dataset.as_loaded(split.X_train.head(5)),
         signature,
         spec.model_name,
-        held_out=split.X_test,
+        held_out=with_missing(split.X_test, list(missing)),
         files=files,
     )
     tracker.tag_version(
@@ -322,41 +323,6 @@ def finish(
         reused=reused,
         timings=timings,
         data_notes=plan.dataset.notes,
-    )
-
-
-def training_profile(
-    spec: Spec, model: Any, split: Split, known: np.ndarray | None = None
-) -> drift.Profile:
-    """The training split's features and the model's predictions on them (a classifier's as
-    class codes, and each class's probability named after ``known``, the dataset's labels),
-    with the spec's drift thresholds: what batch runs and the server compare new inputs with."""
-    monitoring = spec.monitoring
-    predictions = np.asarray(model.predict(split.X_train)).ravel()
-    classes = getattr(model, "classes_", None) if spec.model.task == "classification" else None
-    probabilities = None
-    if classes is not None:
-        predictions = np.searchsorted(classes, predictions)
-        proba = np.asarray(model.predict_proba(split.X_train)).T
-        names = probability_columns(classes if known is None else known)
-        probabilities = dict(zip(names, proba, strict=True))
-    from mlpipe.columns import profile_matrix
-
-    # a table with categories: its frequent categories, one bin each, and one bin for the rest
-    matrix, profiled = profile_matrix(split.X_train, drift.BINS - 1 if split.frame else 0)
-    return drift.build_profile(
-        list(split.X_train.columns),
-        matrix,
-        predictions,
-        drift.Thresholds(
-            psi=monitoring.psi_threshold,
-            ks=monitoring.ks_threshold,
-            min_rows=monitoring.min_rows,
-            window=monitoring.window,
-            p_value=monitoring.p_value,
-        ),
-        probabilities=probabilities,
-        categories=profiled,
     )
 
 

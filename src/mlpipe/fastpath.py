@@ -34,6 +34,7 @@ PARITY_TOLERANCE = 1e-4
 PARITY_ROWS = 256
 ONNX_FOLDER = "onnx"  # beside the model's files: onnx/model.onnx, onnx/parity_sample.json
 PARITY_FILE = "parity_sample.json"
+ENCODING_FILE = "encoding.json"  # a one-hot pipeline's column step, as tables
 
 
 class Predictor(Protocol):
@@ -131,6 +132,40 @@ class OnnxPredictor:
     scores = predict
 
 
+class EncodedOnnxPredictor:
+    """A one-hot pipeline's fast path: the input contract's category codes turned into the
+    column step's output by table lookup (``columns.encoding_tables``, written at
+    registration), then the estimator's ONNX graph. No scikit-learn at serving time."""
+
+    kind = "onnx"
+
+    def __init__(self, graph: bytes, encoding: dict[str, Any], contract: InputContract) -> None:
+        self.graph = OnnxPredictor(graph)
+        position = {name: j for j, name in enumerate(contract.names)}
+        self.tables = [
+            (position[name], np.asarray(table, dtype=np.float64))
+            for name, table in encoding["categorical"].items()
+        ]
+        self.numeric = np.asarray([position[n] for n in encoding["numeric"]], dtype=np.intp)
+        self.width = sum(t.shape[1] for _, t in self.tables) + len(self.numeric)
+
+    def encode(self, matrix: np.ndarray) -> np.ndarray:
+        out = np.empty((len(matrix), self.width), dtype=np.float64)
+        offset = 0
+        for j, table in self.tables:  # rows: the categories, an unseen one, a missing one
+            codes = matrix[:, j]
+            index = np.where(np.isnan(codes), len(table) - 1, codes).astype(np.intp)
+            out[:, offset : offset + table.shape[1]] = table[index]
+            offset += table.shape[1]
+        out[:, offset:] = matrix[:, self.numeric]
+        return out
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return self.graph.predict(self.encode(matrix))
+
+    scores = predict
+
+
 @dataclass(frozen=True)
 class Parity:
     """How closely the fast path matched the native model."""
@@ -164,11 +199,16 @@ def choose_predictor(
     """The ONNX predictor if it converts and matches the native predictions on ``samples``
     (``recorded`` at registration, else ``native``'s now), else ``native`` with the reason."""
     logged = path / ONNX_FOLDER / "model.onnx"
+    encoding = path / ONNX_FOLDER / ENCODING_FILE
     try:
         graph = (
             logged.read_bytes() if logged.is_file() else to_onnx(native.model, len(contract.names))
         )
-        fast = OnnxPredictor(graph)
+        fast: Predictor = (
+            EncodedOnnxPredictor(graph, json.loads(encoding.read_text()), contract)
+            if encoding.is_file()
+            else OnnxPredictor(graph)
+        )
     except ConversionError as exc:
         return native, None, f"no ONNX form: {exc}"
     except Exception as exc:  # onnxruntime refuses a graph with its own error types
@@ -215,13 +255,30 @@ def warm_up(predictor: Predictor, rows: np.ndarray) -> None:
 
 
 def export_fast_path(
-    model: Any, n_features: int, held_out: Any, folder: Path, model_id: str | None = None
+    model: Any,
+    n_features: int,
+    held_out: Any,
+    folder: Path,
+    model_id: str | None = None,
+    categories: dict[str, list[str]] | None = None,
 ) -> Path | None:
     """Write ``onnx/model.onnx`` and the held-out parity sample, with the model's predictions
     on it and the logged model's ``model_id`` they belong to, into ``folder`` for logging beside
-    a registered model; None when the model has no ONNX form."""
+    a registered model; None when the model has no ONNX form. A pipeline of a table with
+    ``categories`` (``held_out`` in the types as loaded) gets its column step as tables."""
+    encoding = None
+    estimator = model
+    if categories is not None:
+        from mlpipe.columns import encoding_tables
+
+        encoding = encoding_tables(model, categories)
+        if encoding is None:
+            log.info("no ONNX fast path: native categorical splits have no exact converter")
+            return None
+        estimator = model.named_steps["model"]
+        n_features = len(model.named_steps["encode"].get_feature_names_out())
     try:
-        graph = to_onnx(model, n_features)
+        graph = to_onnx(estimator, n_features)
     except ConversionError as exc:
         log.warning("no ONNX fast path for %s: %s", type(model).__name__, exc)
         return None
@@ -229,14 +286,28 @@ def export_fast_path(
     target.mkdir(parents=True, exist_ok=True)
     (target / "model.onnx").write_bytes(graph)
     sample = held_out.iloc[:PARITY_ROWS]
-    # predicted as a reader predicts: float64 rows in a frame with the signature's names
-    matrix = sample.to_numpy(dtype=np.float64)
-    numbers = InputContract(tuple(sample.columns), ("double",) * len(sample.columns))
-    predictions = NativePredictor(model, numbers).scores(matrix)
-    record = {"columns": list(sample.columns), "data": matrix.tolist()}
+    if encoding is None:
+        # predicted as a reader predicts: float64 rows in a frame with the signature's names
+        matrix = sample.to_numpy(dtype=np.float64)
+        numbers = InputContract(tuple(sample.columns), ("double",) * len(sample.columns))
+        predictions = NativePredictor(model, numbers).scores(matrix)
+        data: list[Any] = matrix.tolist()
+    else:  # the rows as a client sends them (strings, booleans, null), the table as loaded
+        (target / ENCODING_FILE).write_text(json.dumps(encoding))
+        predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+        predictions = np.asarray(predict(sample))
+        data = [[_plain(v) for v in row] for row in sample.astype(object).to_numpy().tolist()]
+    record: dict[str, Any] = {"columns": list(sample.columns), "data": data}
     record |= {"predictions": predictions.tolist(), "model_id": model_id}
     (target / PARITY_FILE).write_text(json.dumps(record))
     return target
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as JSON holds it: None where missing, Python scalars."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) == "<NA>":
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def recorded_parity(

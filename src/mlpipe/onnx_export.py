@@ -100,6 +100,9 @@ def forest_to_onnx(
         nodes_trueleafs=nodes.true_is_leaf,
         nodes_falsenodeids=nodes.false_ids,
         nodes_falseleafs=nodes.false_is_leaf,
+        # a missing value (NaN) goes where scikit-learn's tree sends it (missing_go_to_left;
+        # a feature with none in training: to the child that had the most samples)
+        nodes_missing_value_tracks_true=nodes.missing_true,
         leaf_targetids=nodes.leaf_targets,
         leaf_weights=helper.make_tensor(
             "leaf_weights",
@@ -146,6 +149,7 @@ class _Nodes:
         self.false_is_leaf: list[int] = []
         self.leaf_weights: list[float] = []
         self.leaf_targets: list[int] = []
+        self.missing_true: list[int] = []
 
     def add_tree(self, tree: Any, target: int = 0) -> None:
         """The tree, its leaves adding to ``target`` (their value for that class)."""
@@ -158,7 +162,7 @@ class _Nodes:
             # A one-leaf tree: TreeEnsemble needs an interior root, so both branches of a
             # dummy split lead to that leaf.
             self.roots.append(len(self.features))
-            self._add_split(0, 0.0, (int(leaf_index[0]), 1), (int(leaf_index[0]), 1))
+            self._add_split(0, 0.0, (int(leaf_index[0]), 1), (int(leaf_index[0]), 1), 1)
         else:
             self.roots.append(int(node_index[0]))
             for i in np.flatnonzero(~is_leaf):
@@ -168,14 +172,21 @@ class _Nodes:
                     float(tree.threshold[i]),
                     _child(true_child, is_leaf, node_index, leaf_index),
                     _child(false_child, is_leaf, node_index, leaf_index),
+                    int(tree.missing_go_to_left[i]),  # the true branch is the left child
                 )
         leaves = tree.value[is_leaf, 0, target]
         self.leaf_weights.extend(float(v) for v in leaves)
         self.leaf_targets.extend([target] * len(leaves))
 
     def _add_split(
-        self, feature: int, split: float, true: tuple[int, int], false: tuple[int, int]
+        self,
+        feature: int,
+        split: float,
+        true: tuple[int, int],
+        false: tuple[int, int],
+        missing_true: int,
     ) -> None:
+        self.missing_true.append(missing_true)
         self.features.append(feature)
         self.splits.append(split)
         self.true_ids.append(true[0])

@@ -75,6 +75,7 @@ class Registry:
         model_name: str,
         held_out: Any = None,
         files: Mapping[str, str] | None = None,
+        categories: dict[str, list[str]] | None = None,
     ) -> tuple[str, str]:
         """Log the model to the run, with its ONNX fast path, a held-out parity sample and
         ``files`` (name -> text, e.g. the training data profile) beside it, and register it;
@@ -119,15 +120,19 @@ class Registry:
                     pip_requirements=self.pip_requirements(family, pipeline),
                 )
             # start_run(run_id=...) ends the run on exit; the caller decides its final status.
-        # a pipeline (a table with categories) has no ONNX form yet: the native predictor serves
-        self._log_model_files(info.model_id, model, None if pipeline else held_out, files or {})
+        self._log_model_files(info.model_id, model, held_out, files or {}, categories)
         if chatter.getvalue().strip():
             logging.getLogger("mlflow").info(chatter.getvalue().strip())
         self.client.update_run(run_id, status="RUNNING")
         return str(info.model_uri), str(info.registered_model_version)
 
     def _log_model_files(
-        self, model_id: str, model: Any, held_out: Any, files: Mapping[str, str]
+        self,
+        model_id: str,
+        model: Any,
+        held_out: Any,
+        files: Mapping[str, str],
+        categories: dict[str, list[str]] | None,
     ) -> None:
         import tempfile
 
@@ -137,7 +142,9 @@ class Registry:
             for name, text in files.items():
                 Path(tmp, name).write_text(text)
             if held_out is not None:
-                export_fast_path(model, held_out.shape[1], held_out, Path(tmp), model_id)
+                export_fast_path(
+                    model, held_out.shape[1], held_out, Path(tmp), model_id, categories
+                )
             if any(Path(tmp).iterdir()):
                 self.client.log_model_artifacts(model_id, tmp)
 

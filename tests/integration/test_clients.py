@@ -382,9 +382,9 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
     houses, tmp_path, client, new_streams
 ):
     """The same rows, as pandas reads the CSV, through MLflow's pyfunc, `mlflow models serve`,
-    `mlpipe serve` (/predict and /invocations, JSON records, split and CSV), `mlpipe score`
-    (CSV and Parquet) and the Lambda handler: the same answers, row for row; the unseen
-    category and the missing values are counted, never refused."""
+    `mlpipe serve` (/predict and /invocations, JSON records, split and CSV; the ONNX fast
+    path), `mlpipe score` (CSV and Parquet) and the Lambda handler: the same answers, row for
+    row; the unseen category and the missing values are counted, never refused."""
     from mlpipe.batch import score as scoring
     from mlpipe.predictor import open_model
     from mlpipe.stream.handler import StreamHandler
@@ -392,6 +392,7 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
     from mlpipe.stream.ledger import SqliteLedger
 
     mlflow.set_tracking_uri(houses["uri"])
+    mlflow.set_registry_uri(houses["uri"])
     rows = houses["rows"]
     expected = np.asarray(mlflow.pyfunc.load_model(houses["model"]).predict(rows))
     inputs = {c.name: (c.type.name, c.required) for c in mlflow.models.get_model_info(
@@ -429,7 +430,8 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
     for name, answer in answers.items():
         np.testing.assert_array_equal(answer, expected, err_msg=name)
     assert 'mlpipe_unseen_categories_total{feature="city"} 3.0' in metrics  # once per route
-    assert described["predictor"] == "native" and "ONNX" in described["fallback_reason"]
+    # the one-hot forest's fast path: codes to one-hot by table, then the forest's graph
+    assert described["predictor"] == "onnx" and described["parity"]["max_abs_diff"] == 0.0
 
     mlflow_port = free_port()
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"

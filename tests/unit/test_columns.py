@@ -231,3 +231,55 @@ def test_the_mapping_and_the_profile_codes_follow_the_training_split(table_path)
     )
     assert codes[:, 0].tolist()[:2] == [1.0, 2.0] and np.isnan(codes[2, 0])
     assert codes[:, 1].tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+@pytest.mark.parametrize("family", list(SMALL))
+def test_the_fast_path_of_a_one_hot_pipeline_equals_it_and_native_splits_have_none(
+    tmp_path, family, task
+):
+    """Forests: the contract's codes through the encoding tables and the forest's graph equal
+    the pipeline's own answers bit for bit (unseen and missing categories, missing numbers).
+    The families of native categorical splits write no fast path (no exact converter)."""
+    from mlpipe.contract import InputContract
+    from mlpipe.fastpath import ENCODING_FILE, EncodedOnnxPredictor, export_fast_path
+
+    frame = make_table(240, seed=5)
+    target = frame["y"].fillna(0)
+    if task == "classification":
+        target = np.where(target > target.median(), "high", "low")
+    X = frame.drop(columns=["y", "order_id"])
+    columns = decide_columns(X)
+    prepared = prepare(X, columns)
+    spec = Spec.model_validate({"model": {"family": family, "task": task}})
+    if task == "classification" and not spec.family.any_labels:  # XGBoost: the codes
+        target = np.unique(target, return_inverse=True)[1]
+    model = fit_final(spec.family, {spec.family.size_param: 7}, prepared, target, 0, columns)
+    mapping = categories(prepared, columns)
+    loaded = X.astype({"flag": "boolean"}).iloc[:60].copy()
+    loaded.loc[loaded.index[:3], "city"] = ["tokyo", None, "rome"]
+    loaded.loc[loaded.index[3], "x"] = np.nan
+    folder = export_fast_path(model, 0, loaded, tmp_path, "m-1", categories=mapping)
+    if family not in ("random_forest", "extra_trees"):
+        assert folder is None
+        return
+    types = {"categorical": "string", "boolean": "boolean"}
+    contract = InputContract(
+        tuple(X.columns),
+        tuple(types.get(columns.kinds[c], "double") for c in X.columns),
+        optional=frozenset(X.columns),
+        categories={k: tuple(v) for k, v in mapping.items()},
+    )
+    import json
+
+    fast = EncodedOnnxPredictor(
+        (folder / "model.onnx").read_bytes(),
+        json.loads((folder / ENCODING_FILE).read_text()),
+        contract,
+    )
+    rows = [
+        [None if pd.isna(v) else v for v in r] for r in loaded.astype(object).to_numpy().tolist()
+    ]
+    matrix = contract.matrix_from_rows(list(X.columns), rows)
+    native = model.predict_proba(loaded) if task == "classification" else model.predict(loaded)
+    assert np.array_equal(fast.predict(matrix), native)

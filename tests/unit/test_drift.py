@@ -248,3 +248,71 @@ def test_the_p_value_merges_bins_too_small_for_the_test():
     assert drift.homogeneity_p(shares, 1000, np.array([50, 50, 0])) > 0.5
     assert drift.homogeneity_p(shares, 1000, np.array([90, 10, 0])) < 1e-6
     assert drift.homogeneity_p(np.array([1.0]), 1000, np.array([100])) == 1.0  # one bin: no test
+
+
+@pytest.fixture(scope="module")
+def houses():
+    """A table with categories: its training profile built as `mlpipe train` builds it (the
+    contract's codes, the 9 most frequent categories a bin each), the contract that codes new
+    rows, and the whole table's rows as the contract codes them."""
+    import pandas as pd
+    from tables import make_table
+
+    from mlpipe.columns import categories, decide_columns, prepare, profile_matrix
+    from mlpipe.contract import InputContract
+
+    frame = make_table(4000, seed=3).drop(columns=["y", "order_id"])
+    columns = decide_columns(frame)
+    prepared = prepare(frame, columns)
+    train = prepared.iloc[:3000]
+    matrix, profiled = profile_matrix(train, drift.BINS - 1)
+    names = list(prepared.columns)
+    predictions = np.nan_to_num(matrix[:, names.index("x")])
+    profile = drift.build_profile(names, matrix, predictions, categories=profiled)
+    mapping = categories(train, columns)
+    contract = InputContract(
+        tuple(names),
+        tuple({"categorical": "string", "boolean": "boolean"}.get(columns.kinds[c], "double")
+              for c in names),
+        optional=frozenset(names), categories={k: tuple(v) for k, v in mapping.items()},
+    )  # fmt: skip
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in
+            frame.astype(object).to_dict(orient="records")]  # fmt: skip
+    coded = contract.matrix_from_records(rows)
+    return names, profile, coded
+
+
+def categorical_alarm_rate(houses, draws: int, change=None) -> float:
+    names, profile, coded = houses
+    rng = np.random.default_rng(11)
+    alarms = 0
+    for _ in range(draws):
+        matrix = coded[rng.choice(len(coded), 100)].copy()
+        if change is not None:
+            column, value = change
+            matrix[: len(matrix) // 2, names.index(column)] = value
+        counts = drift.Counts(profile)
+        counts.add(matrix, np.nan_to_num(matrix[:, names.index("x")]))
+        alarms += drift.compare(counts).drifted
+    return alarms / draws
+
+
+def test_categories_are_profiled_by_their_shares_with_missing_counted_apart(houses):
+    names, profile, coded = houses
+    city = profile.features[names.index("city")]
+    assert city.categories == ["paris", "rome", "oslo", "lima", "kyiv"]  # by frequency
+    assert len(city.shares) == len(city.categories) + 1  # and one bin for the rest
+    assert city.missing > 0 and sum(city.shares) == pytest.approx(1.0)
+    counts = drift.Counts(profile)
+    counts.add(coded[:500], np.zeros(500))
+    result = drift.compare(counts)
+    column = result.features[names.index("city")]
+    assert column.missing == pytest.approx(np.isnan(coded[:500, names.index("city")]).mean())
+
+
+def test_in_distribution_categories_raise_an_alarm_at_most_once_in_a_hundred(houses):
+    assert categorical_alarm_rate(houses, draws=500) <= 0.01
+
+
+def test_a_category_taking_over_half_the_rows_is_caught(houses):
+    assert categorical_alarm_rate(houses, draws=100, change=("city", 3.0)) >= 0.99  # "lima"

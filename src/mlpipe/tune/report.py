@@ -79,13 +79,15 @@ def write_report(
         written += classplots.draw(plt, folder, codes, held.predicted, held.proba, classes, _save)
     else:
         written.append(_predicted_vs_actual(plt, folder, split, predictions))
-    importances = getattr(model, "feature_importances_", None)
-    if importances is not None:
-        order = np.argsort(importances)
-        fig, ax = plt.subplots(figsize=(5, 0.3 * len(order) + 1))
-        ax.barh(np.asarray(split.X_train.columns)[order], np.asarray(importances)[order])
+    from mlpipe.columns import source_importances
+
+    importances = source_importances(model, list(split.X_train.columns))
+    if importances is not None:  # per column of the table: one-hot columns summed back
+        names = sorted(importances, key=importances.__getitem__)
+        fig, ax = plt.subplots(figsize=(5, 0.3 * len(names) + 1))
+        ax.barh(names, [importances[n] for n in names])
         ax.set_xlabel("importance")
-        ax.set_title("feature importances")
+        ax.set_title("feature importances (per column)")
         fig.tight_layout()
         written.append(_save(fig, folder / "feature_importances.png"))
     if history and done:

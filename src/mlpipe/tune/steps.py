@@ -243,12 +243,14 @@ def finish(
     classes = plan.dataset.classes
     if classes is not None:
         files[CLASSES_FILE] = json.dumps(class_list(classes))
+    mapping, parity_rows = None, with_missing(split.X_test, list(missing))
     if split.frame:  # the column kinds and each column's categories in the training split
         from mlpipe.columns import COLUMNS_FILE, categories
 
         columns = plan.dataset.columns
-        mapping = {**columns.to_json(), "categories": categories(split.X_train, columns)}
-        files[COLUMNS_FILE] = json.dumps(mapping, indent=1)
+        mapping = categories(split.X_train, columns)
+        files[COLUMNS_FILE] = json.dumps({**columns.to_json(), "categories": mapping}, indent=1)
+        parity_rows = plan.dataset.as_loaded(parity_rows)  # as a client sends them
     model_uri, version = tracker.log_model(
         parent_run_id,
         family.name,
@@ -256,8 +258,9 @@ def finish(
         plan.dataset.as_loaded(split.X_train.head(5)),
         signature,
         spec.model_name,
-        held_out=with_missing(split.X_test, list(missing)),
+        held_out=parity_rows,
         files=files,
+        categories=mapping,
     )
     tracker.tag_version(
         spec.model_name,
@@ -271,6 +274,8 @@ def finish(
     promotion = promote(tracker, spec, version, test_metrics[scoring], plan)
     if promotion.promoted:
         signals.model_promoted(spec.model_name, promotion)
+
+    from mlpipe.columns import source_importances
 
     out_dir = Path(spec.artifacts_dir) / plan.search_id
     model_based = spec.search.strategy == "tpe"
@@ -294,6 +299,7 @@ def finish(
             "alias": promotion.alias,
         }
         | plan.dataset.record
+        | {"feature_importances": source_importances(model, list(split.X_train.columns))}
         | ({"param_importances": importances} if model_based else {}),
     )
     from mlpipe.predictor import download_model

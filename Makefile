@@ -19,6 +19,7 @@ IMAGE ?= mlpipe:0.1.0
 SERVE_IMAGE ?= mlpipe-serve:0.1.0
 
 .PHONY: run test unit integration lint system-deps image bench-image bench bench-search bench-serve bench-score \
+	bench-score-categorical \
 	bench-stream bench-scale \
 	bench-db lock clean
 
@@ -87,6 +88,9 @@ bench-serve: $(STAMP)  ## mlflow models serve vs mlpipe serve under wrk (apt-get
 
 bench-score: $(STAMP)  ## pyfunc + read_parquet vs mlpipe score on 5,000,000 rows (ARGS="--s3": and on S3)
 	$(BIN)/python benchmarks/score.py $(ARGS)
+
+bench-score-categorical: $(STAMP)  ## mlpipe score: a table with categories vs one of numbers
+	$(BIN)/python benchmarks/score_categorical.py $(ARGS)
 
 bench-stream: $(STAMP)  ## a read+write-only consumer vs mlpipe stream, 100,000 records, local Kinesis
 	$(BIN)/python benchmarks/stream.py $(ARGS)

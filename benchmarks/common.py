@@ -109,3 +109,27 @@ def agree(rows: int, a: Any, b: Any) -> None:
     print(f"same ids: {same_ids}; max |prediction difference|: {diff:.3g}")
     if not same_ids or diff > 1e-9:
         raise SystemExit("the two sides disagree")
+
+
+def categorical_table(rows: int, path: Path) -> Path:
+    """A third of 12 features categorical (strings; one with 300 categories, a zone id), empty
+    cells in a few of them, and a target that depends on the categories and the numbers."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({f"x{i}": rng.normal(size=rows) for i in range(8)})
+    frame["city"] = rng.choice(["paris", "rome", "oslo", "lima", "kyiv", "quito"], rows)
+    frame["kind"] = rng.choice(["flat", "house", "loft"], rows, p=[0.6, 0.3, 0.1])
+    frame["heating"] = rng.choice(["gas", "oil", "heat pump", "wood"], rows).astype(object)
+    frame["zone"] = [f"z{z:03d}" for z in rng.integers(0, 300, rows)]
+    frame.loc[rng.random(rows) < 0.05, "heating"] = None
+    frame.loc[rng.random(rows) < 0.05, "x3"] = np.nan
+    effect = {"paris": 3.0, "rome": 2.0, "oslo": 1.0, "lima": 0.0, "kyiv": -1.0, "quito": -2.0}
+    frame["price"] = (
+        frame["city"].map(effect) + 2 * frame["x0"] + frame["x1"] * (frame["kind"] == "loft")
+        + (frame["zone"].str[1:].astype(int) % 7) / 3 + rng.normal(size=rows)
+    )  # fmt: skip
+    out = path / f"houses-{rows}.csv"
+    frame.to_csv(out, index=False)
+    return out

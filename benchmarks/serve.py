@@ -14,8 +14,12 @@ only: its pyfunc has no probabilities). The 50 rows are compared on /invocations
 xgboost`` or ``lightgbm`` tunes that family instead (its ONNX graph is onnxmltools').
 
 Prints requests/s, p50 and p99 latency for both and the throughput ratio.
+With ``--categorical`` the model is a forest of a table with categories (benchmarks/common.py's
+``categorical_table``: 4 of 12 columns strings, one with 300 categories), served through the
+one-hot tables and the forest's ONNX graph.
 Usage: python benchmarks/serve.py [--seconds 20] [--workers 2] [--tracking-uri URI]
                                   [--classifier [--family random_forest|xgboost|lightgbm]]
+                                  [--categorical]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
-from common import BIN, DATA, MODEL, environment
+from common import BIN, DATA, MODEL, categorical_table, environment
 
 from mlpipe.processes import free_port, stop_group
 
@@ -122,6 +126,9 @@ def main() -> None:
     parser.add_argument("--tracking-uri", help="a store with the model's champion (else: train it)")
     parser.add_argument("--classifier", action="store_true", help="breast_cancer's classifier")
     parser.add_argument("--family", choices=sorted(SHORT), default="random_forest")
+    parser.add_argument(
+        "--categorical", action="store_true", help="a regressor of a table with categories"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -134,6 +141,11 @@ def main() -> None:
         model = f"models:/breast_cancer-{SHORT[args.family]}@champion"
         train = ("--data", "breast_cancer", "--task", "classification", "--family", args.family)
         frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    if args.categorical:  # 4 of 12 columns categorical, one with 300 categories
+        table = categorical_table(2000, Path(folder))
+        model = f"models:/houses-2000-{SHORT[args.family]}@champion"
+        train = ("--data", str(table), "--target", "price", "--family", args.family)
+        frame = pd.read_csv(table).drop(columns=["price"]).dropna()
     env = environment(folder, args.tracking_uri, train)
     body = json.dumps({"dataframe_split": frame.iloc[[0]].to_dict(orient="split")})
     mlpipe_path, mlpipe_body = "/invocations", body

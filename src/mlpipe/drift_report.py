@@ -77,6 +77,10 @@ def _chart(column: ColumnDrift, profile_column: FeatureProfile) -> str:
             )
     cuts = profile_column.cuts
     span = f"{cuts[0]:.3g} .. {cuts[-1]:.3g}" if cuts else "no cuts"
+    if profile_column.categories is not None:  # a bar a frequent category, then the rest
+        span = ", ".join([*profile_column.categories, "the rest"])
+    if column.missing:
+        span += f"; missing {column.missing:.1%}"
     return (
         f'<figure><svg class="chart" width="{width}" height="{height}" '
         f'role="img" aria-label="{html.escape(column.name)}">{"".join(bars)}</svg>'

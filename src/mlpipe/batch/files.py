@@ -192,7 +192,9 @@ def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValu
         column = batch.column(name)
         null_mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
         text = None
-        if name in contract.categories:
+        if name in contract.categories and _is_text(column.type):
+            array = _category_codes(column, contract.categories[name])
+        elif name in contract.categories:  # integer codes
             array = contract.codes(name, column.to_numpy(zero_copy_only=False))
         elif kinds[name] == "boolean" and not pa.types.is_boolean(column.type):
             array, text = _booleans(column)
@@ -214,6 +216,23 @@ def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValu
         nulls.append(null_mask)
         texts.append(text)
     return ColumnValues(values, nulls, texts)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _category_codes(column: pa.Array, categories: Sequence[str]) -> np.ndarray:
+    """A text column's categories as the contract codes them (``InputContract.codes``), in
+    Arrow's own lookup: the position in ``categories``, one more for an unseen one, NaN for a
+    missing or empty one."""
+    found = pc.index_in(column, value_set=pa.array(list(categories), pa.string()))
+    codes = np.array(
+        found.cast(pa.float64()).fill_null(len(categories)).to_numpy(zero_copy_only=False)
+    )
+    missing = pc.fill_null(pc.or_(column.is_null(), pc.equal(column, "")), True)
+    codes[missing.to_numpy(zero_copy_only=False)] = np.nan
+    return codes
 
 
 def _booleans(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:

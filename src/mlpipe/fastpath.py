@@ -269,7 +269,7 @@ def export_fast_path(
     encoding = None
     estimator = model
     if categories is not None:
-        from mlpipe.columns import encoding_tables
+        from mlpipe.encodings import encoding_tables
 
         encoding = encoding_tables(model, categories)
         if encoding is None:

@@ -270,14 +270,14 @@ def _load_folder(
 
 
 def _read_categories(path: Path) -> dict[str, list[str]]:
-    """Each categorical feature's categories in code order (``columns.json``, written by
-    ``mlpipe train`` for a table with categories); none for a table of numbers."""
-    file = path / "columns.json"  # columns.COLUMNS_FILE (columns.py imports scikit-learn)
+    """Each categorical feature's categories in code order (``columns.json``, which `mlpipe
+    train` writes for a table with categories; columns.py imports scikit-learn)."""
+    file = path / "columns.json"
     return dict(json.loads(file.read_text())["categories"]) if file.is_file() else {}
 
 
 def _read_classes(path: Path) -> np.ndarray | None:
-    """The labels a classifier was trained on, in code order (None: a regressor)."""
+    """A classifier's labels in code order (None: a regressor)."""
     file = path / CLASSES_FILE
     return np.asarray(json.loads(file.read_text())) if file.is_file() else None
 
@@ -395,13 +395,3 @@ def predict_frame(model: Any, frame: Any) -> Any:
     types = {} if schema is None else {c.name: getattr(c.type, "name", "") for c in schema.inputs}
     cast = {c: _PANDAS_TYPES[types[c]] for c in frame.columns if types.get(c) in _PANDAS_TYPES}
     return np.asarray(model.predict(frame.astype(cast))).ravel()
-
-
-def download_model(model_uri: str, destination: Path) -> Path:
-    """Copy the logged model's files (MLmodel, weights, environment) into ``destination``."""
-    import mlflow.artifacts
-
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
-    )

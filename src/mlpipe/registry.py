@@ -170,6 +170,16 @@ class Registry:
         return str(found[0].version) if found else None
 
 
+def download_model(model_uri: str, destination: Path) -> Path:
+    """Copy the logged model's files (MLmodel, weights, environment) into ``destination``."""
+    import mlflow.artifacts
+
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
+    )
+
+
 def trusted_types(model: Any, family: str) -> list[str]:
     """The types skops must be told to trust to load ``model``: exactly those it is made of
     (for a pipeline: mlpipe's column step, the trees, the booster, the predictors), read from

@@ -79,7 +79,7 @@ def write_report(
         written += classplots.draw(plt, folder, codes, held.predicted, held.proba, classes, _save)
     else:
         written.append(_predicted_vs_actual(plt, folder, split, predictions))
-    from mlpipe.columns import source_importances
+    from mlpipe.encodings import source_importances
 
     importances = source_importances(model, list(split.X_train.columns))
     if importances is not None:  # per column of the table: one-hot columns summed back

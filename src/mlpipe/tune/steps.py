@@ -275,7 +275,7 @@ def finish(
     if promotion.promoted:
         signals.model_promoted(spec.model_name, promotion)
 
-    from mlpipe.columns import source_importances
+    from mlpipe.encodings import source_importances
 
     out_dir = Path(spec.artifacts_dir) / plan.search_id
     model_based = spec.search.strategy == "tpe"
@@ -302,7 +302,7 @@ def finish(
         | {"feature_importances": source_importances(model, list(split.X_train.columns))}
         | ({"param_importances": importances} if model_based else {}),
     )
-    from mlpipe.predictor import download_model
+    from mlpipe.registry import download_model
     from mlpipe.tune import report
 
     if held is not None:

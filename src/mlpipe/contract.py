@@ -228,8 +228,8 @@ class InputContract:
             values = columns.values[j]
             matrix[:, j] = values
             column_bad = ~np.isfinite(values)
-            if name in self.categories:  # codes: only a missing value can be wrong
-                column_bad &= name not in self.optional
+            if name in self.categories:  # codes: a missing value, or text no integer code
+                column_bad = (column_bad & (name not in self.optional)) | columns.unparsed(j)
             elif name in self.optional:  # missing is fine; text that is no number is not
                 column_bad &= ~(np.isnan(values) & ~columns.unparsed(j))
             if kind in INTEGER_TYPES and name not in self.categories:

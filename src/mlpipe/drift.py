@@ -179,9 +179,11 @@ class Counts:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        # one slot past the widest column's bins counts each column's missing values
+        # two slots past the widest column's bins: each column's missing values, and a
+        # categorical column's unseen categories (their own figure; "the rest" in the tests)
         self.missing_slot = max(len(c.shares) for c in profile.columns)
-        self.table = np.zeros((len(profile.columns), self.missing_slot + 1), dtype=np.int64)
+        self.unseen_slot = self.missing_slot + 1
+        self.table = np.zeros((len(profile.columns), self.unseen_slot + 1), dtype=np.int64)
         self.rows = 0
 
     def bins(
@@ -194,12 +196,15 @@ class Counts:
                 raise ValueError("the profile has each class's probability: pass proba")
             columns.extend(np.asarray(proba, dtype=np.float64).T)
         return np.stack(
-            [
-                np.where(np.isnan(v), self.missing_slot, c.bins_of(v))
-                for c, v in zip(self.profile.columns, columns, strict=True)
-            ],
+            [self._bins(c, v) for c, v in zip(self.profile.columns, columns, strict=True)],
             axis=1,
         )
+
+    def _bins(self, column: FeatureProfile, values: np.ndarray) -> np.ndarray:
+        bins = np.where(np.isnan(values), self.missing_slot, column.bins_of(values))
+        if column.codes is not None:  # the contract's code for an unseen category: the last
+            bins[values == len(column.codes) - 1] = self.unseen_slot
+        return bins
 
     def add(
         self, matrix: np.ndarray, predictions: np.ndarray, proba: np.ndarray | None = None
@@ -242,6 +247,7 @@ class ColumnDrift:
     expected: list[float]
     observed: list[float]
     missing: float = 0.0  # the share of the rows where the value was missing
+    unseen: float | None = None  # a categorical feature's: the share of unseen categories
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,10 @@ class DriftResult:
             figures[f"drift_psi_{column.name}"] = column.psi
             figures[f"drift_ks_{column.name}"] = column.ks
             figures[f"drift_p_{column.name}"] = column.p_value
+            if column.missing:
+                figures[f"drift_missing_{column.name}"] = column.missing
+            if column.unseen is not None:
+                figures[f"drift_unseen_{column.name}"] = column.unseen
         figures["drift_features"] = len(self.drifted_features)
         return figures
 
@@ -326,7 +336,9 @@ def compare(counts: Counts) -> DriftResult:
     columns = []
     for k, column in enumerate(profile.columns):
         expected = np.asarray(column.shares)
-        observed_counts = counts.table[k, : expected.size]
+        observed_counts = counts.table[k, : expected.size].copy()
+        unseen = int(counts.table[k, counts.unseen_slot])
+        observed_counts[-1] += unseen  # an unseen category is one of "the rest"
         # the shares of the rows that have a value (a missing one is counted on its own)
         observed = observed_counts / max(int(observed_counts.sum()), 1)
         p, d = psi(expected, observed), binned_ks(expected, observed)
@@ -345,6 +357,7 @@ def compare(counts: Counts) -> DriftResult:
                 expected.tolist(),
                 observed.tolist(),
                 float(counts.table[k, counts.missing_slot] / max(rows, 1)),
+                unseen / max(rows, 1) if column.codes is not None else None,
             )
         )
     n = len(profile.features)

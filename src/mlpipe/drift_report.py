@@ -79,6 +79,8 @@ def _chart(column: ColumnDrift, profile_column: FeatureProfile) -> str:
     span = f"{cuts[0]:.3g} .. {cuts[-1]:.3g}" if cuts else "no cuts"
     if profile_column.categories is not None:  # a bar a frequent category, then the rest
         span = ", ".join([*profile_column.categories, "the rest"])
+    if column.unseen:
+        span += f"; unseen {column.unseen:.1%}"
     if column.missing:
         span += f"; missing {column.missing:.1%}"
     return (

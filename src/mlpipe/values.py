@@ -43,6 +43,8 @@ class ColumnValues:
         value is valid where ``optional``; a category's code always is)."""
         nulls, texts = self.nulls[column], self.texts[column]
         value = float(self.values[column][row])
+        if categorical and texts is not None and self.unparsed(column)[row]:  # integer-coded
+            return f"is a string ({str(texts[row])[:40]!r}); an integer code is required"
         null = (nulls is not None and bool(nulls[row])) or (categorical and math.isnan(value))
         if null or categorical:
             if not null or optional:

@@ -379,13 +379,17 @@ def houses(tmp_path_factory, servers):
 
 
 def test_a_model_of_categories_answers_the_same_row_everywhere(
-    houses, tmp_path, client, new_streams
+    houses, tmp_path, client, new_streams, postgres, monkeypatch
 ):
     """The same rows, as pandas reads the CSV, through MLflow's pyfunc, `mlflow models serve`,
     `mlpipe serve` (/predict and /invocations, JSON records, split and CSV; the ONNX fast
-    path), `mlpipe score` (CSV and Parquet) and the Lambda handler: the same answers, row for
-    row; the unseen category and the missing values are counted, never refused."""
+    path), `mlpipe score` (CSV, Parquet and a PostgreSQL table: text, boolean, bigint and NULL
+    columns) and the Lambda handler: the same answers, row for row; the unseen category and
+    the missing values are counted, never refused."""
+    import psycopg
+
     from mlpipe.batch import score as scoring
+    from mlpipe.batch.locations import resolve_ends
     from mlpipe.predictor import open_model
     from mlpipe.stream.handler import StreamHandler
     from mlpipe.stream.kinesis import read
@@ -454,6 +458,20 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
         )
         scored = pd.read_parquet(tmp_path / f"{name}.out.parquet")["prediction"]
         np.testing.assert_array_equal(scored, expected, err_msg=name)
+    columns = {"city": "text", "size": "text", "flag": "boolean", "zone": "bigint",
+               "x": "float8", "order_id": "text"}  # fmt: skip
+    with psycopg.connect(postgres["url"].replace("+psycopg", ""), password=postgres["password"],
+                         autocommit=True) as conn:  # fmt: skip
+        conn.execute(f"CREATE TABLE houses ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+        copy_in = f"COPY houses ({', '.join(columns)}) FROM STDIN (FORMAT csv)"
+        with conn.cursor().copy(copy_in) as copy:
+            copy.write(rows[list(columns)].to_csv(index=False, header=False))  # empty: NULL
+    monkeypatch.setenv("PGPASSWORD", postgres["password"])
+    source, output = resolve_ends(postgres["url"], str(tmp_path / "pg.out.parquet"), "houses")
+    summary = scoring.score(model, source, output, id_columns=["order_id"])
+    assert summary.rejected == 0 and summary.unseen == {"city": 1}
+    scored = pd.read_parquet(tmp_path / "pg.out.parquet").set_index("order_id")["prediction"]
+    np.testing.assert_array_equal(scored[rows["order_id"]], expected, err_msg="postgresql")
 
     (output,) = new_streams("houses-out")
     handler = StreamHandler(

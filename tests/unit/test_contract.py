@@ -196,3 +196,28 @@ def test_a_batch_of_columns_takes_codes_and_missing_values_where_optional():
     )
     assert valid.tolist() == [True, False]
     assert reasons == ["field 'city' is empty (null); a category (a string) is required"]
+
+
+def test_a_csv_read_as_text_codes_integer_categories_as_the_server_does():
+    import pyarrow as pa
+
+    from mlpipe.batch.files import feature_values
+    from mlpipe.serve import protocol
+
+    text = pa.array  # a CSV's features arrive as text (Arrow's reader, column_types=string)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "city": text(["paris", None, "tokyo", "oslo"]),
+            "zone": text(["3", "3.0", "9", "a"]),
+            "flag": text(["true", "0", "1", "false"]),
+            "x": text(["0.5", None, "1", "2"]),
+        }
+    )
+    matrix, valid, reasons = TABLE.check_columns(feature_values(batch, TABLE))
+    assert matrix[:3, 1].tolist() == [1.0, 1.0, 3.0]  # "3.0" is the category "3"; 9 is unseen
+    assert valid.tolist() == [True, True, True, False]
+    assert reasons == ["field 'zone' is a string ('a'); an integer code is required"]
+    served = protocol.invocations_matrix(
+        b"city,zone,flag,x\nparis,3,true,0.5\n,3.0,0,\ntokyo,9,1,1\n", protocol.CSV_TYPE, TABLE, 10
+    )
+    np.testing.assert_array_equal(served, matrix[:3])

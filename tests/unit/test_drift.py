@@ -318,3 +318,20 @@ def test_in_distribution_categories_raise_an_alarm_at_most_once_in_a_hundred(hou
 
 def test_a_category_taking_over_half_the_rows_is_caught(houses):
     assert categorical_alarm_rate(houses, draws=100, change=("city", 3.0)) >= 0.99  # "lima"
+
+
+def test_the_unseen_category_rate_is_its_own_figure_and_one_of_the_rest_in_the_test(houses):
+    names, profile, coded = houses
+    j = names.index("city")
+    city = profile.features[j]
+    matrix = coded[:400].copy()
+    matrix[:100, j] = len(city.codes) - 1  # the contract's code for a category never seen
+    counts = drift.Counts(profile)
+    counts.add(matrix, np.zeros(len(matrix)))
+    column = drift.compare(counts).features[j]
+    assert column.unseen == pytest.approx(0.25)
+    rest = matrix[:, j][~np.isnan(matrix[:, j])]
+    in_rest = np.asarray(city.codes)[rest.astype(int)] == len(city.categories)
+    assert column.observed[-1] == pytest.approx(in_rest.mean())  # unseen ones counted there
+    assert drift.compare(counts).metrics()["drift_unseen_city"] == pytest.approx(0.25)
+    assert drift.compare(counts).features[names.index("x")].unseen is None  # a number

@@ -192,30 +192,38 @@ def feature_values(batch: pa.RecordBatch, contract: InputContract) -> ColumnValu
         column = batch.column(name)
         null_mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
         text = None
-        if name in contract.categories and _is_text(column.type):
+        if name in contract.categories and kinds[name] == "string" and _is_text(column.type):
             array = _category_codes(column, contract.categories[name])
-        elif name in contract.categories:  # integer codes
-            array = contract.codes(name, column.to_numpy(zero_copy_only=False))
+        elif name in contract.categories:  # integer codes: "3" and "3.0" in a CSV are 3
+            numbers, text = _numbers(column)
+            array = contract.codes(name, numbers)
         elif kinds[name] == "boolean" and not pa.types.is_boolean(column.type):
             array, text = _booleans(column)
-        elif _is_number(column.type) or pa.types.is_boolean(column.type):
-            array = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         else:
-            try:
-                array = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-                unparsed = False
-            except pa.ArrowInvalid:  # some value is not a number: parse one by one, NaN for those
-                import pandas as pd
-
-                strings = pd.Series(column.to_numpy(zero_copy_only=False))
-                array = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)
-                unparsed = True
-            if unparsed or not np.isfinite(array).all():  # keep the text to quote it
-                text = column.to_numpy(zero_copy_only=False)
+            array, text = _numbers(column)
         values.append(array)
         nulls.append(null_mask)
         texts.append(text)
     return ColumnValues(values, nulls, texts)
+
+
+def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """A column as float64 (NaN where null or not a number), with its text where some value
+    is no finite number (so a rejection can quote it)."""
+    if _is_number(column.type) or pa.types.is_boolean(column.type):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False), None
+    try:
+        array = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        unparsed = False
+    except pa.ArrowInvalid:  # some value is not a number: parse one by one, NaN for those
+        import pandas as pd
+
+        strings = pd.Series(column.to_numpy(zero_copy_only=False))
+        array = pd.to_numeric(strings, errors="coerce").to_numpy(np.float64)
+        unparsed = True
+    if unparsed or not np.isfinite(array).all():
+        return array, column.to_numpy(zero_copy_only=False)
+    return array, None
 
 
 def _is_text(kind: pa.DataType) -> bool:

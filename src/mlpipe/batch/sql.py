@@ -226,7 +226,11 @@ def _copy_out(
                 io.BufferedReader(_CopyStream(copy), 1 << 20),
                 read_options=pacsv.ReadOptions(block_size=batch_rows * 128, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+                    column_types=types,
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    true_values=["t"],
+                    false_values=["f"],  # how COPY writes a boolean
                 ),
             )
             empty = True

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlpipe.errors import UserError
-from mlpipe.processes import alive, start_time, stop_group, wait_until
+from mlpipe.processes import alive, local_http, start_time, stop_group, wait_until
 from mlpipe.settings import DEFAULT_POOL, Settings
 
 STATE_FILE = "stack.json"
@@ -57,8 +57,8 @@ class Service:
 
         with contextlib.suppress(httpx.HTTPError, ValueError):
             if self.name != "worker":
-                return httpx.get(self.health, timeout=2).status_code == 200
-            reply = httpx.post(self.health, json={}, timeout=2)
+                return local_http().get(self.health, timeout=2).status_code == 200
+            reply = local_http().post(self.health, json={}, timeout=2)
             return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in reply.json())
         return False
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from mlpipe.processes import free_port, stop_group, wait_until
+from mlpipe.processes import free_port, local_http, stop_group, wait_until
 
 SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",  # as Prefect's own ephemeral server
@@ -73,6 +73,6 @@ def start() -> str:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=5).status_code == 200
+        return local_http().get(url, timeout=5).status_code == 200
     except httpx.TransportError:
         return False

@@ -93,7 +93,9 @@ def grid_search(spec: Any, plan: Any) -> tuple[float, dict[str, float], dict[str
     if plan.split.frame:  # the documented pipeline: cast, encode, estimate (README)
         from mlpipe.columns import encoder, make_pipeline
 
-        encoding = encoder(family.name, plan.dataset.columns)
+        encoding = encoder(
+            family.name, plan.dataset.columns, plan.split.X_train, family.task, spec.seed
+        )
         estimator = make_pipeline(
             plan.dataset.columns, encoding, family.build(encoding.model_params, spec.seed)
         )

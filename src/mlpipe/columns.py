@@ -11,8 +11,10 @@ the registered pipeline, so serving, batch and stream cast a row exactly as trai
 How each family encodes categories (``encoder``), as the scikit-learn pipeline it is equal to:
 
 - random_forest, extra_trees: ``OneHotEncoder(handle_unknown="infrequent_if_exist",
-  min_frequency=MIN_FREQUENCY, max_categories=MAX_ONE_HOT)`` on the categorical columns, the
-  others passed through (NaN reaches the trees, which take it natively);
+  min_frequency=MIN_FREQUENCY, max_categories=MAX_ONE_HOT)`` on the categorical columns with
+  at most MAX_ONE_HOT categories in the training split, scikit-learn's cross-fitted
+  ``TargetEncoder`` on those with more, the others passed through (NaN reaches the trees, which
+  take it natively);
 - hist_gradient_boosting, xgboost, lightgbm: ``OrdinalEncoder`` codes (unknown and missing both
   NaN, the categories beyond ``MAX_CODES`` in one infrequent code) fed to the library's native
   categorical splits (``categorical_features``, ``feature_types``, ``categorical_feature``).
@@ -269,19 +271,35 @@ class Encoding:
     model_params: dict[str, Any] = field(default_factory=dict)
 
 
-def encoder(family: str, columns: Columns) -> Encoding:
-    """The column step of ``family`` for ``columns`` (see the module docstring)."""
+def encoder(
+    family: str, columns: Columns, X: pd.DataFrame, task: str = "regression", seed: int = 0
+) -> Encoding:
+    """The column step of ``family`` for ``columns`` (see the module docstring); ``X`` is the
+    split the search runs on (its categories per column choose one-hot or target encoding for
+    the forests), ``task`` and ``seed`` the target encoder's target type and cross-fitting."""
     from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
     cats = columns.categorical
+    entries: list[tuple[str, Any, list[str]]] = []
     if family in ONE_HOT_FAMILIES:
-        step: Any = OneHotEncoder(
-            handle_unknown="infrequent_if_exist",
-            min_frequency=MIN_FREQUENCY,
-            max_categories=MAX_ONE_HOT,
-            sparse_output=False,
-        )
+        counts = prepare(X[cats], Columns(dict.fromkeys(cats, CATEGORICAL))).nunique()
+        many = [c for c in cats if counts[c] > MAX_ONE_HOT]
+        few = [c for c in cats if c not in many]
+        if few:
+            one_hot = OneHotEncoder(
+                handle_unknown="infrequent_if_exist",
+                min_frequency=MIN_FREQUENCY,
+                max_categories=MAX_ONE_HOT,
+                sparse_output=False,
+            )
+            entries.append(("categories", one_hot, few))
+        if many:  # cross-fitted on 5 shuffled folds of the rows it is fitted on
+            regression = task == "regression"
+            folds = (KFold if regression else StratifiedKFold)(5, shuffle=True, random_state=seed)
+            target_type = "continuous" if regression else "auto"
+            entries.append(("targets", TargetEncoder(target_type=target_type, cv=folds), many))
         params: dict[str, Any] = {}
     else:
         step = OrdinalEncoder(
@@ -290,6 +308,7 @@ def encoder(family: str, columns: Columns) -> Encoding:
             encoded_missing_value=np.nan,
             max_categories=MAX_CODES,
         )
+        entries = [("categories", step, cats)] if cats else []
         first = list(range(len(cats)))
         params = {  # type: ignore[assignment]
             "hist_gradient_boosting": {"categorical_features": first or None},
@@ -301,7 +320,7 @@ def encoder(family: str, columns: Columns) -> Encoding:
             "lightgbm": {"categorical_column": first} if first else {},
         }[family]
     transformer = ColumnTransformer(
-        [("categories", step, cats)] if cats else [],
+        entries,
         remainder="passthrough",
         verbose_feature_names_out=False,
     )

@@ -232,7 +232,7 @@ def _fit_folds(
     if not isinstance(X, np.ndarray):
         from mlpipe.columns import columns_of, encoder, fit_fold
 
-        encoding = encoder(family.name, columns_of(X))
+        encoding = encoder(family.name, columns_of(X), X, family.task, seed)
     build_params = {**largest, **(encoding.model_params if encoding else {})}
     cap = largest.get(family.depth_param) if family.depth_param else None
     fold_fits: list[FoldFit] = []
@@ -302,7 +302,7 @@ def fit_final(
     else:
         from mlpipe.columns import encoder, make_pipeline
 
-        encoding = encoder(family.name, columns)
+        encoding = encoder(family.name, columns, X, family.task, seed)
         estimator = family.build({**params, **encoding.model_params}, seed)
         model = make_pipeline(columns, encoding, estimator)
     model.fit(X, y)

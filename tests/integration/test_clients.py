@@ -354,7 +354,8 @@ def test_a_version_logged_before_integer_columns_kept_their_type_serves(server, 
 @pytest.fixture(scope="module")
 def houses(tmp_path_factory, servers):
     """`mlpipe train` on a table as users have it (strings, a category, booleans, empty cells,
-    an id, missing targets): houses-rf version 1, the pipeline of one-hot and the forest."""
+    an id, missing targets): houses-rf version 1, the pipeline of one-hot, a target encoder (of
+    the 40 shops) and the forest."""
     from tables import make_table
 
     root = tmp_path_factory.mktemp("houses")
@@ -434,7 +435,8 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
     for name, answer in answers.items():
         np.testing.assert_array_equal(answer, expected, err_msg=name)
     assert 'mlpipe_unseen_categories_total{feature="city"} 3.0' in metrics  # once per route
-    # the one-hot forest's fast path: codes to one-hot by table, then the forest's graph
+    # the forest's fast path: codes to one-hot columns and target encodings (the 40 shops) by
+    # table, then the forest's graph
     assert described["predictor"] == "onnx" and described["parity"]["max_abs_diff"] == 0.0
 
     mlflow_port = free_port()
@@ -454,12 +456,12 @@ def test_a_model_of_categories_answers_the_same_row_everywhere(
         assert summary.rejected == 0 and summary.unseen == {"city": 1}, name
         assert (
             summary.missing
-            == rows[["city", "size", "x"]].isna().sum().loc[lambda s: s > 0].to_dict()
+            == rows.drop(columns="order_id").isna().sum().loc[lambda s: s > 0].to_dict()
         )
         scored = pd.read_parquet(tmp_path / f"{name}.out.parquet")["prediction"]
         np.testing.assert_array_equal(scored, expected, err_msg=name)
     columns = {"city": "text", "size": "text", "flag": "boolean", "zone": "bigint",
-               "x": "float8", "order_id": "text"}  # fmt: skip
+               "x": "float8", "shop": "text", "order_id": "text"}  # fmt: skip
     with psycopg.connect(postgres["url"].replace("+psycopg", ""), password=postgres["password"],
                          autocommit=True) as conn:  # fmt: skip
         conn.execute(f"CREATE TABLE houses ({', '.join(f'{c} {t}' for c, t in columns.items())})")

@@ -396,10 +396,13 @@ def test_a_table_with_categories_through_halving_tpe_and_the_registry(train, wor
     assert f"{int(table['y'].isna().sum())} row(s) with no value in 'y'" in result.output
     out, payload = results_of(workdir)
     assert payload["columns"]["kinds"]["city"] == "categorical"
+    assert payload["encodings"] == {"city": "one_hot", "size": "one_hot", "shop": "target"}
     assert payload["dropped_rows"] == int(table["y"].isna().sum())
     plan = prepare(Spec.model_validate({"seed": 6, "data": data}))
     columns = plan.dataset.columns
-    pipeline = documented_pipeline(Spec.model_validate({"seed": 6, "data": data}), columns)
+    pipeline = documented_pipeline(
+        Spec.model_validate({"seed": 6, "data": data}), columns, plan.split.X_train
+    )
     search = HalvingGridSearchCV(
         pipeline, {f"model__{k}": v for k, v in grid.items()}, cv=3, factor=2,
         resource="model__n_estimators", max_resources=12, scoring="neg_mean_squared_error",
@@ -428,7 +431,7 @@ def test_a_table_with_categories_through_halving_tpe_and_the_registry(train, wor
         (workdir / "artifacts").glob("*/tuning_results.json"), key=lambda p: p.stat().st_mtime
     )
     trials = json.loads(newest.read_text())["trials"]
-    hgb = documented_pipeline(Spec.model_validate(tpe), columns)
+    hgb = documented_pipeline(Spec.model_validate(tpe), columns, plan.split.X_train)
     for trial in trials:
         one = GridSearchCV(hgb, {f"model__{k}": [v] for k, v in trial["params"].items()}, cv=3,
                            scoring="neg_mean_squared_error", n_jobs=1)  # fmt: skip

@@ -42,6 +42,7 @@ def test_each_column_gets_its_kind_and_an_identifier_is_left_out():
     columns = decide_columns(table)
     assert columns.kinds == {
         "city": CATEGORICAL, "size": CATEGORICAL, "flag": BOOLEAN, "zone": NUMERIC, "x": NUMERIC,
+        "shop": CATEGORICAL,
     }  # fmt: skip
     assert columns.identifiers == ("order_id",)
     declared = decide_columns(table, categorical=["zone", "order_id"], drop=["x"])
@@ -147,6 +148,7 @@ def test_a_numeric_table_keeps_its_matrix_and_its_fingerprint():
     assert dataset.fingerprint == "f0246393d1df0bcc"
 
 
+FORESTS = ("random_forest", "extra_trees")  # one-hot, and a target encoder for 'shop'
 SMALL = {
     "random_forest": {"n_estimators": [3, 8], "max_depth": [3, None]},
     "extra_trees": {"n_estimators": [3, 8], "min_samples_leaf": [1, 3]},
@@ -183,7 +185,9 @@ def test_every_family_on_categories_equals_grid_search_cv_over_its_pipeline(tmp_
     for unit in plan_units(plan.trials, spec.family):
         results += cross_validate_unit(unit, spec.family, X, y, plan.folds, spec.seed).results
     results.sort(key=lambda r: r.index)
-    pipeline = documented_pipeline(spec, plan.dataset.columns)
+    pipeline = documented_pipeline(spec, plan.dataset.columns, plan.split.X_train)
+    steps = [name for name, *_ in pipeline.named_steps["encode"].transformers]
+    assert steps == (["categories", "targets"] if family in FORESTS else ["categories"])
     grid = {f"model__{k}": v for k, v in SMALL[family].items()}
     labels = plan.split.y_train.to_numpy()
     if task == "classification" and spec.family.any_labels:
@@ -211,7 +215,7 @@ def test_unseen_and_missing_categories_are_scored_never_refused(table_path):
     columns = dataset.columns
     rows = pd.DataFrame(
         {"city": ["tokyo", None], "size": ["xl", "m"], "flag": [True, None],
-         "zone": [99, 3], "x": [0.5, None]}
+         "zone": [99, 3], "x": [0.5, None], "shop": ["shop-999", None]}
     )  # fmt: skip
     for family in ("random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"):
         spec = Spec.model_validate({"model": {"family": family}})
@@ -238,16 +242,17 @@ def test_the_mapping_and_the_profile_codes_follow_the_training_split(table_path)
 def test_the_fast_path_of_a_one_hot_pipeline_equals_it_and_native_splits_have_none(
     tmp_path, family, task
 ):
-    """Forests: the contract's codes through the encoding tables and the forest's graph equal
-    the pipeline's own answers bit for bit (unseen and missing categories, missing numbers).
+    """Forests: the contract's codes through the encoding tables (one-hot columns, target
+    encodings) and the forest's graph equal the pipeline's own answers bit for bit (unseen and
+    missing categories, missing numbers).
     The families of native categorical splits write no fast path (no exact converter)."""
     from mlpipe.contract import InputContract
     from mlpipe.fastpath import ENCODING_FILE, EncodedOnnxPredictor, export_fast_path
 
     frame = make_table(240, seed=5)
     target = frame["y"].fillna(0)
-    if task == "classification":
-        target = np.where(target > target.median(), "high", "low")
+    if task == "classification":  # three classes: the target encoder's column per class
+        target = np.asarray(pd.qcut(target, 3, labels=["low", "mid", "high"]).astype(str))
     X = frame.drop(columns=["y", "order_id"])
     columns = decide_columns(X)
     prepared = prepare(X, columns)
@@ -259,10 +264,13 @@ def test_the_fast_path_of_a_one_hot_pipeline_equals_it_and_native_splits_have_no
     loaded = X.astype({"flag": "boolean"}).iloc[:60].copy()
     loaded.loc[loaded.index[:3], "city"] = ["tokyo", None, "rome"]
     loaded.loc[loaded.index[3], "x"] = np.nan
+    loaded.loc[loaded.index[4:6], "shop"] = ["shop-999", None]
     folder = export_fast_path(model, 0, loaded, tmp_path, "m-1", categories=mapping)
-    if family not in ("random_forest", "extra_trees"):
+    if family not in FORESTS:
         assert folder is None
         return
+    steps = model.named_steps["encode"].named_transformers_
+    assert steps["targets"].feature_names_in_.tolist() == ["shop"]  # 40 shops: target-encoded
     types = {"categorical": "string", "boolean": "boolean"}
     contract = InputContract(
         tuple(X.columns),

@@ -275,7 +275,7 @@ def finish(
     if promotion.promoted:
         signals.model_promoted(spec.model_name, promotion)
 
-    from mlpipe.encodings import source_importances
+    from mlpipe.encodings import column_encodings, source_importances
 
     out_dir = Path(spec.artifacts_dir) / plan.search_id
     model_based = spec.search.strategy == "tpe"
@@ -300,6 +300,7 @@ def finish(
         }
         | plan.dataset.record
         | {"feature_importances": source_importances(model, list(split.X_train.columns))}
+        | {"encodings": column_encodings(model)}
         | ({"param_importances": importances} if model_based else {}),
     )
     from mlpipe.registry import download_model

@@ -20,6 +20,11 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 # no developer's `mlpipe up` stack: each test that wants one starts its own
 os.environ["MLPIPE_HOME"] = tempfile.mkdtemp(prefix="mlpipe-home-")
+# What every process of one run shares: the controller (or the only process) makes the folder
+# before xdist starts its workers, which inherit the variable; the session servers and models
+# are made there once (tests/integration/conftest.py) and stopped by ``pytest_sessionfinish``
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["MLPIPE_TESTS_SHARED"] = tempfile.mkdtemp(prefix="mlpipe-tests-shared-")
 for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
     os.environ.pop(name, None)
 
@@ -28,10 +33,56 @@ BOSTON = Path(__file__).parents[1] / "src/mlpipe/data/boston.csv"
 
 # The slowest modules first, longest first (2-5 min each on 2 cores): `make test`'s xdist hands
 # whole modules to its two processes in collection order, and a long module collected last
-# runs alone at the end while the other process has nothing left to do. test_image leads: a
-# cold `make image` (~5 min, mostly downloads and unpacking) overlaps the other modules.
-SLOW_FIRST = ("image", "scale", "deploy", "tune", "database", "triggers", "serve", "stack",
+# runs alone at the end while the other process has nothing left to do. test_image comes in the
+# middle: its cold `make image` (~5 min, mostly downloads and unpacking) runs in the background
+# from the first integration test on (tests/integration/conftest.py: image_build), and is done
+# by the time a process reaches the module.
+SLOW_FIRST = ("scale", "stack", "deploy", "tune", "database", "triggers", "serve", "image",
               "classify", "readme", "stream", "score")  # fmt: skip
+
+
+# Each module's time (its tests' setup, call and teardown, summed), printed with --durations:
+# where a run's minutes go. With xdist the controller receives every worker's reports.
+MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::")[0]
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not MODULE_SECONDS:
+        return
+    terminalreporter.write_sep("=", "seconds per module (setup + call + teardown)")
+    for module, seconds in sorted(MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}s {module}")
+    total = sum(MODULE_SECONDS.values())
+    terminalreporter.write_line(f"{total:8.1f}s in all (the processes' sum, not the wall time)")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or the only process), after every worker finished: stop the shared
+    servers by pid and remove what the run shared."""
+    if hasattr(session.config, "workerinput"):
+        return
+    import shutil
+
+    from mlpipe.processes import stop_group
+
+    shared = Path(os.environ["MLPIPE_TESTS_SHARED"])
+    if (shared / "servers").is_dir():
+        from mlpipe.deploy import stack
+
+        started = stack.Stack.load(shared / "servers")
+        if started is not None:
+            stack.down(started, grace=15)
+    images = shared / "images"
+    unfinished = not (images / "rc").is_file()  # (a finished build's pid may be another's now)
+    for name in ("build.pid",) * unfinished + ("dockerd.pid",):  # the daemon the build started
+        if (images / name).is_file():
+            stop_group(int((images / name).read_text()), grace=15)
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,11 +1,13 @@
 """Fixtures that run the real thing: real `prefect server` / `mlflow server` processes on free
-loopback ports for the session, a tuning flow in-process against that Prefect server with a real
-SQLite MLflow store per test. Whatever a fixture starts, it stops (by pid)."""
+loopback ports for the whole run (one pair, however many xdist processes), a tuning flow
+in-process against that Prefect server with a real SQLite MLflow store per test. Whatever a
+fixture starts, it stops (by pid)."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +25,10 @@ from typer.testing import CliRunner
 
 from mlpipe.cli import app
 from mlpipe.processes import free_port, stop_group
+
+# What the run's xdist processes share (tests/conftest.py makes it and stops what is in it)
+SHARED = Path(os.environ["MLPIPE_TESTS_SHARED"])
+SERVERS = "servers"  # SHARED/servers: the session servers' stack.json, logs and stores
 
 BIN = Path(sys.executable).parent
 
@@ -128,6 +134,36 @@ def register_model(root: Path, params: dict, prefect_api_url: str) -> str:
     return uri
 
 
+IMAGES = "images"  # SHARED/images: the background `make image` (build_images.sh)
+
+
+@pytest.fixture(scope="session")
+def image_build() -> Path:
+    """The folder of the run's one `make image`, started in the background (its own process
+    group; build.pid) if no process of the run started it yet: ``rc`` appears there when done."""
+    with once_per_run(IMAGES) as folder:
+        if not (folder / "build.pid").is_file():
+            folder.mkdir(exist_ok=True)
+            script = Path(__file__).with_name("build_images.sh")
+            build = subprocess.Popen(
+                [str(script), str(folder)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            (folder / "build.pid").write_text(str(build.pid))
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _images_early(request) -> None:
+    """A run that holds test_image.py starts its images' build with its first integration
+    test, whichever module that is (the build takes minutes; test_image waits for it)."""
+    if any(item.path.name == "test_image.py" for item in request.session.items):
+        request.getfixturevalue("image_build")
+
+
 # The model most modules serve, score or stream: trained once per session (a real `mlpipe train`
 # into a SQLite store), then shared read-only or copied (`registered_copy`) by modules that
 # register versions or move aliases.
@@ -135,11 +171,15 @@ TRAINED_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, servers) -> dict:
-    """boston-rf version 1 (champion), `mlpipe train`'s own; modules must not change this
-    store (take ``registered_copy``): its ``root`` and ``uri``."""
-    root = tmp_path_factory.mktemp("trained")
-    return {"root": root, "uri": register_model(root, TRAINED_GRID, servers["PREFECT_API_URL"])}
+def trained(servers) -> dict:
+    """boston-rf version 1 (champion), `mlpipe train`'s own, trained once per run; modules
+    must not change this store (take ``registered_copy``): its ``root`` and ``uri``."""
+    with once_per_run("trained") as root:
+        if not (root / "done").is_file():
+            root.mkdir(exist_ok=True)
+            register_model(root, TRAINED_GRID, servers["PREFECT_API_URL"])
+            (root / "done").touch()
+    return {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}"}
 
 
 def registered_copy(trained: dict, root: Path) -> str:
@@ -209,20 +249,46 @@ def restore_mlflow_uris():
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
-def servers(tmp_path_factory):
-    """A real `prefect server start` and a real `mlflow server` on free ports, for the whole
-    session, started and stopped by `mlpipe up`'s own code (without its worker). Modules keep
-    out of each other's way by names: their own models and experiments, work pools and
-    deployment names."""
+@contextlib.contextmanager
+def once_per_run(name: str) -> Iterator[Path]:
+    """``SHARED/name`` under an exclusive lock: the first xdist process to get here makes it,
+    the others wait and find it made (tests/conftest.py stops what it started)."""
+    import fcntl
+
+    with (SHARED / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield SHARED / name
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def own_servers(root: Path) -> Iterator[dict]:
+    """A Prefect server and an MLflow server of one's own (``mlpipe up``'s code, no worker)."""
     from mlpipe.deploy import stack
 
-    root = tmp_path_factory.mktemp("servers")
     started = stack.up(root, 0, 0, with_worker=False)
     try:
         yield {**started.environment(), "root": root}
     finally:
         stack.down(started, grace=15)
+
+
+@pytest.fixture(scope="session")
+def servers():
+    """A real `prefect server start` and a real `mlflow server` on free ports, one pair for the
+    whole run (every xdist process), started by `mlpipe up`'s own code (without its worker) and
+    stopped by pid after the last test (``stop_shared``). Modules keep out of each other's way
+    by names: their own models and experiments, work pools and deployment names."""
+    from mlpipe.deploy import stack
+
+    with once_per_run(SERVERS) as root:
+        started = stack.Stack.load(root)
+        if started is None:
+            root.mkdir(exist_ok=True)
+            started = stack.up(root, 0, 0, with_worker=False)
+    return {**started.environment(), "root": root}
 
 
 # The session servers' one model: boston-rf, trained by `mlpipe train` against both servers
@@ -231,18 +297,22 @@ SERVERS_GRID = {"n_estimators": [5, 10], "max_depth": [3, None]}
 
 
 @pytest.fixture(scope="session")
-def served_project(servers, tmp_path_factory) -> dict:
+def served_project(servers) -> dict:
     """A project folder whose `mlpipe train` (PREFECT_API_URL and MLFLOW_TRACKING_URI at the
-    session's servers) registered boston-rf version 1, the champion: its ``root``, ``env``,
-    ``api`` and the command's ``stdout`` / ``stderr``."""
-    root = tmp_path_factory.mktemp("project")
-    spec = {**ONE_AT_A_TIME, "search": {"params": SERVERS_GRID}}
-    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    session's servers) registered boston-rf version 1, the champion, once per run: its
+    ``root``, ``env``, ``api`` and the command's ``stdout`` / ``stderr``."""
     env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return {"root": root, "env": env, "api": servers["PREFECT_API_URL"],
-            "stdout": done.stdout, "stderr": done.stderr}  # fmt: skip
+    with once_per_run("project") as root:
+        if not (root / "output.json").is_file():
+            root.mkdir(exist_ok=True)
+            spec = {**ONE_AT_A_TIME, "search": {"params": SERVERS_GRID}}
+            (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+            done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            output = {"stdout": done.stdout, "stderr": done.stderr}
+            (root / "output.json").write_text(json.dumps(output))
+        output = json.loads((root / "output.json").read_text())
+    return {"root": root, "env": env, "api": servers["PREFECT_API_URL"], **output}
 
 
 # The statuses Prefect's own client retries: a server on SQLite answers 503 while its database

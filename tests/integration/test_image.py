@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,11 +29,10 @@ from conftest import (
     boston,
     prefect_worker,
     run_mlpipe,
-    system_tool,
     wait_final,
 )
 
-from mlpipe.processes import free_port, stop_group
+from mlpipe.processes import free_port
 
 # the serving test loads MLflow's pyfunc from the session's server: MLflow's global URIs
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_uris")]
@@ -55,36 +53,21 @@ def docker(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory) -> Iterator[None]:
-    """A Docker daemon: the running one, or Debian's docker.io started here (root only) and
-    stopped by pid after the module; skips without one (CI: fails)."""
-    system_tool("docker")
-    if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-        yield
-        return
-    dockerd = system_tool("dockerd", "/usr/sbin/dockerd")
-    if os.geteuid() != 0:
-        message = "no Docker daemon answers and only root can start one (sudo dockerd)"
+def images(image_build: Path) -> dict[str, str]:
+    """`make image`, as a user runs it: both images (cached layers make a rerun cheap), on a
+    Docker daemon that answers, or Debian's docker.io started as root (conftest: image_build,
+    begun with the run's first integration test; the daemon stopped by pid at the run's end).
+    Skips without a daemon (CI: fails)."""
+    rc = image_build / "rc"
+    deadline = time.monotonic() + 1500
+    while not rc.is_file():
+        assert time.monotonic() < deadline, "make image ran over 25 min"
+        time.sleep(1)
+    status, log = int(rc.read_text()), (image_build / "build.log").read_text()
+    if status == 77:
+        message = log.strip().splitlines()[-1]
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    process = subprocess.Popen(
-        [dockerd], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.monotonic() + 60
-    while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.5)
-    try:
-        yield
-    finally:
-        stop_group(process.pid)
-
-
-@pytest.fixture(scope="module")
-def images(daemon) -> dict[str, str]:
-    """`make image`, as a user runs it: both images (cached layers make a rerun cheap)."""
-    done = subprocess.run(["make", "image"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert status == 0, log[-6000:]
     return {"full": IMAGE, "serve": SERVE_IMAGE}
 
 

@@ -22,6 +22,7 @@ from conftest import (
     ONE_AT_A_TIME,
     api,
     free_port,
+    own_servers,
     prefect_worker,
     render_in_chromium,
     run_mlpipe,
@@ -33,7 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_mlflow_u
 
 BOSTON = Path(__file__).parents[2] / "src/mlpipe/data/boston.csv"
 POOL = "test-trigger-pool"
-# The servers are the session's: this module's model, experiment and deployments are its own.
 MODEL = "triggers-rf"
 DEPLOYMENT = "triggers"
 WEAK = {"n_estimators": [5], "max_depth": [2]}  # version 1: easy to beat
@@ -54,6 +54,15 @@ def train(project: dict, params: dict) -> str:
                         **project["env"])  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """This module's own servers, not the run's: its automations answer any partition's
+    data-arrived and any model's drift event, which other modules send to the shared servers
+    while this one runs."""
+    with own_servers(tmp_path_factory.mktemp("servers")) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The suite's `make image`, in the background from a run's first integration test on
+# (tests/integration/conftest.py: image_build), so that the cold build (minutes: the stand-in
+# base, every locked wheel) overlaps the other modules instead of holding one xdist process.
+# Starts Debian's dockerd first where none answers (root only; its pid in FOLDER/dockerd.pid,
+# stopped by the run's end). Writes the exit status to FOLDER/rc when done: 77 when no daemon
+# can run here (the image tests skip, or fail in CI, with FOLDER/build.log's last line).
+# Usage: build_images.sh FOLDER
+set -u
+folder=${1:?usage: build_images.sh FOLDER}
+log=$folder/build.log
+root=$(cd "$(dirname "$0")/../.." && pwd)
+finish() {
+    echo "$1" >"$folder/rc.tmp" && mv "$folder/rc.tmp" "$folder/rc"
+    exit 0
+}
+command -v docker >/dev/null || { echo "docker is not installed: run \`make system-deps\`" >>"$log"; finish 77; }
+if ! docker info >/dev/null 2>&1; then
+    dockerd=$(command -v dockerd || { test -x /usr/sbin/dockerd && echo /usr/sbin/dockerd; }) || {
+        echo "dockerd is not installed: run \`make system-deps\` (Debian's docker.io)" >>"$log"
+        finish 77
+    }
+    [ "$(id -u)" = 0 ] || {
+        echo "no Docker daemon answers and only root can start one (sudo dockerd)" >>"$log"
+        finish 77
+    }
+    setsid "$dockerd" >"$folder/dockerd.log" 2>&1 &
+    echo $! >"$folder/dockerd.pid"
+    for _ in $(seq 120); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || { tail -20 "$folder/dockerd.log" >>"$log"; finish 1; }
+fi
+make -C "$root" image >>"$log" 2>&1
+finish $?

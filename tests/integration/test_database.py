@@ -65,14 +65,16 @@ def score(store, *args: str, env: dict | None = None) -> subprocess.CompletedPro
 
 
 def reference(store, frame: pd.DataFrame) -> pd.Series:
-    """The same rows scored from a Parquet file: what a database run must equal."""
-    source = store["root"] / "reference.parquet"
+    """The same rows scored from a Parquet file, in this process (`mlpipe score`'s function
+    on the same model): what a database run must equal."""
+    from mlpipe.batch.score import score as score_rows
+    from mlpipe.predictor import open_model
+
+    source, target = store["root"] / "reference.parquet", store["root"] / "reference-out.parquet"
     frame.to_parquet(source)
-    result = score(store, "-i", str(source), "-o", str(store["root"] / "reference-out.parquet"),
-                   "--id-column", "house_id")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = pd.read_parquet(store["root"] / "reference-out.parquet")
-    return out.set_index("house_id")["prediction"]
+    model = open_model("models:/boston-rf@champion", store["env"]["MLFLOW_TRACKING_URI"])
+    assert score_rows(model, source, target, id_columns=["house_id"]).rejected == 0
+    return pd.read_parquet(target).set_index("house_id")["prediction"]
 
 
 def test_postgres_to_postgres_by_partition_and_a_rerun_replaces(store, pg):

@@ -87,9 +87,31 @@ def scores(record: dict) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def single(work):
-    train(work, "single")
-    return results(work, "single")
+def single() -> dict:
+    """The grid on one machine with nothing around it: each unit of the plan `mlpipe train`
+    makes, cross-validated in turn in this process (no Prefect, no MLflow, no pool), recorded
+    as tuning_results.json records trials, with its search id and best."""
+    from mlpipe.search import plan_units, select_best
+    from mlpipe.spec import Spec
+    from mlpipe.trial import cross_validate_unit
+    from mlpipe.tune.plan import prepare
+
+    spec = Spec.model_validate(SPEC)
+    plan = prepare(spec)
+    X, y = plan.split.train_arrays
+    trials = [
+        result
+        for unit in plan_units(plan.trials, spec.family)
+        for result in cross_validate_unit(unit, spec.family, X, y, plan.folds, spec.seed).results
+    ]
+    trials.sort(key=lambda r: r.index)
+    best = select_best(trials)
+    record = {
+        "search_id": plan.search_id,
+        "trials": [t.to_json() for t in trials],
+        "best": {"trial_id": best.trial_id, "params": best.params, "mean_score": best.mean_score},
+    }
+    return json.loads(json.dumps(record))  # as read back from the file
 
 
 def trial_runs(work: dict, experiment: str) -> list:

@@ -39,7 +39,9 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)  ## tune the default spec on the bundled Boston data
 	$(BIN)/mlpipe train $(ARGS)
 
-test: $(STAMP) system-deps  ## the whole suite
+# the venv and the Debian packages side by side (both mostly downloads: ~15 s of a fresh clone)
+test:  ## the whole suite
+	$(MAKE) --no-print-directory -j2 $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests run for real: PostgreSQL (database sources and sinks), Chromium

@@ -3,7 +3,10 @@
 # (tests/integration/conftest.py: image_build), so that the cold build (minutes: the stand-in
 # base, every locked wheel) overlaps the other modules instead of holding one xdist process.
 # Starts Debian's dockerd first where none answers (root only; its pid in FOLDER/dockerd.pid,
-# stopped by the run's end). Writes the exit status to FOLDER/rc when done: 77 when no daemon
+# stopped by the run's end). The build runs at the lowest CPU priority (nice 19: the daemon
+# it started, whose build steps' containers inherit it, and make's own processes), so it takes
+# the cores the tests leave idle rather than slowing them; the daemon is back at 0 once the
+# images are built, for the containers the tests run. Writes the exit status to FOLDER/rc when done: 77 when no daemon
 # can run here (the image tests skip, or fail in CI, with FOLDER/build.log's last line).
 # Usage: build_images.sh FOLDER
 set -u
@@ -24,7 +27,7 @@ if ! docker info >/dev/null 2>&1; then
         echo "no Docker daemon answers and only root can start one (sudo dockerd)" >>"$log"
         finish 77
     }
-    setsid "$dockerd" >"$folder/dockerd.log" 2>&1 &
+    setsid nice -n 19 "$dockerd" >"$folder/dockerd.log" 2>&1 &
     echo $! >"$folder/dockerd.pid"
     for _ in $(seq 120); do
         docker info >/dev/null 2>&1 && break
@@ -32,5 +35,10 @@ if ! docker info >/dev/null 2>&1; then
     done
     docker info >/dev/null 2>&1 || { tail -20 "$folder/dockerd.log" >>"$log"; finish 1; }
 fi
-make -C "$root" image >>"$log" 2>&1
-finish $?
+nice -n 19 make -C "$root" image >>"$log" 2>&1
+status=$?
+if [ -f "$folder/dockerd.pid" ]; then
+    # the daemon and its containerd (a child of it, niced with it); new containers inherit 0
+    renice -n 0 -p $(pgrep -x dockerd) $(pgrep -x containerd) >/dev/null 2>&1
+fi
+finish $status

@@ -6,9 +6,9 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Two pytest processes, each taking whole test modules (pytest-xdist, --dist=loadfile: a module's
-# fixtures stay in one process; each process starts its own session servers). The suite waits on
-# servers, workers and subprocesses about half the time, so on 2 cores two processes fill them
-# (a fresh clone's `make test`: 16:01 and 18:10 here, a cold build of the images included).
+# fixtures stay in one process; the session servers, trained models and images are made once
+# for both: tests/integration/conftest.py). The suite waits on servers, workers and
+# subprocesses much of the time, so on 2 cores two processes fill them (README: its times).
 # PYTEST_ARGS="-n 0" runs it in one process; more processes than cores made servers time out.
 # The modules go out in the order tests/conftest.py puts them, slowest first (xdist's default
 # reorders them by their number of tests, which left the long integration modules to the end).

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -134,36 +134,6 @@ def register_model(root: Path, params: dict, prefect_api_url: str) -> str:
     return uri
 
 
-IMAGES = "images"  # SHARED/images: the background `make image` (build_images.sh)
-
-
-@pytest.fixture(scope="session")
-def image_build() -> Path:
-    """The folder of the run's one `make image`, started in the background (its own process
-    group; build.pid) if no process of the run started it yet: ``rc`` appears there when done."""
-    with once_per_run(IMAGES) as folder:
-        if not (folder / "build.pid").is_file():
-            folder.mkdir(exist_ok=True)
-            script = Path(__file__).with_name("build_images.sh")
-            build = subprocess.Popen(
-                [str(script), str(folder)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            (folder / "build.pid").write_text(str(build.pid))
-    return folder
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _images_early(request) -> None:
-    """A run that holds test_image.py starts its images' build with its first integration
-    test, whichever module that is (the build takes minutes; test_image waits for it)."""
-    if any(item.path.name == "test_image.py" for item in request.session.items):
-        request.getfixturevalue("image_build")
-
-
 # The model most modules serve, score or stream: trained once per session (a real `mlpipe train`
 # into a SQLite store), then shared read-only or copied (`registered_copy`) by modules that
 # register versions or move aliases.
@@ -174,11 +144,9 @@ TRAINED_GRID = {"n_estimators": [20, 40], "max_depth": [None, 6]}
 def trained(servers) -> dict:
     """boston-rf version 1 (champion), `mlpipe train`'s own, trained once per run; modules
     must not change this store (take ``registered_copy``): its ``root`` and ``uri``."""
-    with once_per_run("trained") as root:
-        if not (root / "done").is_file():
-            root.mkdir(exist_ok=True)
-            register_model(root, TRAINED_GRID, servers["PREFECT_API_URL"])
-            (root / "done").touch()
+    root = made_once(
+        "trained", lambda f: register_model(f, TRAINED_GRID, servers["PREFECT_API_URL"])
+    )
     return {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}"}
 
 
@@ -249,18 +217,20 @@ def restore_mlflow_uris():
             os.environ[key] = value
 
 
-@contextlib.contextmanager
-def once_per_run(name: str) -> Iterator[Path]:
-    """``SHARED/name`` under an exclusive lock: the first xdist process to get here makes it,
-    the others wait and find it made (tests/conftest.py stops what it started)."""
+def made_once(name: str, make: Callable[[Path], object]) -> Path:
+    """``SHARED/name``, made by ``make(folder)`` in the first xdist process of the run to get
+    here; the others wait on an exclusive lock and find it made (tests/conftest.py stops by pid
+    what was started there)."""
     import fcntl
 
+    folder = SHARED / name
     with (SHARED / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield SHARED / name
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / ".made").is_file():
+            folder.mkdir(exist_ok=True)
+            make(folder)
+            (folder / ".made").touch()
+    return folder
 
 
 @contextlib.contextmanager
@@ -279,16 +249,44 @@ def own_servers(root: Path) -> Iterator[dict]:
 def servers():
     """A real `prefect server start` and a real `mlflow server` on free ports, one pair for the
     whole run (every xdist process), started by `mlpipe up`'s own code (without its worker) and
-    stopped by pid after the last test (``stop_shared``). Modules keep out of each other's way
-    by names: their own models and experiments, work pools and deployment names."""
+    stopped by pid after the last test (tests/conftest.py: ``pytest_sessionfinish``). Modules
+    keep out of each other's way by names: their own models and experiments, work pools and
+    deployment names."""
     from mlpipe.deploy import stack
 
-    with once_per_run(SERVERS) as root:
-        started = stack.Stack.load(root)
-        if started is None:
-            root.mkdir(exist_ok=True)
-            started = stack.up(root, 0, 0, with_worker=False)
+    root = made_once(SERVERS, lambda f: stack.up(f, 0, 0, with_worker=False))
+    started = stack.Stack.load(root)
+    assert started is not None, f"no stack.json in {root}"
     return {**started.environment(), "root": root}
+
+
+IMAGES = "images"  # SHARED/images: the background `make image` (build_images.sh)
+
+
+@pytest.fixture(scope="session")
+def image_build() -> Path:
+    """The folder of the run's one `make image`, started in the background (its own process
+    group; build.pid) if no process of the run started it yet: ``rc`` appears there when done."""
+
+    def start(folder: Path) -> None:
+        build = subprocess.Popen(
+            [str(Path(__file__).with_name("build_images.sh")), str(folder)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        (folder / "build.pid").write_text(str(build.pid))
+
+    return made_once(IMAGES, start)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _images_early(request) -> None:
+    """A run that holds test_image.py starts its images' build with its first integration
+    test, whichever module that is (the build takes minutes; test_image waits for it)."""
+    if any(item.path.name == "test_image.py" for item in request.session.items):
+        request.getfixturevalue("image_build")
 
 
 # The session servers' one model: boston-rf, trained by `mlpipe train` against both servers
@@ -302,16 +300,17 @@ def served_project(servers) -> dict:
     session's servers) registered boston-rf version 1, the champion, once per run: its
     ``root``, ``env``, ``api`` and the command's ``stdout`` / ``stderr``."""
     env = {k: servers[k] for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    with once_per_run("project") as root:
-        if not (root / "output.json").is_file():
-            root.mkdir(exist_ok=True)
-            spec = {**ONE_AT_A_TIME, "search": {"params": SERVERS_GRID}}
-            (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-            done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
-            assert done.returncode == 0, done.stdout + done.stderr
-            output = {"stdout": done.stdout, "stderr": done.stderr}
-            (root / "output.json").write_text(json.dumps(output))
-        output = json.loads((root / "output.json").read_text())
+
+    def train(root: Path) -> None:
+        spec = {**ONE_AT_A_TIME, "search": {"params": SERVERS_GRID}}
+        (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+        done = run_mlpipe(["train", "--config", "spec.yaml"], root, **env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        output = {"stdout": done.stdout, "stderr": done.stderr}
+        (root / "output.json").write_text(json.dumps(output))
+
+    root = made_once("project", train)
+    output = json.loads((root / "output.json").read_text())
     return {"root": root, "env": env, "api": servers["PREFECT_API_URL"], **output}
 
 

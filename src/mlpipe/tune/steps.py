@@ -299,8 +299,10 @@ def finish(
             "alias": promotion.alias,
         }
         | plan.dataset.record
-        | {"feature_importances": source_importances(model, list(split.X_train.columns))}
-        | {"encodings": column_encodings(model)}
+        | {
+            "feature_importances": source_importances(model, list(split.X_train.columns)),
+            "encodings": column_encodings(model),
+        }
         | ({"param_importances": importances} if model_based else {}),
     )
     from mlpipe.registry import download_model
